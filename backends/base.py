@@ -1,0 +1,101 @@
+"""The one async interface every storage backend implements.
+
+Objects are immutable and named by the chunk's hex SHA-256 (the *key*). A put
+returns a *locator*: whatever the backend needs besides the key to find the
+object again (a bucket, a CID, a pack offset); the index stores it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import AsyncIterator
+
+
+class BackendError(Exception):
+    """A backend failed; ``temporary`` says whether retrying later may succeed."""
+
+    temporary = False
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached now (down, timeout, throttled)."""
+
+    temporary = True
+
+
+class BackendFull(BackendError):
+    """The backend has no space for the object."""
+
+
+class ObjectMissing(BackendError):
+    """The backend does not hold the requested object."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    total: int
+    free: int
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float
+
+
+class Backend(ABC):
+    """A store of immutable, content-addressed objects."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def put(self, key: str, data: bytes) -> str:
+        """Store *data* under *key*; return the locator. Overwriting is harmless."""
+
+    @abstractmethod
+    async def get(self, key: str, locator: str = "") -> bytes:
+        """Return the object's bytes or raise ObjectMissing."""
+
+    @abstractmethod
+    async def delete(self, key: str, locator: str = "") -> None:
+        """Delete the object; deleting a missing object is not an error."""
+
+    async def delete_many(self, items: list[tuple[str, str]]) -> None:
+        for key, locator in items:
+            await self.delete(key, locator)
+
+    async def exists(self, key: str, locator: str = "") -> bool:
+        return await self.stat(key, locator) is not None
+
+    @abstractmethod
+    async def stat(self, key: str, locator: str = "") -> ObjectInfo | None:
+        """Size and time of the object, or None when it is absent."""
+
+    @abstractmethod
+    def list(self) -> AsyncIterator[ObjectInfo]:
+        """Every object the backend holds (admin use: gc, fsck)."""
+
+    async def capacity(self) -> Capacity | None:
+        """Total and free bytes where the store knows them."""
+        return None
+
+    async def sync(self) -> None:
+        """Make every completed put durable (survive power loss)."""
+
+    async def close(self) -> None:
+        """Release connections and files."""
+
+
+def load_backend_class(type_name: str) -> type[Backend]:
+    """Find a backend class by its entry-point name in the ``gffs.backends`` group."""
+    for ep in entry_points(group="gffs.backends"):
+        if ep.name == type_name:
+            return ep.load()
+    if type_name == "local":  # running from a source tree without installed metadata
+        from gffs_backends.local import LocalBackend
+        return LocalBackend
+    raise LookupError(f"no storage backend of type {type_name!r} is installed")

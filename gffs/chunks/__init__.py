@@ -1,0 +1,1 @@
+"""Content-addressed chunks: encoding (hash, compression) and the chunk store."""

@@ -1,0 +1,126 @@
+"""Configuration: optional TOML file, sane defaults, one-line errors.
+
+With no file at all a store lives under $XDG_DATA_HOME/gffs (index + one local
+backend). Every mistake in a file becomes a ConfigError whose message names
+the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gffs.errors import ConfigError
+
+STORE_KEYS = {"data_dir", "cache_mb", "log_file"}
+PLACEMENT_KEYS = {"copies"}
+
+
+@dataclass
+class BackendConfig:
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass
+class Config:
+    data_dir: Path
+    backends: list[BackendConfig] = field(default_factory=list)
+    copies: int = 1
+    cache_mb: int = 32
+    log_file: Path | None = None
+    source: str = "defaults"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir / "gffs.lock"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "gffs"
+
+
+def _expect(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {message}")
+
+
+def _unknown(table: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(table) - allowed)
+    _expect(not extra, where, f"unknown key {extra[0]!r}" if extra else "")
+
+
+def load_config(path: str | os.PathLike | None = None, data_dir: str | None = None) -> Config:
+    """Read *path* (optional) and apply defaults; raise ConfigError on any mistake."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        p = Path(path).expanduser()
+        where = str(p)
+        try:
+            text = p.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+        try:
+            raw = tomllib.loads(text.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and _mentions_secrets(raw):
+            raise ConfigError(f"{p} holds credentials and is readable by others; chmod 600 it")
+    _unknown(raw, {"store", "backends", "placement"}, where)
+
+    store = raw.get("store", {})
+    _expect(isinstance(store, dict), where, "[store] must be a table")
+    _unknown(store, STORE_KEYS, f"{where} [store]")
+    ddir = Path(data_dir or store.get("data_dir") or default_data_dir()).expanduser()
+    cache_mb = store.get("cache_mb", 32)
+    _expect(isinstance(cache_mb, int) and 1 <= cache_mb <= 65536, f"{where} [store]",
+            "cache_mb must be an integer between 1 and 65536")
+    log_file = store.get("log_file")
+    cfg = Config(data_dir=ddir, cache_mb=cache_mb,
+                 log_file=Path(log_file).expanduser() if log_file else None, source=where)
+
+    backends = raw.get("backends", {})
+    _expect(isinstance(backends, dict), where, "[backends] must be a table of tables")
+    for name, table in backends.items():
+        bwhere = f"{where} [backends.{name}]"
+        _expect(isinstance(table, dict), bwhere, "must be a table")
+        btype = table.get("type")
+        _expect(isinstance(btype, str), bwhere, "'type' is required (for example \"local\")")
+        opts = {k: v for k, v in table.items() if k != "type"}
+        if btype == "local":
+            _unknown(opts, {"path"}, bwhere)
+            _expect(isinstance(opts.get("path"), str), bwhere, "'path' must be a string")
+        cfg.backends.append(BackendConfig(name, btype, opts))
+    if not cfg.backends:
+        cfg.backends.append(BackendConfig("local", "local", {"path": str(ddir / "local")}))
+
+    placement = raw.get("placement", {})
+    _expect(isinstance(placement, dict), where, "[placement] must be a table")
+    _unknown(placement, PLACEMENT_KEYS, f"{where} [placement]")
+    copies = placement.get("copies", 1)
+    _expect(isinstance(copies, int) and 1 <= copies <= len(cfg.backends), f"{where} [placement]",
+            f"copies must be an integer between 1 and the number of backends ({len(cfg.backends)})")
+    cfg.copies = copies
+    return cfg
+
+
+def _mentions_secrets(raw: dict) -> bool:
+    words = ("secret", "password", "token", "key_id", "access_key")
+    def walk(v: Any) -> bool:
+        if isinstance(v, dict):
+            return any(any(w in str(k).lower() for w in words) or walk(x) for k, x in v.items())
+        return False
+    return walk(raw)

@@ -1,0 +1,110 @@
+"""The mount daemon: open the store, mount, serve until unmounted, then make data safe.
+
+`gffs mount` starts this in a new session and waits on a pipe: the daemon
+writes "ok" once the kernel mount is up and requests are being served, or one
+line of error. That is how `gffs mount` returns only when the mount is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from gffs.config import Config
+from gffs.fs.filesystem import Filesystem
+from gffs.fs.operations import Operations
+from gffs.store import Store
+
+log = logging.getLogger("gffs.daemon")
+
+
+def mount_options(cfg: Config, extra: list[str]) -> tuple[set[str], bool]:
+    """FUSE options for pyfuse3.init, and whether the mount is read-only."""
+    opts = set(pyfuse3.default_options)
+    opts |= {"fsname=gffs:" + str(cfg.data_dir).replace(",", "_"), "subtype=gffs"}
+    read_only = False
+    for opt in extra:
+        if opt in ("ro",):
+            read_only = True
+            opts.add("ro")
+        elif opt in ("rw", "defaults", "auto", "noauto", "user", "nouser", "_netdev", "nofail"):
+            continue
+        else:
+            opts.add(opt)
+    return opts, read_only
+
+
+def _notify(ready_fd: int | None, message: str) -> None:
+    if ready_fd is None:
+        return
+    try:
+        os.write(ready_fd, (message + "\n").encode())
+        os.close(ready_fd)
+    except OSError:
+        pass
+
+
+async def _serve(fs: Filesystem, mountpoint: str, opts: set[str], ready_fd: int | None) -> None:
+    await fs.start(os.getuid(), os.getgid())
+    pyfuse3.init(Operations(fs), mountpoint, opts)
+    kernel_unmounted = False
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fs.run_background)
+            terminated = trio.Event()
+
+            async def on_signals() -> None:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                    async for _ in sigs:
+                        log.info("signal received: unmounting")
+                        terminated.set()
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signals)
+            _notify(ready_fd, "ok")
+            log.info("mounted %s", mountpoint)
+            await pyfuse3.main()
+            # main() returns by itself when the kernel unmounted us, or after terminate()
+            kernel_unmounted = not terminated.is_set()
+            nursery.cancel_scope.cancel()
+    finally:
+        await fs.shutdown()
+        pyfuse3.close(unmount=not kernel_unmounted)
+        log.info("unmounted %s; data is safe", mountpoint)
+
+
+def run(cfg: Config, mountpoint: str, extra_opts: list[str], ready_fd: int | None = None) -> int:
+    """Mount and serve in this process; returns the exit code."""
+    opts, read_only = mount_options(cfg, extra_opts)
+    try:
+        store = Store(cfg, f"mounted at {os.path.abspath(mountpoint)}")
+    except Exception as exc:
+        _notify(ready_fd, f"error: {exc}")
+        raise
+    try:
+        fs = Filesystem(store.index, store.chunks, read_only=read_only)
+        trio.run(_serve, fs, mountpoint, opts, ready_fd)
+    except Exception as exc:
+        _notify(ready_fd, f"error: {exc}")
+        raise
+    finally:
+        store.close()
+    return 0
+
+
+def setup_logging(cfg: Config, foreground: bool, debug: bool = False) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if foreground and cfg.log_file is None:
+        logging.basicConfig(level=level, format=fmt)
+    else:
+        path = cfg.log_file or (cfg.data_dir / "gffs.log")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=level, format=fmt, filename=str(path))
+    logging.getLogger("pyfuse3").setLevel(logging.WARNING)

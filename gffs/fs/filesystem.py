@@ -1,0 +1,737 @@
+"""POSIX filesystem logic over the index and the chunk store, without FUSE.
+
+Methods take plain values and raise FsError; the FUSE layer above only
+translates. Namespace changes are one LMDB transaction each, run on the trio
+thread; file data is buffered per inode and committed on flush/fsync.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+import trio
+
+from gffs.chunks import codec
+from gffs.chunks.store import ChunkStore, StoredChunk
+from gffs.errors import FsError
+from gffs.fs.openfiles import FileBuffer
+from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
+from gffs.index.env import LOGICAL_BYTES, N_INODES, STORED_BYTES
+from gffs.index.namespace import check_name
+from gffs.index.records import InodeRecord
+
+log = logging.getLogger(__name__)
+
+XATTR_NAME_MAX = 255
+XATTR_VALUE_MAX = 64 * 1024
+XATTR_LIST_MAX = 64 * 1024
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
+MAX_FILE_SIZE = 1 << 50
+SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
+RENAME_NOREPLACE = 1            # Linux renameat2 flags
+RENAME_EXCHANGE = 2
+
+
+@dataclass(slots=True)
+class Caller:
+    """Who asks: the kernel's request context reduced to what we use."""
+
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(slots=True)
+class Handle:
+    ino: int
+    flags: int
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+class Filesystem:
+    def __init__(self, index: Index, chunks: ChunkStore, *, read_only: bool = False) -> None:
+        self.index = index
+        self.ns = Namespace(index)
+        self.cm = ChunkMap(index)
+        self.chunks = chunks
+        self.block_size = index.block_size
+        self.read_only = read_only
+        self.buffers: dict[int, FileBuffer] = {}
+        self.handles: dict[int, Handle] = {}
+        self.lookups: Counter[int] = Counter()
+        self._next_fh = 1
+        self._zero_block = bytes(self.block_size)
+        self._garbage_wakeup = trio.Event()
+        self._unsynced = False
+
+    # lifecycle -----------------------------------------------------------------
+    async def start(self, uid: int = 0, gid: int = 0) -> None:
+        """Create the root if new; finish what a crash interrupted (small queues only)."""
+        if self.read_only:
+            return
+        self.ns.ensure_root(uid, gid)
+        with self.index.read() as txn:
+            orphans = self.ns.orphans(txn)
+        for ino in orphans:
+            self._purge(ino)
+        while await self.chunks.delete_garbage():
+            pass
+
+    async def run_background(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Garbage deletion and periodic sync; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._garbage_loop)
+            nursery.start_soon(self._sync_loop)
+            task_status.started()
+
+    async def _garbage_loop(self) -> None:
+        while True:
+            await self._garbage_wakeup.wait()
+            self._garbage_wakeup = trio.Event()
+            try:
+                while await self.chunks.delete_garbage():
+                    pass
+            except Exception:
+                log.exception("garbage deletion failed; will retry")
+            await trio.sleep(0.2)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await trio.sleep(SYNC_INTERVAL)
+            if self._unsynced:
+                self._unsynced = False
+                try:
+                    await self.chunks.sync()
+                except Exception:
+                    log.exception("background sync failed")
+
+    async def shutdown(self) -> None:
+        """Flush every buffer and make everything durable (unmount)."""
+        for ino in list(self.buffers):
+            try:
+                await self._flush(ino)
+            except FsError as exc:
+                log.error("could not flush inode %d at unmount: %s", ino, exc)
+        if not self.read_only:
+            with self.index.read() as txn:
+                orphans = self.ns.orphans(txn)
+            for ino in orphans:
+                self._purge(ino)
+            while await self.chunks.delete_garbage():
+                pass
+            await self.chunks.sync()
+
+    # helpers -------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FsError(errno.EROFS)
+
+    def attr(self, ino: int) -> InodeRecord:
+        with self.index.read() as txn:
+            rec = self.ns.get(txn, ino)
+        return self._overlay(ino, rec)
+
+    def _overlay(self, ino: int, rec: InodeRecord) -> InodeRecord:
+        buf = self.buffers.get(ino)
+        if buf is not None and buf.meta_dirty:
+            rec.size = buf.size
+            rec.mtime_ns = max(rec.mtime_ns, buf.mtime_ns)
+            rec.ctime_ns = max(rec.ctime_ns, buf.ctime_ns)
+        return rec
+
+    def _dir(self, txn, ino: int) -> InodeRecord:
+        rec = self.ns.get(txn, ino)
+        if not stat.S_ISDIR(rec.mode):
+            raise FsError(errno.ENOTDIR)
+        return rec
+
+    def remember(self, ino: int) -> None:
+        """The kernel now holds one more lookup reference to *ino*."""
+        self.lookups[ino] += 1
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            left = self.lookups[ino] - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            if ino not in self.buffers and not self.read_only:
+                self._purge_if_unlinked(ino)
+
+    def _purge_if_unlinked(self, ino: int) -> None:
+        with self.index.read() as txn:
+            if not self.ns.exists(txn, ino) or self.ns.get(txn, ino).nlink > 0:
+                return
+        self._purge(ino)
+
+    def _purge(self, ino: int) -> None:
+        """Delete an inode nobody links to or holds open; its chunks lose a reference."""
+        with self.index.write() as txn:
+            if self.ns.exists(txn, ino):
+                self.cm.drop_blocks(txn, ino)
+                self.ns.delete_inode(txn, ino)
+        self._garbage_wakeup.set()
+
+    def _release_inode_later(self, txn, ino: int, rec: InodeRecord) -> bool:
+        """After nlink hit 0: purge now (True) unless the kernel or a handle still holds it."""
+        if self.lookups.get(ino) or ino in self.buffers:
+            self.ns.add_orphan(txn, ino)
+            return False
+        self.cm.drop_blocks(txn, ino)
+        self.ns.delete_inode(txn, ino)
+        return True
+
+    # lookup and attributes -------------------------------------------------------
+    def lookup(self, parent: int, name: bytes) -> tuple[int, InodeRecord]:
+        if name not in (b".", b".."):
+            check_name(name)
+        with self.index.read() as txn:
+            prec = self._dir(txn, parent)
+            if name == b".":
+                ino = parent
+            elif name == b"..":
+                ino = prec.parent or ROOT_INO
+            else:
+                found = self.ns.lookup(txn, parent, name)
+                if found is None:
+                    raise FsError(errno.ENOENT)
+                ino = found
+            rec = self.ns.get(txn, ino)
+        return ino, self._overlay(ino, rec)
+
+    async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None,
+                      ctime_ns: int | None = None) -> InodeRecord:
+        self._writable()
+        if size is not None:
+            await self.truncate(ino, size)
+        now = _now()
+        with self.index.write() as txn:
+            rec = self.ns.get(txn, ino)
+            if mode is not None:
+                rec.mode = stat.S_IFMT(rec.mode) | (mode & 0o7777)
+            if uid is not None:
+                rec.uid = uid
+            if gid is not None:
+                rec.gid = gid
+            if atime_ns is not None:
+                rec.atime_ns = atime_ns
+            if mtime_ns is not None:
+                rec.mtime_ns = mtime_ns
+                buf = self.buffers.get(ino)
+                if buf is not None:
+                    buf.mtime_ns = mtime_ns
+            rec.ctime_ns = ctime_ns if ctime_ns is not None else now
+            self.ns.put(txn, ino, rec)
+        return self._overlay(ino, rec)
+
+    # creating entries ----------------------------------------------------------------
+    def _new_node(self, parent: int, name: bytes, mode: int, caller: Caller, *,
+                  rdev: int = 0, target: bytes | None = None) -> tuple[int, InodeRecord]:
+        self._writable()
+        check_name(name)
+        if parent == ROOT_INO and not stat.S_ISDIR(mode):
+            raise FsError(errno.EPERM, "the top level holds only flows (directories)")
+        now = _now()
+        with self.index.write() as txn:
+            prec = self._dir(txn, parent)
+            if prec.nlink == 0:
+                raise FsError(errno.ENOENT, "directory was removed")
+            if self.ns.lookup(txn, parent, name) is not None:
+                raise FsError(errno.EEXIST)
+            gid = caller.gid
+            if prec.mode & stat.S_ISGID:
+                gid = prec.gid
+                if stat.S_ISDIR(mode):
+                    mode |= stat.S_ISGID
+            is_dir = stat.S_ISDIR(mode)
+            rec = InodeRecord(mode, caller.uid, gid, 2 if is_dir else 1, len(target or b""),
+                              now, now, now, rdev, parent if is_dir else 0)
+            ino = self.ns.new_inode(txn, rec)
+            if target is not None:
+                self.ns.set_symlink(txn, ino, target)
+            self.ns.add_entry(txn, parent, name, ino)
+            if is_dir:
+                prec.nlink += 1
+            prec.mtime_ns = prec.ctime_ns = now
+            self.ns.put(txn, parent, prec)
+        return ino, rec
+
+    def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> tuple[int, InodeRecord]:
+        return self._new_node(parent, name, stat.S_IFDIR | (mode & 0o7777), caller)
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int,
+              caller: Caller) -> tuple[int, InodeRecord]:
+        if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK,
+                                     stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL)
+        return self._new_node(parent, name, mode, caller, rdev=rdev)
+
+    def symlink(self, parent: int, name: bytes, target: bytes,
+                caller: Caller) -> tuple[int, InodeRecord]:
+        if len(target) > 4095:
+            raise FsError(errno.ENAMETOOLONG, "symlink target longer than 4095 bytes")
+        return self._new_node(parent, name, stat.S_IFLNK | 0o777, caller, target=target)
+
+    def readlink(self, ino: int) -> bytes:
+        with self.index.read() as txn:
+            return self.ns.symlink_target(txn, ino)
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> InodeRecord:
+        self._writable()
+        check_name(new_name)
+        now = _now()
+        with self.index.write() as txn:
+            rec = self.ns.get(txn, ino)
+            if stat.S_ISDIR(rec.mode):
+                raise FsError(errno.EPERM, "hard links to directories are not allowed")
+            if new_parent == ROOT_INO:
+                raise FsError(errno.EPERM, "the top level holds only flows (directories)")
+            prec = self._dir(txn, new_parent)
+            if prec.nlink == 0:
+                raise FsError(errno.ENOENT)
+            if self.ns.lookup(txn, new_parent, new_name) is not None:
+                raise FsError(errno.EEXIST)
+            if rec.nlink >= 65000:
+                raise FsError(errno.EMLINK)
+            self.ns.add_entry(txn, new_parent, new_name, ino)
+            rec.nlink += 1
+            rec.ctime_ns = now
+            self.ns.put(txn, ino, rec)
+            prec.mtime_ns = prec.ctime_ns = now
+            self.ns.put(txn, new_parent, prec)
+        return self._overlay(ino, rec)
+
+    # removing entries ------------------------------------------------------------------
+    def unlink(self, parent: int, name: bytes) -> None:
+        self._writable()
+        check_name(name)
+        now = _now()
+        with self.index.write() as txn:
+            prec = self._dir(txn, parent)
+            ino = self.ns.lookup(txn, parent, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            rec = self.ns.get(txn, ino)
+            if stat.S_ISDIR(rec.mode):
+                raise FsError(errno.EISDIR)
+            self.ns.remove_entry(txn, parent, name)
+            prec.mtime_ns = prec.ctime_ns = now
+            self.ns.put(txn, parent, prec)
+            self._drop_link(txn, ino, rec, now)
+        self._garbage_wakeup.set()
+
+    def _drop_link(self, txn, ino: int, rec: InodeRecord, now: int) -> None:
+        rec.nlink -= 1
+        rec.ctime_ns = now
+        self.ns.put(txn, ino, rec)
+        if rec.nlink == 0:
+            self._release_inode_later(txn, ino, rec)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        self._writable()
+        check_name(name)
+        now = _now()
+        with self.index.write() as txn:
+            prec = self._dir(txn, parent)
+            ino = self.ns.lookup(txn, parent, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            rec = self._dir(txn, ino)
+            if not self.ns.is_empty_dir(txn, ino):
+                raise FsError(errno.ENOTEMPTY)
+            self.ns.remove_entry(txn, parent, name)
+            prec.nlink -= 1
+            prec.mtime_ns = prec.ctime_ns = now
+            self.ns.put(txn, parent, prec)
+            rec.nlink = 0
+            rec.ctime_ns = now
+            self.ns.put(txn, ino, rec)
+            self._release_inode_later(txn, ino, rec)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0) -> None:
+        self._writable()
+        check_name(old_name)
+        check_name(new_name)
+        noreplace = bool(flags & RENAME_NOREPLACE)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        now = _now()
+        with self.index.write() as txn:
+            op = self._dir(txn, old_parent)
+            np = self._dir(txn, new_parent) if new_parent != old_parent else op
+            ino = self.ns.lookup(txn, old_parent, old_name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            rec = self.ns.get(txn, ino)
+            target = self.ns.lookup(txn, new_parent, new_name)
+            trec = self.ns.get(txn, target) if target is not None else None
+            if new_parent == ROOT_INO and not stat.S_ISDIR(rec.mode):
+                raise FsError(errno.EPERM, "the top level holds only flows (directories)")
+            if target == ino:
+                return  # same inode (hard links or same name): POSIX says do nothing
+            if exchange:
+                if trec is None:
+                    raise FsError(errno.ENOENT)
+                if old_parent == ROOT_INO and not stat.S_ISDIR(trec.mode):
+                    raise FsError(errno.EPERM, "the top level holds only flows (directories)")
+                self._check_not_ancestor(txn, ino, rec, new_parent)
+                self._check_not_ancestor(txn, target, trec, old_parent)
+                self.ns.replace_entry(txn, old_parent, old_name, target)
+                self.ns.replace_entry(txn, new_parent, new_name, ino)
+                self._reparent(txn, ino, rec, new_parent, old_parent, op, np, now)
+                self._reparent(txn, target, trec, old_parent, new_parent, np, op, now)
+            else:
+                if trec is not None:
+                    if noreplace:
+                        raise FsError(errno.EEXIST)
+                    if stat.S_ISDIR(rec.mode) and not stat.S_ISDIR(trec.mode):
+                        raise FsError(errno.ENOTDIR)
+                    if not stat.S_ISDIR(rec.mode) and stat.S_ISDIR(trec.mode):
+                        raise FsError(errno.EISDIR)
+                    if stat.S_ISDIR(trec.mode) and not self.ns.is_empty_dir(txn, target):
+                        raise FsError(errno.ENOTEMPTY)
+                self._check_not_ancestor(txn, ino, rec, new_parent)
+                self.ns.remove_entry(txn, old_parent, old_name)
+                if trec is not None:
+                    self.ns.remove_entry(txn, new_parent, new_name)
+                    if stat.S_ISDIR(trec.mode):
+                        np.nlink -= 1
+                        trec.nlink = 0
+                        trec.ctime_ns = now
+                        self.ns.put(txn, target, trec)
+                        self._release_inode_later(txn, target, trec)
+                    else:
+                        self._drop_link(txn, target, trec, now)
+                self.ns.add_entry(txn, new_parent, new_name, ino)
+                self._reparent(txn, ino, rec, new_parent, old_parent, op, np, now)
+            op.mtime_ns = op.ctime_ns = now
+            np.mtime_ns = np.ctime_ns = now
+            self.ns.put(txn, old_parent, op)
+            if new_parent != old_parent:
+                self.ns.put(txn, new_parent, np)
+        self._garbage_wakeup.set()
+
+    def _reparent(self, txn, ino: int, rec: InodeRecord, to_parent: int, from_parent: int,
+                  from_rec: InodeRecord, to_rec: InodeRecord, now: int) -> None:
+        """Update a moved inode's ctime and, for directories, parent link and nlinks."""
+        rec.ctime_ns = now
+        if stat.S_ISDIR(rec.mode) and to_parent != from_parent:
+            rec.parent = to_parent
+            from_rec.nlink -= 1
+            to_rec.nlink += 1
+        self.ns.put(txn, ino, rec)
+
+    def _check_not_ancestor(self, txn, ino: int, rec: InodeRecord, new_parent: int) -> None:
+        """Refuse to move a directory into itself or its own subtree."""
+        if not stat.S_ISDIR(rec.mode):
+            return
+        cur = new_parent
+        while cur != ROOT_INO and cur:
+            if cur == ino:
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            cur = self.ns.get(txn, cur).parent
+        if ino == ROOT_INO:
+            raise FsError(errno.EINVAL)
+
+    # directories ---------------------------------------------------------------------
+    def opendir(self, ino: int) -> None:
+        with self.index.read() as txn:
+            self._dir(txn, ino)
+
+    def readdir(self, ino: int, after_cookie: int) -> Iterator[tuple[bytes, int, InodeRecord, int]]:
+        """(name, ino, attributes, cookie) for entries after *after_cookie*."""
+        with self.index.read() as txn:
+            for cookie, name, child in self.ns.entries(txn, ino, after_cookie):
+                rec = self.ns.get(txn, child)
+                yield name, child, self._overlay(child, rec), cookie
+
+    # open files ------------------------------------------------------------------------
+    def _buffer(self, ino: int) -> FileBuffer:
+        buf = self.buffers.get(ino)
+        if buf is None:
+            with self.index.read() as txn:
+                rec = self.ns.get(txn, ino)
+            buf = FileBuffer(ino, rec.size, rec.size, rec.mtime_ns, rec.ctime_ns)
+            self.buffers[ino] = buf
+        return buf
+
+    def _drop_buffer_if_idle(self, ino: int) -> None:
+        buf = self.buffers.get(ino)
+        if buf is not None and buf.open_count == 0 and not buf.needs_flush:
+            del self.buffers[ino]
+            if not self.lookups.get(ino) and not self.read_only:
+                self._purge_if_unlinked(ino)
+
+    def _new_handle(self, ino: int, flags: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(ino, flags)
+        self._buffer(ino).open_count += 1
+        return fh
+
+    async def open(self, ino: int, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+        with self.index.read() as txn:
+            rec = self.ns.get(txn, ino)
+        if stat.S_ISDIR(rec.mode):
+            raise FsError(errno.EISDIR)
+        fh = self._new_handle(ino, flags)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            try:
+                await self.truncate(ino, 0)
+            except BaseException:
+                await self.release(fh)
+                raise
+        return fh
+
+    def create(self, parent: int, name: bytes, mode: int, flags: int,
+               caller: Caller) -> tuple[int, int, InodeRecord]:
+        ino, rec = self._new_node(parent, name, stat.S_IFREG | (mode & 0o7777), caller)
+        return self._new_handle(ino, flags), ino, rec
+
+    def handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        return h
+
+    async def read(self, fh: int, offset: int, length: int) -> bytes:
+        ino = self.handle(fh).ino
+        buf = self.buffers[ino]
+        end = min(offset + length, buf.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        parts = []
+        for idx in range(offset // bs, (end - 1) // bs + 1):
+            start = idx * bs
+            block = await self._block(ino, idx, buf)
+            lo, hi = max(offset, start) - start, min(end, start + bs) - start
+            piece = block[lo:hi]
+            if len(piece) < hi - lo:
+                piece = bytes(piece) + bytes(hi - lo - len(piece))
+            parts.append(piece)
+        return b"".join(parts)
+
+    async def _block(self, ino: int, idx: int, buf: FileBuffer) -> bytes | bytearray:
+        """Current content of one block: dirty buffer, else committed chunk, else hole."""
+        data = buf.dirty.get(idx)
+        if data is not None:
+            return data
+        with self.index.read() as txn:
+            digest = self.cm.block(txn, ino, idx)
+        if digest is None or idx * self.block_size >= buf.committed_size:
+            return b""
+        data = await self.chunks.load(digest)
+        # a write may have dirtied the block while we waited
+        return buf.dirty.get(idx, data)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        self._writable()
+        h = self.handle(fh)
+        buf = self.buffers[h.ino]
+        if h.flags & os.O_APPEND:
+            offset = buf.size
+        if offset + len(data) > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        if buf.try_compress is None and offset == 0 and data:
+            buf.try_compress = not codec.is_precompressed(bytes(data[:16]))
+        bs = self.block_size
+        view = memoryview(data)
+        pos = offset
+        while view:
+            idx, within = divmod(pos, bs)
+            n = min(bs - within, len(view))
+            block = buf.dirty.get(idx)
+            if block is None:
+                if idx * bs >= buf.size or (within == 0 and (n == bs or pos + n >= buf.size)):
+                    block = bytearray()
+                else:
+                    block = bytearray(await self._block(h.ino, idx, buf))
+                block = buf.dirty.setdefault(idx, block)
+            if len(block) < within:
+                block.extend(bytes(within - len(block)))
+            block[within:within + n] = view[:n]
+            buf.touch(idx)
+            pos += n
+            view = view[n:]
+        now = _now()
+        buf.size = max(buf.size, offset + len(data))
+        buf.mtime_ns = buf.ctime_ns = now
+        buf.meta_dirty = True
+        if buf.dirty_bytes > MAX_DIRTY_PER_FILE:
+            await self._flush(h.ino)
+        return len(data)
+
+    async def truncate(self, ino: int, size: int) -> None:
+        self._writable()
+        if size > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        with self.index.read() as txn:
+            if not stat.S_ISREG(self.ns.get(txn, ino).mode):
+                raise FsError(errno.EINVAL)
+        buf = self._buffer(ino)
+        try:
+            async with buf.lock:
+                bs = self.block_size
+                last, within = divmod(size, bs)
+                if within and size < buf.size and last not in buf.dirty:
+                    # keep the head of the block that the new end cuts through
+                    block = bytearray(await self._block(ino, last, buf))
+                    buf.dirty.setdefault(last, block)
+                buf.truncate(size, bs)
+                buf.mtime_ns = buf.ctime_ns = _now()
+            await self._flush(ino)
+        finally:
+            self._drop_buffer_if_idle(ino)
+
+    async def _flush(self, ino: int) -> None:
+        """Commit an inode's buffer: store dirty blocks, then one index transaction."""
+        buf = self.buffers.get(ino)
+        if buf is None:
+            return
+        async with buf.lock:
+            if not buf.needs_flush:
+                return
+            snap = buf.snapshot()
+            size, mtime, ctime = buf.size, buf.mtime_ns, buf.ctime_ns
+            try_compress = buf.try_compress is not False
+            stored: dict[int, StoredChunk | None] = {}
+
+            async def store_one(idx: int, data: bytes) -> None:
+                if data == self._zero_block[:len(data)]:
+                    stored[idx] = None  # all zeros: a hole, no chunk
+                else:
+                    stored[idx] = await self.chunks.store(data, try_compress)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for idx, (data, _) in snap.items():
+                        if idx * self.block_size < size:
+                            nursery.start_soon(store_one, idx, data)
+                with self.index.write() as txn:
+                    rec = self.ns.get(txn, ino)
+                    for idx, sc in stored.items():
+                        if sc is None:
+                            self.cm.set_block(txn, ino, idx, None)
+                        else:
+                            self.cm.set_block(txn, ino, idx, sc.digest, sc.record)
+                    self.cm.drop_blocks(txn, ino, -(-size // self.block_size))
+                    rec.size = size
+                    rec.mtime_ns = max(rec.mtime_ns, mtime)
+                    rec.ctime_ns = max(rec.ctime_ns, ctime)
+                    self.ns.put(txn, ino, rec)
+            except* FsError as group:
+                raise group.exceptions[0] from None
+            finally:
+                self.chunks.unpin([sc.digest for sc in stored.values() if sc is not None])
+            buf.mark_flushed(snap, size)
+        self._unsynced = True
+        self._garbage_wakeup.set()
+
+    async def flush(self, fh: int) -> None:
+        await self._flush(self.handle(fh).ino)
+
+    async def fsync(self, fh: int) -> None:
+        await self._flush(self.handle(fh).ino)
+        await self.chunks.sync()
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        buf = self.buffers.get(h.ino)
+        if buf is None:
+            return
+        try:
+            await self._flush(h.ino)
+        finally:
+            buf.open_count -= 1
+            if buf.needs_flush and buf.open_count == 0:
+                log.error("inode %d: unflushed data dropped at release", h.ino)
+                buf.dirty.clear()
+                buf.meta_dirty = False
+            self._drop_buffer_if_idle(h.ino)
+
+    # xattrs ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_xattr_name(name: bytes) -> None:
+        if len(name) > XATTR_NAME_MAX:
+            raise FsError(errno.ERANGE, "xattr name longer than 255 bytes")
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FsError(errno.ENOTSUP, "only user., trusted. and security. xattrs are stored")
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        if len(name) > XATTR_NAME_MAX:
+            raise FsError(errno.ERANGE)
+        with self.index.read() as txn:
+            self.ns.get(txn, ino)
+            value = self.ns.get_xattr(txn, ino, name)
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return value
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._writable()
+        self._check_xattr_name(name)
+        if len(value) > XATTR_VALUE_MAX:
+            raise FsError(errno.E2BIG, "xattr value larger than 64 KiB")
+        with self.index.write() as txn:
+            rec = self.ns.get(txn, ino)
+            names = list(self.ns.xattr_names(txn, ino))
+            if name not in names and sum(len(n) + 1 for n in names) + len(name) + 1 > XATTR_LIST_MAX:
+                raise FsError(errno.ENOSPC, "too many xattrs on this inode")
+            self.ns.set_xattr(txn, ino, name, value)
+            rec.ctime_ns = _now()
+            self.ns.put(txn, ino, rec)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        with self.index.read() as txn:
+            self.ns.get(txn, ino)
+            return list(self.ns.xattr_names(txn, ino))
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._writable()
+        if len(name) > XATTR_NAME_MAX:
+            raise FsError(errno.ERANGE)
+        with self.index.write() as txn:
+            rec = self.ns.get(txn, ino)
+            if not self.ns.remove_xattr(txn, ino, name):
+                raise FsError(errno.ENODATA)
+            rec.ctime_ns = _now()
+            self.ns.put(txn, ino, rec)
+
+    # statfs ----------------------------------------------------------------------------
+    async def statfs(self) -> dict[str, int]:
+        total = free = 0
+        for backend in self.chunks.placement.targets(0):
+            cap = await backend.capacity()
+            if cap is not None:
+                total += cap.total
+                free += cap.free
+        with self.index.read() as txn:
+            n_inodes = self.index.counter(txn, N_INODES)
+            logical = self.index.counter(txn, LOGICAL_BYTES)
+            stored = self.index.counter(txn, STORED_BYTES)
+        bsize = 4096
+        if not total:
+            total = stored + (1 << 40)
+            free = 1 << 40
+        free_inodes = max(free // 4096, 1 << 20)
+        return {"bsize": bsize, "blocks": total // bsize, "bfree": free // bsize,
+                "bavail": free // bsize, "files": n_inodes + free_inodes,
+                "ffree": free_inodes, "namemax": 255, "logical": logical, "stored": stored}

@@ -1,0 +1,221 @@
+"""pyfuse3 Operations: a thin translation layer over :class:`Filesystem`.
+
+Every handler goes through :func:`_guard`, so no exception ever escapes to
+pyfuse3 as anything but a FUSEError with a proper errno: FsError keeps its
+errno, anything unexpected is logged and becomes EIO (the mount survives).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from typing import Any, Callable
+
+import pyfuse3
+
+from gffs.errors import FsError
+from gffs.fs.filesystem import Caller, Filesystem
+from gffs.index.records import InodeRecord
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 1.0
+
+
+def _guard(func: Callable) -> Callable:
+    @functools.wraps(func)
+    async def wrapper(self: "Operations", *args: Any) -> Any:
+        try:
+            return await func(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            if exc.errno in (errno.EIO, errno.ENOSPC):
+                log.error("%s: %s", func.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s%r", func.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def entry_attributes(ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = ino
+    e.generation = 0
+    e.entry_timeout = ENTRY_TIMEOUT
+    e.attr_timeout = ATTR_TIMEOUT
+    e.st_mode = rec.mode
+    e.st_nlink = rec.nlink
+    e.st_uid = rec.uid
+    e.st_gid = rec.gid
+    e.st_rdev = rec.rdev
+    e.st_size = rec.size
+    e.st_blksize = 128 * 1024
+    e.st_blocks = -(-rec.size // 512)
+    e.st_atime_ns = rec.atime_ns
+    e.st_mtime_ns = rec.mtime_ns
+    e.st_ctime_ns = rec.ctime_ns
+    return e
+
+
+def _caller(ctx: pyfuse3.RequestContext) -> Caller:
+    return Caller(ctx.uid, ctx.gid)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: Filesystem) -> None:
+        super().__init__()
+        self.fs = fs
+
+    def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        self.fs.remember(ino)
+        return entry_attributes(ino, rec)
+
+    @_guard
+    async def lookup(self, parent_inode, name, ctx=None):
+        ino, rec = self.fs.lookup(parent_inode, name)
+        return self._entry(ino, rec)
+
+    async def forget(self, inode_list):
+        try:
+            self.fs.forget(inode_list)
+        except Exception:
+            log.exception("forget failed")
+
+    @_guard
+    async def getattr(self, inode, ctx=None):
+        return entry_attributes(inode, self.fs.attr(inode))
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        rec = await self.fs.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None)
+        return entry_attributes(inode, rec)
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        return self.fs.readlink(inode)
+
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(*self.fs.mknod(parent_inode, name, mode, rdev, _caller(ctx)))
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(*self.fs.mkdir(parent_inode, name, mode, _caller(ctx)))
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        self.fs.unlink(parent_inode, name)
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        self.fs.rmdir(parent_inode, name)
+
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(*self.fs.symlink(parent_inode, name, target, _caller(ctx)))
+
+    @_guard
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(inode, self.fs.link(inode, new_parent_inode, new_name))
+
+    @_guard
+    async def open(self, inode, flags, ctx):
+        return pyfuse3.FileInfo(fh=await self.fs.open(inode, flags))
+
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, ino, rec = self.fs.create(parent_inode, name, mode, flags, _caller(ctx))
+        return pyfuse3.FileInfo(fh=fh), self._entry(ino, rec)
+
+    @_guard
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    @_guard
+    async def flush(self, fh):
+        await self.fs.flush(fh)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh)
+
+    @_guard
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    @_guard
+    async def opendir(self, inode, ctx):
+        self.fs.opendir(inode)
+        return inode
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        for name, ino, rec, cookie in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, entry_attributes(ino, rec), cookie):
+                break
+            self.fs.remember(ino)
+
+    @_guard
+    async def releasedir(self, fh):
+        return None
+
+    @_guard
+    async def fsyncdir(self, fh, datasync):
+        await self.fs.chunks.sync()
+
+    @_guard
+    async def statfs(self, ctx):
+        figures = await self.fs.statfs()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = figures["bsize"]
+        s.f_blocks = figures["blocks"]
+        s.f_bfree = figures["bfree"]
+        s.f_bavail = figures["bavail"]
+        s.f_files = figures["files"]
+        s.f_ffree = s.f_favail = figures["ffree"]
+        s.f_namemax = figures["namemax"]
+        return s
+
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        return self.fs.getxattr(inode, name)
+
+    @_guard
+    async def setxattr(self, inode, name, value, ctx):
+        self.fs.setxattr(inode, name, value)
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        return self.fs.listxattr(inode)
+
+    @_guard
+    async def removexattr(self, inode, name, ctx):
+        self.fs.removexattr(inode, name)
+
+    @_guard
+    async def access(self, inode, mode, ctx):
+        return True

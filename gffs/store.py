@@ -1,0 +1,104 @@
+"""Opening a store: the single-writer lock, the index, backends, placement, chunk store.
+
+Shared by the mount daemon and gffs-admin so both see the same store the same way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from gffs.chunks.store import ChunkStore
+from gffs.config import Config
+from gffs.errors import ConfigError, StoreLockedError
+from gffs.index import Index
+from gffs.placement import Placement
+from gffs_backends.base import Backend, load_backend_class
+
+
+class StoreLock:
+    """Exclusive flock on <data_dir>/gffs.lock; holds the owner's pid and mount point."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, purpose: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreLockedError(f"store {self.path.parent} is in use: {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{purpose} (pid {os.getpid()})\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def wait_free(path: Path, timeout: float) -> bool:
+        """Block until nobody holds the lock (the daemon has exited) or *timeout* passes."""
+        import time
+        deadline = time.monotonic() + timeout
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.05)
+        finally:
+            os.close(fd)
+
+
+def open_backends(cfg: Config) -> dict[str, Backend]:
+    backends: dict[str, Backend] = {}
+    for bc in cfg.backends:
+        try:
+            cls = load_backend_class(bc.type)
+        except LookupError as exc:
+            raise ConfigError(f"{cfg.source} [backends.{bc.name}]: {exc}") from None
+        try:
+            backends[bc.name] = cls.from_config(bc.name, bc.options)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{cfg.source} [backends.{bc.name}]: {exc}") from None
+    return backends
+
+
+class Store:
+    """Everything below the filesystem layer, opened under the store lock."""
+
+    def __init__(self, cfg: Config, purpose: str, *, readonly: bool = False) -> None:
+        self.cfg = cfg
+        self.lock = StoreLock(cfg.lock_file)
+        self.lock.acquire(purpose)
+        try:
+            self.index = Index(cfg.index_dir, readonly=False)
+            self.backends = open_backends(cfg)
+            self.placement = Placement(list(self.backends.values()), cfg.copies)
+            self.chunks = ChunkStore(self.index, self.backends, self.placement,
+                                     cache_bytes=cfg.cache_mb << 20)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.readonly = readonly
+
+    def close(self) -> None:
+        try:
+            self.index.close()
+        finally:
+            self.lock.release()
