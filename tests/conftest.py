@@ -1,0 +1,52 @@
+"""Shared fixtures: a real mount that is always unmounted, testdata location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
+
+TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+
+
+@pytest.fixture
+def mount_factory(tmp_path):
+    """Make (and always clean up) mounts: ``mount_factory(config=None, opts=None)``."""
+    if not FUSE_AVAILABLE:
+        pytest.skip(SKIP_REASON)
+    made: list[Mount] = []
+
+    def make(config: Path | None = None, opts: list[str] | None = None, name: str = "m") -> Mount:
+        root = tmp_path / name
+        root.mkdir(exist_ok=True)
+        m = Mount(root, config, opts)
+        made.append(m)
+        return m.mount()
+
+    yield make
+    for m in made:
+        m.cleanup()
+
+
+@pytest.fixture
+def mounted(mount_factory) -> Mount:
+    """A fresh store, mounted; tests work inside flows (top-level directories)."""
+    return mount_factory()
+
+
+@pytest.fixture
+def testdata() -> Path:
+    if not TESTDATA.is_dir():
+        pytest.skip(f"team test images not found at {TESTDATA} (../shared/testdata)")
+    return TESTDATA
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_errors(request):
+    """A real mount whose log shows an unexpected traceback fails the test."""
+    yield
+    m = request.node.funcargs.get("mounted")
+    if isinstance(m, Mount) and "Traceback" in m.log_text() and not request.node.get_closest_marker("allow_errors"):
+        pytest.fail("daemon log has a traceback:\n" + m.log_tail(60))

@@ -1,0 +1,168 @@
+"""Real mount: the user's story from the README, end to end through the kernel."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+
+import pytest
+
+from mountutil import gffs_cli
+
+
+def test_flows_copy_link_rename_remove(mounted):
+    m = mounted.path
+    (m / "landscapes").mkdir()
+    (m / "favourites").mkdir()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (m / "landscapes" / "a.jpg").write_bytes(data)
+    os.link(m / "landscapes" / "a.jpg", m / "favourites" / "a.jpg")
+    assert os.stat(m / "favourites" / "a.jpg").st_nlink == 2
+    assert sorted(os.listdir(m)) == ["favourites", "landscapes"]
+    os.rename(m / "favourites" / "a.jpg", m / "landscapes" / "b.jpg")
+    mounted.remount()
+    assert (m / "landscapes" / "a.jpg").read_bytes() == data
+    assert (m / "landscapes" / "b.jpg").read_bytes() == data
+    os.unlink(m / "landscapes" / "a.jpg")
+    assert os.stat(m / "landscapes" / "b.jpg").st_nlink == 1
+    os.rename(m / "favourites", m / "best")
+    os.rmdir(m / "best")
+    assert os.listdir(m) == ["landscapes"]
+
+
+def test_top_level_only_holds_directories(mounted):
+    with pytest.raises(PermissionError):
+        (mounted.path / "loose.jpg").write_bytes(b"x")
+    (mounted.path / ".Trash-0").mkdir()  # file managers' trash: an ordinary directory
+    (mounted.path / ".Trash-0" / "files").mkdir()
+
+
+def test_second_mount_of_same_store_is_refused(mounted, tmp_path):
+    other = tmp_path / "other"
+    res = gffs_cli("mount", str(other), "--data-dir", str(mounted.data_dir))
+    assert res.returncode != 0
+    assert "in use" in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") == 1
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[store\ncache_mb = 'x'")
+    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+    assert res.returncode == 2
+    assert "not valid TOML" in res.stderr and res.stderr.count("\n") == 1
+    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(tmp_path / "missing.toml"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    cfg.write_text("[store]\ncache_mbs = 3\n")
+    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+    assert res.returncode == 2 and "unknown key 'cache_mbs'" in res.stderr
+
+
+def test_names_and_xattr_limits(mounted):
+    d = mounted.path / "f"
+    d.mkdir()
+    with pytest.raises(OSError) as e:
+        (d / ("n" * 256)).write_bytes(b"")
+    assert e.value.errno == errno.ENAMETOOLONG
+    (d / ("n" * 255)).write_bytes(b"ok")
+    p = d / "x.jpg"
+    p.write_bytes(b"img")
+    os.setxattr(p, "user.xdg.comment", b"sunset")
+    assert os.getxattr(p, "user.xdg.comment") == b"sunset"
+    assert "user.xdg.comment" in os.listxattr(p)
+    with pytest.raises(OSError) as e:
+        os.getxattr(p, "user.missing")
+    assert e.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "user." + "k" * 251, b"v")
+    assert e.value.errno == errno.ERANGE
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "user.big", b"v" * (64 * 1024 + 1))
+    assert e.value.errno in (errno.E2BIG, errno.ERANGE)
+    os.setxattr(p, "user.max", b"v" * (64 * 1024))
+    assert len(os.getxattr(p, "user.max")) == 64 * 1024
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "user.k", b"v", os.XATTR_REPLACE)
+    assert e.value.errno == errno.ENODATA
+    os.removexattr(p, "user.max")
+    with pytest.raises(OSError) as e:
+        os.removexattr(p, "user.max")
+    assert e.value.errno == errno.ENODATA
+    mounted.remount()
+    assert os.getxattr(p, "user.xdg.comment") == b"sunset"
+
+
+def test_random_offset_io_truncate_append(mounted):
+    d = mounted.path / "f"
+    d.mkdir()
+    p = d / "f.bin"
+    ref = bytearray(os.urandom(2_500_000))
+    p.write_bytes(ref)
+    with open(p, "r+b") as f:
+        for off in (0, 1, 1048575, 1048576, 2_400_000, 3_000_000):
+            chunk = os.urandom(5000)
+            f.seek(off)
+            f.write(chunk)
+            if off > len(ref):
+                ref.extend(bytes(off - len(ref)))
+            ref[off:off + len(chunk)] = chunk
+    assert p.read_bytes() == ref
+    os.truncate(p, 1_000_000)
+    del ref[1_000_000:]
+    os.truncate(p, 1_500_000)
+    ref.extend(bytes(500_000))
+    with open(p, "ab") as f:
+        f.write(b"tail")
+    ref += b"tail"
+    assert p.read_bytes() == ref
+    mounted.remount()
+    assert p.read_bytes() == ref
+
+
+def test_unlink_open_file_keeps_data_until_close(mounted):
+    d = mounted.path / "f"
+    d.mkdir()
+    p = d / "x"
+    p.write_bytes(b"abc" * 1000)
+    with open(p, "rb") as f:
+        os.unlink(p)
+        assert not p.exists()
+        assert f.read() == b"abc" * 1000
+
+
+def test_statfs_reports_real_figures(mounted):
+    st = os.statvfs(mounted.path)
+    assert st.f_namemax == 255
+    assert st.f_blocks > 0 and 0 < st.f_bavail <= st.f_blocks
+
+
+def test_symlinks(mounted):
+    d = mounted.path / "f"
+    d.mkdir()
+    os.symlink("target.jpg", d / "link")
+    assert os.readlink(d / "link") == "target.jpg"
+    assert os.lstat(d / "link").st_size == len("target.jpg")
+
+
+def test_rename_flags_through_kernel(mounted):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    d = mounted.path / "f"
+    d.mkdir()
+    (d / "a").write_bytes(b"A")
+    (d / "b").write_bytes(b"B")
+    AT_FDCWD = -100
+    def renameat2(a, b, flags):
+        r = libc.renameat2(AT_FDCWD, str(a).encode(), AT_FDCWD, str(b).encode(), flags)
+        return 0 if r == 0 else ctypes.get_errno()
+    assert renameat2(d / "a", d / "b", 1) == errno.EEXIST  # RENAME_NOREPLACE
+    assert renameat2(d / "a", d / "b", 2) == 0             # RENAME_EXCHANGE
+    assert (d / "a").read_bytes() == b"B" and (d / "b").read_bytes() == b"A"
+
+
+def test_daemon_survives_and_unmount_is_clean(mounted):
+    subprocess.run(["ls", "-la", str(mounted.path)], check=True, capture_output=True)
+    mounted.unmount()
+    assert not mounted.is_mounted()
+    assert mounted.pid() is None or not os.path.exists(f"/proc/{mounted.pid()}")
