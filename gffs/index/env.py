@@ -52,9 +52,10 @@ class Index:
         self._init_meta()
 
     def _open_ro(self) -> dict:
-        with self.env.begin() as txn:
-            return {name: self.env.open_db(name.encode(), txn=txn, create=False)
-                    for name in DB_NAMES}
+        try:
+            return {name: self.env.open_db(name.encode(), create=False) for name in DB_NAMES}
+        except lmdb.NotFoundError:
+            raise ConfigError(f"{self.path} holds no gffs index") from None
 
     def _init_meta(self) -> None:
         with self.env.begin() as txn:
