@@ -80,6 +80,10 @@ class Filesystem:
         if self.read_only:
             return
         self.ns.ensure_root(uid, gid)
+        await self._finish_deletions()
+
+    async def _finish_deletions(self) -> None:
+        """Purge unlinked-while-open inodes and delete queued garbage chunks."""
         with self.index.read() as txn:
             orphans = self.ns.orphans(txn)
         for ino in orphans:
@@ -123,12 +127,7 @@ class Filesystem:
             except FsError as exc:
                 log.error("could not flush inode %d at unmount: %s", ino, exc)
         if not self.read_only:
-            with self.index.read() as txn:
-                orphans = self.ns.orphans(txn)
-            for ino in orphans:
-                self._purge(ino)
-            while await self.chunks.delete_garbage():
-                pass
+            await self._finish_deletions()
             await self.chunks.sync()
 
     # helpers -------------------------------------------------------------------
@@ -265,8 +264,7 @@ class Filesystem:
             self.ns.add_entry(txn, parent, name, ino)
             if is_dir:
                 prec.nlink += 1
-            prec.mtime_ns = prec.ctime_ns = now
-            self.ns.put(txn, parent, prec)
+            self._touch_dir(txn, parent, prec, now)
         return ino, rec
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> tuple[int, InodeRecord]:
@@ -310,8 +308,7 @@ class Filesystem:
             rec.nlink += 1
             rec.ctime_ns = now
             self.ns.put(txn, ino, rec)
-            prec.mtime_ns = prec.ctime_ns = now
-            self.ns.put(txn, new_parent, prec)
+            self._touch_dir(txn, new_parent, prec, now)
         return self._overlay(ino, rec)
 
     # removing entries ------------------------------------------------------------------
@@ -320,18 +317,26 @@ class Filesystem:
         check_name(name)
         now = _now()
         with self.index.write() as txn:
-            prec = self._dir(txn, parent)
-            ino = self.ns.lookup(txn, parent, name)
-            if ino is None:
-                raise FsError(errno.ENOENT)
+            prec, ino = self._child(txn, parent, name)
             rec = self.ns.get(txn, ino)
             if stat.S_ISDIR(rec.mode):
                 raise FsError(errno.EISDIR)
             self.ns.remove_entry(txn, parent, name)
-            prec.mtime_ns = prec.ctime_ns = now
-            self.ns.put(txn, parent, prec)
+            self._touch_dir(txn, parent, prec, now)
             self._drop_link(txn, ino, rec, now)
         self._garbage_wakeup.set()
+
+    def _child(self, txn, parent: int, name: bytes) -> tuple[InodeRecord, int]:
+        """The parent directory's record and the inode *name* points to (ENOENT if none)."""
+        prec = self._dir(txn, parent)
+        ino = self.ns.lookup(txn, parent, name)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        return prec, ino
+
+    def _touch_dir(self, txn, ino: int, rec: InodeRecord, now: int) -> None:
+        rec.mtime_ns = rec.ctime_ns = now
+        self.ns.put(txn, ino, rec)
 
     def _drop_link(self, txn, ino: int, rec: InodeRecord, now: int) -> None:
         rec.nlink -= 1
@@ -345,17 +350,13 @@ class Filesystem:
         check_name(name)
         now = _now()
         with self.index.write() as txn:
-            prec = self._dir(txn, parent)
-            ino = self.ns.lookup(txn, parent, name)
-            if ino is None:
-                raise FsError(errno.ENOENT)
+            prec, ino = self._child(txn, parent, name)
             rec = self._dir(txn, ino)
             if not self.ns.is_empty_dir(txn, ino):
                 raise FsError(errno.ENOTEMPTY)
             self.ns.remove_entry(txn, parent, name)
             prec.nlink -= 1
-            prec.mtime_ns = prec.ctime_ns = now
-            self.ns.put(txn, parent, prec)
+            self._touch_dir(txn, parent, prec, now)
             rec.nlink = 0
             rec.ctime_ns = now
             self.ns.put(txn, ino, rec)
@@ -417,11 +418,9 @@ class Filesystem:
                         self._drop_link(txn, target, trec, now)
                 self.ns.add_entry(txn, new_parent, new_name, ino)
                 self._reparent(txn, ino, rec, new_parent, old_parent, op, np, now)
-            op.mtime_ns = op.ctime_ns = now
-            np.mtime_ns = np.ctime_ns = now
-            self.ns.put(txn, old_parent, op)
+            self._touch_dir(txn, old_parent, op, now)
             if new_parent != old_parent:
-                self.ns.put(txn, new_parent, np)
+                self._touch_dir(txn, new_parent, np, now)
         self._garbage_wakeup.set()
 
     def _reparent(self, txn, ino: int, rec: InodeRecord, to_parent: int, from_parent: int,
