@@ -80,7 +80,17 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def lookup(self, parent_inode, name, ctx=None):
-        ino, rec = self.fs.lookup(parent_inode, name)
+        try:
+            ino, rec = self.fs.lookup(parent_inode, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # a negative entry the kernel may cache: every create goes through
+            # this kernel, which drops the negative entry itself
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = ENTRY_TIMEOUT
+            return negative
         return self._entry(ino, rec)
 
     async def forget(self, inode_list):
