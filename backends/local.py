@@ -94,8 +94,7 @@ class LocalBackend(Backend):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            dirs.add(path.parent)
-            dirs.add(path.parent.parent)
+            dirs.update((path.parent, path.parent.parent, self.objects))
         for d in dirs:
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -367,6 +367,8 @@ class Filesystem:
         self._writable()
         check_name(old_name)
         check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FsError(errno.EINVAL, "unsupported rename flags (RENAME_WHITEOUT)")
         noreplace = bool(flags & RENAME_NOREPLACE)
         exchange = bool(flags & RENAME_EXCHANGE)
         now = _now()
