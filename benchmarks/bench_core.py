@@ -65,6 +65,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any, Callable
 
 MB = 1_000_000
 JPEG_MAGIC = b"\xff\xd8\xff\xe0"
@@ -218,7 +219,7 @@ def read_tree(directory: Path) -> int:
     return total
 
 
-def timed(cmd: list[str], **kwargs) -> float:
+def timed(cmd: list[str], **kwargs: Any) -> float:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, **kwargs)
     return time.perf_counter() - t0
@@ -247,7 +248,7 @@ def record_rss(mount: GffsMount, results: Results, phase: str) -> None:
 # the benchmark
 
 
-def run(work: Path, sizes: Sizes, results: Results, log) -> None:
+def run(work: Path, sizes: Sizes, results: Results, log: Callable[[str], None]) -> None:
     rng = random.Random(1234)
     src, plain = work / "src", work / "plain"
     plain.mkdir()
