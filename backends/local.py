@@ -29,6 +29,7 @@ class LocalBackend(Backend):
         self.objects = self.root / "chunks"
         self.objects.mkdir(parents=True, exist_ok=True)
         self._unsynced: set[Path] = set()
+        self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -45,10 +46,18 @@ class LocalBackend(Backend):
     # blocking implementations, run in worker threads -------------------------
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._known_dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._known_dirs.add(path.parent)
         tmp = path.with_name(f"{key}.{threading.get_ident()}{TMP_SUFFIX}")
         try:
-            with open(tmp, "wb") as f:
+            try:
+                f = open(tmp, "wb")
+            except FileNotFoundError:  # fan-out directory removed behind our back
+                self._known_dirs.discard(path.parent)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")
+            with f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:

@@ -43,6 +43,9 @@ class BlockCache:
         self.used = 0
         self._data: OrderedDict[bytes, bytes] = OrderedDict()
 
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._data
+
     def get(self, key: bytes) -> bytes | None:
         data = self._data.get(key)
         if data is not None:
@@ -135,6 +138,10 @@ class ChunkStore:
                 del self._pins[d]
 
     # reading -------------------------------------------------------------------
+    def cached(self, digest: bytes) -> bool:
+        """True when the block is in the cache or already being loaded."""
+        return digest in self.cache or digest in self._loading
+
     async def load(self, digest: bytes) -> bytes:
         """Plaintext of a referenced chunk: cache, else the first good copy (verified)."""
         while True:

@@ -36,6 +36,7 @@ XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
 MAX_FILE_SIZE = 1 << 50
 SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
+READ_AHEAD_BLOCKS = 2           # blocks loaded ahead of a sequential reader
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
 
@@ -73,6 +74,7 @@ class Filesystem:
         self._zero_block = bytes(self.block_size)
         self._garbage_wakeup = trio.Event()
         self._unsynced = False
+        self._background: trio.Nursery | None = None  # write-behind and read-ahead tasks
 
     # lifecycle -----------------------------------------------------------------
     async def start(self, uid: int = 0, gid: int = 0) -> None:
@@ -96,7 +98,12 @@ class Filesystem:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._garbage_loop)
             nursery.start_soon(self._sync_loop)
-            task_status.started()
+            self._background = nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._background = None
 
     async def _garbage_loop(self) -> None:
         while True:
@@ -471,7 +478,8 @@ class Filesystem:
 
     def _drop_buffer_if_idle(self, ino: int) -> None:
         buf = self.buffers.get(ino)
-        if buf is not None and buf.open_count == 0 and not buf.needs_flush:
+        if buf is not None and buf.open_count == 0 and not buf.needs_flush and not buf.storing:
+            self._forget_stored_early(buf)
             del self.buffers[ino]
             if not self.lookups.get(ino) and not self.read_only:
                 self._purge_if_unlinked(ino)
@@ -526,7 +534,28 @@ class Filesystem:
             if len(piece) < hi - lo:
                 piece = bytes(piece) + bytes(hi - lo - len(piece))
             parts.append(piece)
+        if offset == buf.read_pos:
+            self._read_ahead(ino, buf, (end - 1) // bs + 1)
+        buf.read_pos = end
         return b"".join(parts)
+
+    def _read_ahead(self, ino: int, buf: FileBuffer, first: int) -> None:
+        """Sequential reader: start loading the next blocks before they are asked for."""
+        if self._background is None:
+            return
+        with self.index.read() as txn:
+            for idx in range(first, first + READ_AHEAD_BLOCKS):
+                if idx * self.block_size >= buf.committed_size:
+                    break
+                digest = self.cm.block(txn, ino, idx)
+                if digest is not None and idx not in buf.dirty and not self.chunks.cached(digest):
+                    self._background.start_soon(self._prefetch, digest)
+
+    async def _prefetch(self, digest: bytes) -> None:
+        try:
+            await self.chunks.load(digest)
+        except Exception as exc:  # the real read will report it
+            log.debug("read-ahead of %s failed: %s", digest.hex()[:16], exc)
 
     async def _block(self, ino: int, idx: int, buf: FileBuffer) -> bytes | bytearray:
         """Current content of one block: dirty buffer, else committed chunk, else hole."""
@@ -568,6 +597,8 @@ class Filesystem:
                 block.extend(bytes(within - len(block)))
             block[within:within + n] = view[:n]
             buf.touch(idx)
+            if within + n == bs and len(block) == bs:
+                self._write_behind(buf, idx)
             pos += n
             view = view[n:]
         now = _now()
@@ -577,6 +608,36 @@ class Filesystem:
         if buf.dirty_bytes > MAX_DIRTY_PER_FILE:
             await self._flush(h.ino)
         return len(data)
+
+    def _write_behind(self, buf: FileBuffer, idx: int) -> None:
+        """A block just became full: store it now so close() has less to do."""
+        if self._background is None or idx in buf.storing:
+            return
+        done = buf.storing[idx] = trio.Event()
+        version, data = buf.versions[idx], bytes(buf.dirty[idx])
+        try_compress = buf.try_compress is not False
+
+        async def store() -> None:
+            try:
+                sc = await self.chunks.store(data, try_compress)
+            except Exception as exc:  # the flush stores it again and reports
+                log.debug("write-behind of block %d failed: %s", idx, exc)
+            else:
+                old = buf.stored_early.pop(idx, None)
+                if old is not None:
+                    self.chunks.unpin([old[1].digest])
+                buf.stored_early[idx] = (version, sc)
+            finally:
+                del buf.storing[idx]
+                done.set()
+                if buf.open_count == 0:
+                    self._drop_buffer_if_idle(buf.ino)
+
+        self._background.start_soon(store)
+
+    def _forget_stored_early(self, buf: FileBuffer, keep: set[int] = frozenset()) -> None:
+        for idx in [i for i in buf.stored_early if i not in keep]:
+            self.chunks.unpin([buf.stored_early.pop(idx)[1].digest])
 
     async def truncate(self, ino: int, size: int) -> None:
         self._writable()
@@ -613,8 +674,17 @@ class Filesystem:
             try_compress = buf.try_compress is not False
             stored: dict[int, StoredChunk | None] = {}
 
+            for event in [buf.storing[i] for i in snap if i in buf.storing]:
+                await event.wait()
+            early = {idx: sc for idx, (version, sc) in buf.stored_early.items()
+                     if idx in snap and snap[idx][1] == version}
+            self._forget_stored_early(buf, keep=set(early))
+            buf.stored_early.clear()  # their pins now belong to this flush
+
             async def store_one(idx: int, data: bytes) -> None:
-                if data == self._zero_block[:len(data)]:
+                if idx in early:
+                    stored[idx] = early.pop(idx)
+                elif data == self._zero_block[:len(data)]:
                     stored[idx] = None  # all zeros: a hole, no chunk
                 else:
                     stored[idx] = await self.chunks.store(data, try_compress)
@@ -640,6 +710,7 @@ class Filesystem:
                 raise group.exceptions[0] from None
             finally:
                 self.chunks.unpin([sc.digest for sc in stored.values() if sc is not None])
+                self.chunks.unpin([sc.digest for sc in early.values()])
             buf.mark_flushed(snap, size)
         self._unsynced = True
         self._garbage_wakeup.set()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from gffs.chunks.store import StoredChunk
+
 
 @dataclass
 class FileBuffer:
@@ -24,6 +26,10 @@ class FileBuffer:
     dirty: dict[int, bytearray] = field(default_factory=dict)
     versions: dict[int, int] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    # write-behind: full blocks stored while the file is still being written
+    stored_early: dict[int, tuple[int, StoredChunk]] = field(default_factory=dict)
+    storing: dict[int, trio.Event] = field(default_factory=dict)
+    read_pos: int = -1            # end of the last read, to detect sequential reads
 
     @property
     def dirty_bytes(self) -> int:

@@ -84,7 +84,7 @@ class Namespace:
     def add_entry(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int) -> None:
         cookie = self.index.take_next(txn, NEXT_COOKIE)
         txn.put(u64(parent) + name, u64(ino) + u64(cookie), db=self._dirents)
-        txn.put(u64(parent) + u64(cookie), name, db=self._cookies)
+        txn.put(u64(parent) + u64(cookie), u64(ino) + name, db=self._cookies)
 
     def remove_entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int:
         key = u64(parent) + name
@@ -101,6 +101,7 @@ class Namespace:
         raw = txn.get(key, db=self._dirents)
         assert raw is not None
         txn.put(key, u64(ino) + raw[8:16], db=self._dirents)
+        txn.put(u64(parent) + raw[8:16], u64(ino) + name, db=self._cookies)
 
     def entries(self, txn: lmdb.Transaction, parent: int,
                 after_cookie: int = 0) -> Iterator[tuple[int, bytes, int]]:
@@ -113,12 +114,10 @@ class Namespace:
         cur = txn.cursor(db=self._cookies)
         if not cur.set_range(prefix + u64(after_cookie + 1)):
             return
-        for key, name in cur:
+        for key, value in cur:
             if key[:8] != prefix:
                 break
-            ino = self.lookup(txn, parent, bytes(name))
-            if ino is not None:
-                yield from_u64(key[8:]), bytes(name), ino
+            yield from_u64(key[8:]), bytes(value[8:]), from_u64(value[:8])
 
     def is_empty_dir(self, txn: lmdb.Transaction, ino: int) -> bool:
         cur = txn.cursor(db=self._cookies)
