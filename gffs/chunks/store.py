@@ -33,6 +33,7 @@ class StoredChunk:
 
     digest: bytes
     record: ChunkRecord  # what the index must record if it does not know the chunk
+    fresh: bool = False  # this call put the bytes (they are ours to delete if unused)
 
 
 class BlockCache:
@@ -81,13 +82,14 @@ class ChunkStore:
         self._pins: Counter[bytes] = Counter()
         self._deleting: dict[bytes, trio.Event] = {}
         self._loading: dict[bytes, trio.Event] = {}
+        self._unused: list[StoredChunk] = []
         self._limiter = trio.CapacityLimiter(io_threads)
 
     # writing -------------------------------------------------------------------
     async def store(self, data: bytes, try_compress: bool) -> StoredChunk:
         """Make *data* safe in the backends (or find it already stored) and pin it.
 
-        The caller must call :meth:`unpin` after the transaction that references
+        The caller must call :meth:`release` after the transaction that references
         the chunk has committed (or failed).
         """
         if len(data) <= INLINE_HASH_LIMIT:
@@ -103,9 +105,16 @@ class ChunkStore:
                 known = self.chunkmap.known(txn, digest)
             if known is not None:
                 return StoredChunk(digest, known)
-            locations = await self._put_everywhere(digest.hex(), stored, len(data))
+            record = ChunkRecord(0, len(data), len(stored), codec_id)
+            try:
+                record.locations = await self._put_everywhere(digest.hex(), stored, len(data))
+            except BaseException:
+                # cancelled or failed midway: some backend may hold the bytes anyway
+                record.locations = [Location(b.name) for b in self.placement.targets(len(data))]
+                self._unused.append(StoredChunk(digest, record, fresh=True))
+                raise
             self.cache.put(digest, bytes(data))
-            return StoredChunk(digest, ChunkRecord(0, len(data), len(stored), codec_id, locations))
+            return StoredChunk(digest, record, fresh=True)
         except BaseException:
             self.unpin([digest])
             raise
@@ -130,6 +139,16 @@ class ChunkStore:
                 raise FsError(errno.ENOSPC, str(errors[0]))
             raise FsError(errno.EIO, f"no backend accepted chunk {key[:16]}: {errors[0]}")
         return [Location(b.name, results[b.name]) for b in targets if b.name in results]
+
+    def release(self, chunks: list[StoredChunk]) -> None:
+        """Unpin chunks after their commit; bytes stored for a commit that failed get deleted.
+
+        A fresh chunk that no index row references once nobody pins it is queued
+        and deleted by the next :meth:`delete_garbage` (a full disk must not stay
+        full because of a flush that failed).
+        """
+        self.unpin([sc.digest for sc in chunks])
+        self._unused.extend(sc for sc in chunks if sc.fresh and sc.digest not in self._pins)
 
     def unpin(self, digests: list[bytes]) -> None:
         for d in digests:
@@ -189,6 +208,13 @@ class ChunkStore:
         with self.index.read() as txn:
             rows = [(d, r) for d, r in self.chunkmap.garbage(txn, limit)
                     if d not in self._pins and d not in self._deleting]
+            unused, self._unused = self._unused, []
+            seen = {d for d, _ in rows}
+            for sc in unused:
+                if (sc.digest not in self._pins and sc.digest not in self._deleting
+                        and sc.digest not in seen and self.chunkmap.known(txn, sc.digest) is None):
+                    rows.append((sc.digest, sc.record))
+                    seen.add(sc.digest)
         if not rows:
             return 0
         events = {d: trio.Event() for d, _ in rows}

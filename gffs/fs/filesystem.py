@@ -625,7 +625,7 @@ class Filesystem:
             else:
                 old = buf.stored_early.pop(idx, None)
                 if old is not None:
-                    self.chunks.unpin([old[1].digest])
+                    self.chunks.release([old[1]])
                 buf.stored_early[idx] = (version, sc)
             finally:
                 del buf.storing[idx]
@@ -637,7 +637,8 @@ class Filesystem:
 
     def _forget_stored_early(self, buf: FileBuffer, keep: set[int] = frozenset()) -> None:
         for idx in [i for i in buf.stored_early if i not in keep]:
-            self.chunks.unpin([buf.stored_early.pop(idx)[1].digest])
+            self.chunks.release([buf.stored_early.pop(idx)[1]])
+        self._garbage_wakeup.set()
 
     async def truncate(self, ino: int, size: int) -> None:
         self._writable()
@@ -709,8 +710,9 @@ class Filesystem:
             except* FsError as group:
                 raise group.exceptions[0] from None
             finally:
-                self.chunks.unpin([sc.digest for sc in stored.values() if sc is not None])
-                self.chunks.unpin([sc.digest for sc in early.values()])
+                self.chunks.release([sc for sc in stored.values() if sc is not None])
+                self.chunks.release(list(early.values()))
+                self._garbage_wakeup.set()
             buf.mark_flushed(snap, size)
         self._unsynced = True
         self._garbage_wakeup.set()

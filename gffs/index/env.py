@@ -7,6 +7,7 @@ namespace and the chunk table together (that is what makes crashes harmless).
 from __future__ import annotations
 
 import errno
+import os
 import time
 import uuid
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from gffs.index.records import from_u64, u64
 SCHEMA_VERSION = 1
 DEFAULT_BLOCK_SIZE = 1 << 20
 MAP_SIZE = 1 << 40  # virtual; the file grows only with use
+LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk full"
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
             "blocks", "chunks", "garbage", "orphans")
@@ -87,9 +89,17 @@ class Index:
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise FsError(errno.ENOSPC, f"index: {exc}") from exc
         except lmdb.Error as exc:
-            if "No space left" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
-                raise FsError(errno.ENOSPC, f"index: {exc}") from exc
-            raise
+            # LMDB reports a short write on a full disk as EIO: ask the disk
+            if "No space left" in str(exc) or self._disk_nearly_full():
+                raise FsError(errno.ENOSPC, f"index: disk full ({exc})") from exc
+            raise FsError(errno.EIO, f"index: {exc}") from exc
+
+    def _disk_nearly_full(self) -> bool:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < LOW_SPACE
 
     def read(self) -> lmdb.Transaction:
         return self.env.begin(buffers=False)
