@@ -166,3 +166,36 @@ def test_daemon_survives_and_unmount_is_clean(mounted):
     mounted.unmount()
     assert not mounted.is_mounted()
     assert mounted.pid() is None or not os.path.exists(f"/proc/{mounted.pid()}")
+
+
+def test_utimens_chown_and_ctime(mounted):
+    d = mounted.path / "f"
+    d.mkdir()
+    p = d / "x.jpg"
+    p.write_bytes(b"x")
+    os.utime(p, ns=(1_000_000_123, 2_000_000_456))
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
+    before = st.st_ctime_ns
+    os.chown(p, 1234, 5678)
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid) == (1234, 5678) and st.st_ctime_ns >= before
+    os.utime(p)  # UTIME_NOW
+    assert abs(os.stat(p).st_mtime_ns / 1e9 - __import__("time").time()) < 5
+    mounted.remount()
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+
+
+def test_readdir_lists_every_entry_of_a_large_directory(mounted):
+    d = mounted.path / "big"
+    d.mkdir()
+    names = {f"img{i:05d}.jpg" for i in range(1500)}
+    for n in names:
+        (d / n).write_bytes(b"")
+    assert set(os.listdir(d)) == names
+    for i, n in enumerate(sorted(names)):
+        if i % 3 == 0:
+            os.unlink(d / n)
+    left = {n for i, n in enumerate(sorted(names)) if i % 3}
+    assert set(os.listdir(d)) == left
