@@ -16,6 +16,7 @@ class MountEntry:
     mountpoint: str
     fstype: str
     source: str
+    dev: str = ""  # "major:minor"
 
 
 def _unescape(s: str) -> str:
@@ -30,7 +31,7 @@ def mounts() -> list[MountEntry]:
             fields, rfields = left.split(), right.split()
             if len(fields) < 5 or len(rfields) < 2:
                 continue
-            out.append(MountEntry(_unescape(fields[4]), rfields[0], _unescape(rfields[1])))
+            out.append(MountEntry(_unescape(fields[4]), rfields[0], _unescape(rfields[1]), fields[2]))
     return out
 
 

@@ -586,13 +586,15 @@ class Filesystem:
         while view:
             idx, within = divmod(pos, bs)
             n = min(bs - within, len(view))
-            block = buf.dirty.get(idx)
+            block = buf.writable_block(idx)
             if block is None:
                 if idx * bs >= buf.size or (within == 0 and (n == bs or pos + n >= buf.size)):
                     block = bytearray()
                 else:
                     block = bytearray(await self._block(h.ino, idx, buf))
-                block = buf.dirty.setdefault(idx, block)
+                    meanwhile = buf.writable_block(idx)  # another write landed while we loaded
+                    block = meanwhile if meanwhile is not None else block
+                buf.dirty[idx] = block
             if len(block) < within:
                 block.extend(bytes(within - len(block)))
             block[within:within + n] = view[:n]
@@ -615,6 +617,7 @@ class Filesystem:
             return
         done = buf.storing[idx] = trio.Event()
         version, data = buf.versions[idx], bytes(buf.dirty[idx])
+        buf.dirty[idx] = data  # frozen: the flush snapshot shares it, no copy
         try_compress = buf.try_compress is not False
 
         async def store() -> None:

@@ -23,7 +23,9 @@ class FileBuffer:
     meta_dirty: bool = False      # size or times differ from the index
     open_count: int = 0
     try_compress: bool | None = None   # decided from the file's first bytes
-    dirty: dict[int, bytearray] = field(default_factory=dict)
+    # block index -> content; a bytes value is a frozen full block (shared with its
+    # write-behind store), turned back into a bytearray only if written again
+    dirty: dict[int, bytearray | bytes] = field(default_factory=dict)
     versions: dict[int, int] = field(default_factory=dict)
     lock: trio.Lock = field(default_factory=trio.Lock)
     # write-behind: full blocks stored while the file is still being written
@@ -38,6 +40,13 @@ class FileBuffer:
     @property
     def needs_flush(self) -> bool:
         return bool(self.dirty) or self.meta_dirty
+
+    def writable_block(self, idx: int) -> bytearray | None:
+        """The dirty block *idx* as a mutable buffer (unfreezing it), or None."""
+        block = self.dirty.get(idx)
+        if isinstance(block, bytes):
+            block = self.dirty[idx] = bytearray(block)
+        return block
 
     def touch(self, block_idx: int) -> None:
         self.versions[block_idx] = self.versions.get(block_idx, 0) + 1
@@ -60,7 +69,7 @@ class FileBuffer:
             self.touch(idx)
         last = size // block_size
         if last in self.dirty and len(self.dirty[last]) > size - last * block_size:
-            del self.dirty[last][size - last * block_size:]
+            self.dirty[last] = self.dirty[last][:size - last * block_size]
             self.touch(last)
         self.size = size
         self.meta_dirty = True
