@@ -62,3 +62,20 @@ def test_sigterm_unmounts_and_keeps_data(mount_factory):
 def test_umount_of_something_else_is_a_clear_error(tmp_path):
     res = gffs_cli("umount", str(tmp_path))
     assert res.returncode == 1 and "is not mounted" in res.stderr
+
+
+def test_mount_over_the_remains_of_a_crashed_daemon(mount_factory):
+    m = mount_factory()
+    (m.path / "flow").mkdir()
+    (m.path / "flow" / "a.jpg").write_bytes(b"kept")
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        time.sleep(0.02)
+    with pytest.raises(OSError) as e:
+        os.listdir(m.path)
+    assert e.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    res = gffs_cli("mount", str(m.path), "--data-dir", str(m.data_dir))
+    assert res.returncode == 0, res.stderr
+    assert "crashed daemon" in res.stderr
+    assert (m.path / "flow" / "a.jpg").read_bytes() == b"kept"

@@ -38,6 +38,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))
     existing = find_mount(mountpoint)
+    if existing is not None and _is_dead_gffs_mount(existing):
+        # the daemon of an earlier mount crashed: its mount point only answers ENOTCONN
+        print(f"gffs: clearing the dead mount left at {mountpoint} by a crashed daemon",
+              file=sys.stderr)
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+        existing = find_mount(mountpoint)
     if existing is not None:
         return _fail(f"{mountpoint} is already a mount point ({existing.fstype} {existing.source})")
     try:
@@ -111,6 +117,13 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
         return _fail(message.removeprefix("gffs: "))
     proc.wait(timeout=30)
     return _fail(message.removeprefix("error: "))
+
+
+def _is_dead_gffs_mount(entry) -> bool:
+    """A gffs mount whose store lock nobody holds: its daemon is gone."""
+    from gffs.store import StoreLock
+    data_dir = gffs_data_dir(entry)
+    return data_dir is not None and StoreLock.wait_free(Path(data_dir) / "gffs.lock", 0)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
