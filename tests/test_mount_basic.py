@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -199,3 +200,17 @@ def test_readdir_lists_every_entry_of_a_large_directory(mounted):
             os.unlink(d / n)
     left = {n for i, n in enumerate(sorted(names)) if i % 3}
     assert set(os.listdir(d)) == left
+
+
+def test_ls_l_asks_for_unsupported_xattrs_once_per_mount_not_per_file(mounted):
+    """ls -l probes security.selinux and ACLs; ENOTSUP lets it stop after the first file."""
+    d = mounted.path / "flow"
+    d.mkdir()
+    for i in range(50):
+        (d / f"{i}.jpg").write_bytes(b"")
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed (tools/setup.sh installs it)")
+    res = subprocess.run(["strace", "-f", "-e", "trace=getxattr,lgetxattr,listxattr,llistxattr",
+                          "ls", "-l", str(d)], capture_output=True, text=True)
+    calls = [line for line in res.stderr.splitlines() if "xattr(" in line]
+    assert len(calls) < 10, "\n".join(calls[:20])

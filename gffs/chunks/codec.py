@@ -76,13 +76,16 @@ def encode(data: bytes, try_compress: bool) -> tuple[int, bytes]:
     return CODEC_RAW, bytes([CODEC_RAW]) + data
 
 
-def decode(stored: bytes, expected: bytes) -> bytes:
-    """Plaintext of a stored chunk, verified against its SHA-256 name."""
+def decode(stored: bytes, expected: bytes) -> bytes | memoryview:
+    """Plaintext of a stored chunk, verified against its SHA-256 name.
+
+    A raw chunk comes back as a read-only view into *stored* (no 1 MiB copy).
+    """
     if not stored:
         raise CorruptChunk("empty object")
     codec, payload = stored[0], memoryview(stored)[1:]
     if codec == CODEC_RAW:
-        data = bytes(payload)
+        data = payload
     elif codec == CODEC_ZSTD:
         try:
             data = _decompressor().decompress(payload)

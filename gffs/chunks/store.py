@@ -42,12 +42,12 @@ class BlockCache:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.used = 0
-        self._data: OrderedDict[bytes, bytes] = OrderedDict()
+        self._data: OrderedDict[bytes, bytes | memoryview] = OrderedDict()
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._data
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes) -> bytes | memoryview | None:
         data = self._data.get(key)
         if data is not None:
             self._data.move_to_end(key)
@@ -58,7 +58,7 @@ class BlockCache:
         if old is not None:
             self.used -= len(old)
 
-    def put(self, key: bytes, data: bytes) -> None:
+    def put(self, key: bytes, data: bytes | memoryview) -> None:
         if len(data) > self.max_bytes:
             return
         old = self._data.pop(key, None)
@@ -161,7 +161,7 @@ class ChunkStore:
         """True when the block is in the cache or already being loaded."""
         return digest in self.cache or digest in self._loading
 
-    async def load(self, digest: bytes) -> bytes:
+    async def load(self, digest: bytes) -> bytes | memoryview:
         """Plaintext of a referenced chunk: cache, else the first good copy (verified)."""
         while True:
             data = self.cache.get(digest)
@@ -180,7 +180,7 @@ class ChunkStore:
             del self._loading[digest]
             done.set()
 
-    async def _fetch(self, digest: bytes) -> bytes:
+    async def _fetch(self, digest: bytes) -> bytes | memoryview:
         key = digest.hex()
         with self.index.read() as txn:
             rec = self.chunkmap.known(txn, digest)

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
 XATTR_LIST_MAX = 64 * 1024
-XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+# security.* (SELinux labels, file capabilities) and system.* (POSIX ACLs) are not
+# supported: answering ENOTSUP lets tools such as ls remember that per device
+# instead of asking for every file.
+XATTR_NAMESPACES = (b"user.", b"trusted.")
 MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
 MAX_FILE_SIZE = 1 << 50
 SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
@@ -525,6 +528,8 @@ class Filesystem:
         if offset >= end:
             return b""
         bs = self.block_size
+        if offset == buf.read_pos or offset == 0:  # sequential, or a reader starting out
+            self._read_ahead(ino, buf, (end - 1) // bs + 1)
         parts = []
         for idx in range(offset // bs, (end - 1) // bs + 1):
             start = idx * bs
@@ -534,8 +539,6 @@ class Filesystem:
             if len(piece) < hi - lo:
                 piece = bytes(piece) + bytes(hi - lo - len(piece))
             parts.append(piece)
-        if offset == buf.read_pos:
-            self._read_ahead(ino, buf, (end - 1) // bs + 1)
         buf.read_pos = end
         return b"".join(parts)
 
@@ -557,7 +560,7 @@ class Filesystem:
         except Exception as exc:  # the real read will report it
             log.debug("read-ahead of %s failed: %s", digest.hex()[:16], exc)
 
-    async def _block(self, ino: int, idx: int, buf: FileBuffer) -> bytes | bytearray:
+    async def _block(self, ino: int, idx: int, buf: FileBuffer) -> bytes | bytearray | memoryview:
         """Current content of one block: dirty buffer, else committed chunk, else hole."""
         data = buf.dirty.get(idx)
         if data is not None:
@@ -750,11 +753,10 @@ class Filesystem:
         if len(name) > XATTR_NAME_MAX:
             raise FsError(errno.ERANGE, "xattr name longer than 255 bytes")
         if not name.startswith(XATTR_NAMESPACES):
-            raise FsError(errno.ENOTSUP, "only user., trusted. and security. xattrs are stored")
+            raise FsError(errno.ENOTSUP, "only user. and trusted. xattrs are stored")
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        if len(name) > XATTR_NAME_MAX:
-            raise FsError(errno.ERANGE)
+        self._check_xattr_name(name)
         with self.index.read() as txn:
             self.ns.get(txn, ino)
             value = self.ns.get_xattr(txn, ino, name)
@@ -783,8 +785,7 @@ class Filesystem:
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
-        if len(name) > XATTR_NAME_MAX:
-            raise FsError(errno.ERANGE)
+        self._check_xattr_name(name)
         with self.index.write() as txn:
             rec = self.ns.get(txn, ino)
             if not self.ns.remove_xattr(txn, ino, name):
