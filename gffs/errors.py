@@ -6,7 +6,6 @@ reply. Anything else reaching the FUSE layer is a bug and becomes EIO.
 
 from __future__ import annotations
 
-import errno
 import os
 
 
@@ -24,7 +23,3 @@ class ConfigError(Exception):
 
 class StoreLockedError(Exception):
     """Another process holds the store (the index has one writer)."""
-
-
-def enospc(message: str = "no space left on the store") -> FsError:
-    return FsError(errno.ENOSPC, message)

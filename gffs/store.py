@@ -82,12 +82,12 @@ def open_backends(cfg: Config) -> dict[str, Backend]:
 class Store:
     """Everything below the filesystem layer, opened under the store lock."""
 
-    def __init__(self, cfg: Config, purpose: str, *, readonly: bool = False) -> None:
+    def __init__(self, cfg: Config, purpose: str) -> None:
         self.cfg = cfg
         self.lock = StoreLock(cfg.lock_file)
         self.lock.acquire(purpose)
         try:
-            self.index = Index(cfg.index_dir, readonly=False)
+            self.index = Index(cfg.index_dir)
             self.backends = open_backends(cfg)
             self.placement = Placement(list(self.backends.values()), cfg.copies)
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
@@ -95,7 +95,6 @@ class Store:
         except BaseException:
             self.lock.release()
             raise
-        self.readonly = readonly
 
     def close(self) -> None:
         try:
