@@ -52,6 +52,15 @@ class Backend(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @classmethod
+    def from_config(cls, name: str, options: dict) -> "Backend":
+        """Build the backend from its config table (without 'type').
+
+        Raise ValueError with a one-line message naming the bad option; never
+        put a credential into the message.
+        """
+        raise NotImplementedError(f"{cls.__name__} cannot be configured from a file")
+
     @abstractmethod
     async def put(self, key: str, data: bytes) -> str:
         """Store *data* under *key*; return the locator. Overwriting is harmless."""

@@ -10,6 +10,9 @@ from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
 
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 
+# Each backend's servers and factories live in tests/fixtures_<name>.py.
+pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("fixtures_*.py"))
+
 
 @pytest.fixture
 def mount_factory(tmp_path):

@@ -1,15 +1,19 @@
 """One conformance suite every storage backend must pass, plus fault injection.
 
-To add a backend (S3, IPFS, Drive...), append a factory to BACKEND_FACTORIES:
-a function (tmp_path) -> Backend, skipping (pytest.skip) when its service or
-credentials are not available. Every test below then runs against it.
+A backend joins the suite from its own fixtures module ``tests/fixtures_<name>.py``
+(loaded as a pytest plugin by conftest.py) that defines ``BACKEND_FACTORIES``: a
+list of ``pytest.param(factory, id=...)`` where ``factory(request, tmp_path)``
+returns a fresh, empty Backend (it may use the module's fixtures through
+``request.getfixturevalue``). Every test below then runs against it.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import importlib
 import os
+from pathlib import Path
 
 import pytest
 import trio
@@ -25,24 +29,33 @@ from gffs_backends.base import (Backend, BackendError, BackendUnavailable, Capac
 from gffs_backends.local import LocalBackend
 
 
-def local_factory(tmp_path) -> Backend:
+def local_factory(request, tmp_path) -> Backend:
     return LocalBackend("local", tmp_path / "local-backend")
 
 
-def faulty_passthrough_factory(tmp_path) -> Backend:
+def faulty_passthrough_factory(request, tmp_path) -> Backend:
     """The fault wrapper with no faults switched on must itself be a conforming backend."""
     return FaultyBackend(LocalBackend("local", tmp_path / "wrapped-backend"))
+
+
+def _plugin_factories() -> list:
+    found = []
+    for path in sorted(Path(__file__).parent.glob("fixtures_*.py")):
+        module = importlib.import_module(path.stem)
+        found.extend(getattr(module, "BACKEND_FACTORIES", []))
+    return found
 
 
 BACKEND_FACTORIES = [
     pytest.param(local_factory, id="local"),
     pytest.param(faulty_passthrough_factory, id="faulty-passthrough"),
+    *_plugin_factories(),
 ]
 
 
 @pytest.fixture(params=BACKEND_FACTORIES)
 def backend(request, tmp_path):
-    b = request.param(tmp_path)
+    b = request.param(request, tmp_path)
     yield b
     trio.run(b.close)
 
