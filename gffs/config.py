@@ -16,8 +16,8 @@ from typing import Any
 
 from gffs.errors import ConfigError
 
-STORE_KEYS = {"data_dir", "cache_mb", "log_file"}
-PLACEMENT_KEYS = {"copies"}
+STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout"}
+POLICY_KEYS = {"copies", "backends", "weights"}
 
 
 @dataclass
@@ -28,10 +28,21 @@ class BackendConfig:
 
 
 @dataclass
+class PolicyConfig:
+    """Where a flow's chunks go: how many copies, on which backends, with what weights."""
+
+    copies: int
+    backends: list[str]
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     data_dir: Path
     backends: list[BackendConfig] = field(default_factory=list)
-    copies: int = 1
+    placement: PolicyConfig | None = None
+    flows: dict[str, PolicyConfig] = field(default_factory=dict)
+    backend_timeout: float = 60.0
     cache_mb: int = 32
     log_file: Path | None = None
     source: str = "defaults"
@@ -89,7 +100,10 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
     _expect(isinstance(cache_mb, int) and 1 <= cache_mb <= 65536, f"{where} [store]",
             "cache_mb must be an integer between 1 and 65536")
     log_file = store.get("log_file")
-    cfg = Config(data_dir=ddir, cache_mb=cache_mb,
+    timeout = store.get("backend_timeout", 60)
+    _expect(isinstance(timeout, (int, float)) and 1 <= timeout <= 3600, f"{where} [store]",
+            "backend_timeout must be a number of seconds between 1 and 3600")
+    cfg = Config(data_dir=ddir, cache_mb=cache_mb, backend_timeout=float(timeout),
                  log_file=Path(log_file).expanduser() if log_file else None, source=where)
 
     backends = raw.get("backends", {})
@@ -109,12 +123,34 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
 
     placement = raw.get("placement", {})
     _expect(isinstance(placement, dict), where, "[placement] must be a table")
-    _unknown(placement, PLACEMENT_KEYS, f"{where} [placement]")
-    copies = placement.get("copies", 1)
-    _expect(isinstance(copies, int) and 1 <= copies <= len(cfg.backends), f"{where} [placement]",
-            f"copies must be an integer between 1 and the number of backends ({len(cfg.backends)})")
-    cfg.copies = copies
+    flows = placement.get("flows", {})
+    _expect(isinstance(flows, dict), f"{where} [placement.flows]", "must be a table of flows")
+    names = [b.name for b in cfg.backends]
+    cfg.placement = _policy({k: v for k, v in placement.items() if k != "flows"},
+                            f"{where} [placement]", names, None)
+    for flow, table in flows.items():
+        fwhere = f"{where} [placement.flows.{flow}]"
+        _expect(isinstance(table, dict), fwhere, "must be a table")
+        cfg.flows[flow] = _policy(table, fwhere, names, cfg.placement)
     return cfg
+
+
+def _policy(table: dict, where: str, names: list[str], default: PolicyConfig | None) -> PolicyConfig:
+    _unknown(table, POLICY_KEYS, where)
+    backends = table.get("backends", default.backends if default else names)
+    _expect(isinstance(backends, list) and backends and all(isinstance(b, str) for b in backends),
+            where, "backends must be a non-empty list of backend names")
+    for b in backends:
+        _expect(b in names, where, f"unknown backend {b!r} (configured: {', '.join(names)})")
+    copies = table.get("copies", default.copies if default else 1)
+    _expect(isinstance(copies, int) and 1 <= copies <= len(backends), where,
+            f"copies must be an integer between 1 and the number of its backends ({len(backends)})")
+    weights = table.get("weights", {})
+    _expect(isinstance(weights, dict), where, "weights must be a table of backend = number")
+    for b, w in weights.items():
+        _expect(b in backends, where, f"weight for {b!r}, which is not one of its backends")
+        _expect(isinstance(w, (int, float)) and w > 0, where, f"weight of {b!r} must be a positive number")
+    return PolicyConfig(copies, list(backends), {b: float(w) for b, w in weights.items()})
 
 
 def _mentions_secrets(raw: dict) -> bool:

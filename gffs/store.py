@@ -13,7 +13,7 @@ from gffs.chunks.store import ChunkStore
 from gffs.config import Config
 from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import Index
-from gffs.placement import Placement
+from gffs.placement import FlowPolicy, Placement
 from gffs_backends.base import Backend, load_backend_class
 
 
@@ -89,9 +89,16 @@ class Store:
         try:
             self.index = Index(cfg.index_dir)
             self.backends = open_backends(cfg)
-            self.placement = Placement(list(self.backends.values()), cfg.copies)
+            pol = cfg.placement
+            self.placement = Placement(
+                list(self.backends.values()), pol.copies if pol else 1,
+                default_backends=pol.backends if pol else None,
+                weights=pol.weights if pol else None,
+                flows={name: FlowPolicy(p.copies, p.backends, p.weights)
+                       for name, p in cfg.flows.items()})
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
-                                     cache_bytes=cfg.cache_mb << 20)
+                                     cache_bytes=cfg.cache_mb << 20,
+                                     backend_timeout=cfg.backend_timeout)
         except BaseException:
             self.lock.release()
             raise

@@ -4,6 +4,13 @@ It owns three in-memory things the index cannot: *pins* (hashes a writer is
 about to reference, which garbage deletion must not remove), the set of
 deletions in flight, and an LRU cache of decoded blocks. Hashing, compression
 and backend I/O all run in worker threads, never on the trio loop.
+
+Every backend call goes through :meth:`ChunkStore._call`: bounded by a timeout
+and recorded in the placement's health, so a backend that is down is skipped
+quickly instead of stalling writers and readers. A write that cannot reach all
+the copies its policy asks for completes once one copy is safe (on a fallback
+backend if needed) and queues the chunk for repair; reads fail over between
+copies and queue a bad copy for repair.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from gffs.errors import FsError
 from gffs.index import ChunkMap, Index
 from gffs.index.records import ChunkRecord, Location
 from gffs.placement import Placement
-from gffs_backends.base import Backend, BackendError, BackendFull
+from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable,
+                                ObjectMissing)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ class StoredChunk:
     digest: bytes
     record: ChunkRecord  # what the index must record if it does not know the chunk
     fresh: bool = False  # this call put the bytes (they are ours to delete if unused)
+    short: bool = False  # fewer copies than the policy wants: queue for repair on commit
 
 
 class BlockCache:
@@ -73,7 +82,8 @@ class BlockCache:
 
 class ChunkStore:
     def __init__(self, index: Index, backends: dict[str, Backend], placement: Placement,
-                 cache_bytes: int = 32 << 20, io_threads: int = 4) -> None:
+                 cache_bytes: int = 32 << 20, io_threads: int = 4,
+                 backend_timeout: float = 60.0) -> None:
         self.index = index
         self.chunkmap = ChunkMap(index)
         self.backends = backends
@@ -83,14 +93,35 @@ class ChunkStore:
         self._deleting: dict[bytes, trio.Event] = {}
         self._loading: dict[bytes, trio.Event] = {}
         self._unused: list[StoredChunk] = []
+        self.repair_wakeup = trio.Event()
         self._limiter = trio.CapacityLimiter(io_threads)
+        self.timeout = backend_timeout
+        self.health = placement.health
+
+    async def _call(self, backend: Backend, op: str, *args):
+        """One backend operation, bounded in time, with its outcome recorded in health."""
+        try:
+            with trio.fail_after(self.timeout):
+                result = await getattr(backend, op)(*args)
+        except trio.TooSlowError:
+            self.health.failed(backend.name, f"{op} timed out after {self.timeout:.0f} s")
+            raise BackendUnavailable(f"{backend.name}: {op} timed out") from None
+        except BackendFull as exc:
+            self.health.full(backend.name, str(exc))
+            raise
+        except BackendUnavailable as exc:
+            self.health.failed(backend.name, str(exc))
+            raise
+        self.health.succeeded(backend.name)
+        return result
 
     # writing -------------------------------------------------------------------
-    async def store(self, data: bytes, try_compress: bool) -> StoredChunk:
+    async def store(self, data: bytes, try_compress: bool, flow: str | None = None) -> StoredChunk:
         """Make *data* safe in the backends (or find it already stored) and pin it.
 
         The caller must call :meth:`release` after the transaction that references
-        the chunk has committed (or failed).
+        the chunk has committed (or failed), and queue a repair for a chunk that
+        comes back ``short``.
         """
         if len(data) <= INLINE_HASH_LIMIT:
             digest, codec_id, stored = codec.encode_and_hash(data, try_compress)
@@ -106,27 +137,47 @@ class ChunkStore:
             if known is not None:
                 return StoredChunk(digest, known)
             record = ChunkRecord(0, len(data), len(stored), codec_id)
+            targets = self.placement.targets(len(data), digest, flow)
             try:
-                record.locations = await self._put_everywhere(digest.hex(), stored, len(data))
+                record.locations = await self._put_safely(digest, stored, targets)
             except BaseException:
                 # cancelled or failed midway: some backend may hold the bytes anyway
-                record.locations = [Location(b.name) for b in self.placement.targets(len(data))]
+                record.locations = [Location(b.name) for b in self.placement.backends]
                 self._unused.append(StoredChunk(digest, record, fresh=True))
                 raise
             self.cache.put(digest, bytes(data))
-            return StoredChunk(digest, record, fresh=True)
+            want = self.placement.policy_for(flow).copies
+            return StoredChunk(digest, record, fresh=True, short=len(record.locations) < want)
         except BaseException:
             self.unpin([digest])
             raise
 
-    async def _put_everywhere(self, key: str, stored: bytes, size: int) -> list[Location]:
-        targets = self.placement.targets(size)
+    async def _put_safely(self, digest: bytes, stored: bytes, targets: list[Backend]) -> list[Location]:
+        """Put to the targets; if none took it, to a fallback (local first). ≥ 1 copy or raise."""
+        locations, errors = await self._put_to(digest.hex(), stored, targets)
+        if not locations:
+            for backend in self.placement.fallbacks({b.name for b in targets}):
+                locations, more = await self._put_to(digest.hex(), stored, [backend])
+                errors += more
+                if locations:
+                    log.warning("chunk %s kept on %s until its backends are back",
+                                digest.hex()[:16], backend.name)
+                    break
+        if not locations:
+            if errors and all(isinstance(e, BackendFull) for e in errors):
+                raise FsError(errno.ENOSPC, str(errors[0]))
+            detail = "; ".join(str(e) for e in errors) or "no backend is available"
+            raise FsError(errno.EIO, f"no backend accepted chunk {digest.hex()[:16]}: {detail}")
+        return locations
+
+    async def _put_to(self, key: str, stored: bytes,
+                      targets: list[Backend]) -> tuple[list[Location], list[BackendError]]:
         results: dict[str, str] = {}
         errors: list[BackendError] = []
 
         async def put_one(backend: Backend) -> None:
             try:
-                results[backend.name] = await backend.put(key, stored)
+                results[backend.name] = await self._call(backend, "put", key, stored)
             except BackendError as exc:
                 errors.append(exc)
                 log.error("put of chunk %s to backend %s failed: %s", key[:16], backend.name, exc)
@@ -134,11 +185,7 @@ class ChunkStore:
         async with trio.open_nursery() as nursery:
             for backend in targets:
                 nursery.start_soon(put_one, backend)
-        if not results:
-            if any(isinstance(e, BackendFull) for e in errors):
-                raise FsError(errno.ENOSPC, str(errors[0]))
-            raise FsError(errno.EIO, f"no backend accepted chunk {key[:16]}: {errors[0]}")
-        return [Location(b.name, results[b.name]) for b in targets if b.name in results]
+        return [Location(b.name, results[b.name]) for b in targets if b.name in results], errors
 
     def release(self, chunks: list[StoredChunk]) -> None:
         """Unpin chunks after their commit; bytes stored for a commit that failed get deleted.
@@ -187,20 +234,114 @@ class ChunkStore:
         if rec is None:
             log.error("chunk %s is referenced but has no record in the index", key)
             raise FsError(errno.EIO, f"chunk {key[:16]} has no record")
-        failures = []
-        for loc in rec.locations:
-            backend = self.backends.get(loc.backend)
+        failures, bad = [], []
+        by_name = {loc.backend: loc for loc in rec.locations}
+        for name in self.placement.read_order(list(by_name)):
+            loc, backend = by_name[name], self.backends.get(name)
             if backend is None:
-                failures.append(f"{loc.backend}: not configured")
+                failures.append(f"{name}: not configured")
                 continue
             try:
-                stored = await backend.get(key, loc.locator)
-                return await trio.to_thread.run_sync(codec.decode, stored, digest,
+                stored = await self._call(backend, "get", key, loc.locator)
+                data = await trio.to_thread.run_sync(codec.decode, stored, digest,
                                                      limiter=self._limiter)
-            except (BackendError, codec.CorruptChunk) as exc:
-                failures.append(f"{loc.backend}: {exc}")
-                log.error("chunk %s from backend %s unusable: %s", key[:16], loc.backend, exc)
+            except (ObjectMissing, codec.CorruptChunk) as exc:
+                failures.append(f"{name}: {exc}")
+                bad.append(name)
+                log.error("copy of chunk %s on backend %s is bad: %s", key[:16], name, exc)
+            except BackendError as exc:
+                failures.append(f"{name}: {exc}")
+                log.warning("chunk %s: backend %s failed: %s", key[:16], name, exc)
+            else:
+                if bad:
+                    self._drop_bad_copies(digest, bad)
+                return data
+        log.error("no good copy of chunk %s: %s", key[:16], "; ".join(failures))
         raise FsError(errno.EIO, f"no good copy of chunk {key[:16]} ({'; '.join(failures)})")
+
+    def _drop_bad_copies(self, digest: bytes, bad: list[str]) -> None:
+        """Forget copies that proved missing or corrupt and queue their re-creation."""
+        with self.index.write() as txn:
+            rec = self.chunkmap.chunk(txn, digest)
+            if rec is None:
+                return
+            rec.locations = [loc for loc in rec.locations if loc.backend not in bad]
+            if rec.locations:
+                self.chunkmap.set_locations(txn, digest, rec.locations)
+                self.chunkmap.queue_repair(txn, digest, None, restore=bad)
+        self.repair_wakeup.set()
+
+    # repairing ------------------------------------------------------------------
+    async def repair(self, limit: int = 200) -> tuple[int, int]:
+        """Bring queued chunks back to their copy count; returns (repaired, still pending).
+
+        A chunk whose wanted backends are down stays queued (the queue is in the
+        index, so it survives restarts) and is retried on the next call.
+        """
+        with self.index.read() as txn:
+            rows = self.chunkmap.repair_rows(txn, limit)
+        repaired = pending = 0
+        for digest, flow, restore in rows:
+            try:
+                done = await self._repair_one(digest, flow, restore)
+            except (BackendError, FsError, codec.CorruptChunk) as exc:
+                log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
+                done = False
+            if done:
+                repaired += 1
+            else:
+                pending += 1
+        return repaired, pending
+
+    async def _repair_one(self, digest: bytes, flow: str | None, restore: list[str]) -> bool:
+        with self.index.read() as txn:
+            rec = self.chunkmap.chunk(txn, digest)
+        if rec is None:  # deleted meanwhile
+            with self.index.write() as txn:
+                self.chunkmap.done_repair(txn, digest)
+            return True
+        policy = self.placement.policy_for(flow)
+        have = {loc.backend for loc in rec.locations}
+        wanted = [b.name for b in self.placement.ranked(digest, flow)]
+        missing = [n for n in restore if n not in have and n in self.backends]
+        for name in wanted:
+            if len(have) + len(missing) >= policy.copies and name not in restore:
+                break
+            if name not in have and name not in missing:
+                missing.append(name)
+        missing = [n for n in missing if self.health.writable(n)]
+        if missing:
+            stored = await self._stored_copy(digest, rec)
+            for name in missing:
+                try:
+                    locator = await self._call(self.backends[name], "put", digest.hex(), stored)
+                except BackendError as exc:
+                    log.warning("repair of chunk %s on %s failed: %s", digest.hex()[:16], name, exc)
+                    continue
+                with self.index.write() as txn:
+                    self.chunkmap.add_location(txn, digest, Location(name, locator))
+                have.add(name)
+        complete = len(have & set(wanted)) >= policy.copies and all(n in have for n in restore
+                                                                     if n in self.backends)
+        if complete:
+            with self.index.write() as txn:
+                self.chunkmap.done_repair(txn, digest)
+        return complete
+
+    async def _stored_copy(self, digest: bytes, rec: ChunkRecord) -> bytes:
+        """The stored form of a chunk from a verified good copy."""
+        for name in self.placement.read_order([loc.backend for loc in rec.locations]):
+            loc = next(l for l in rec.locations if l.backend == name)
+            backend = self.backends.get(name)
+            if backend is None:
+                continue
+            try:
+                stored = await self._call(backend, "get", digest.hex(), loc.locator)
+                await trio.to_thread.run_sync(codec.decode, stored, digest, limiter=self._limiter)
+                return stored
+            except (BackendError, codec.CorruptChunk):
+                continue
+        raise FsError(errno.EIO, f"no good copy of chunk {digest.hex()[:16]} to repair from")
 
     # deleting -------------------------------------------------------------------
     async def delete_garbage(self, limit: int = 1000) -> int:
@@ -231,7 +372,7 @@ class ChunkStore:
                 if backend is None:
                     continue  # a removed backend: nothing we can delete there
                 try:
-                    await backend.delete_many(items)
+                    await self._call(backend, "delete_many", items)
                 except BackendError as exc:
                     log.warning("garbage deletion on backend %s failed, will retry: %s", name, exc)
                     failed.update(key for key, _ in items)

@@ -40,6 +40,7 @@ MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
 MAX_FILE_SIZE = 1 << 50
 SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
 READ_AHEAD_BLOCKS = 2           # blocks loaded ahead of a sequential reader
+REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
 
@@ -101,6 +102,7 @@ class Filesystem:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._garbage_loop)
             nursery.start_soon(self._sync_loop)
+            nursery.start_soon(self._repair_loop)
             self._background = nursery
             try:
                 task_status.started()
@@ -118,6 +120,20 @@ class Filesystem:
             except Exception:
                 log.exception("garbage deletion failed; will retry")
             await trio.sleep(0.2)
+
+    async def _repair_loop(self) -> None:
+        """Bring under-replicated chunks back to their copy count, now and then."""
+        while True:
+            with trio.move_on_after(REPAIR_INTERVAL):
+                await self.chunks.repair_wakeup.wait()
+            self.chunks.repair_wakeup = trio.Event()
+            try:
+                repaired, pending = await self.chunks.repair()
+                if repaired:
+                    log.info("repaired %d chunks, %d still waiting", repaired, pending)
+            except Exception:
+                log.exception("repair failed; will retry")
+            await trio.sleep(1.0)
 
     async def _sync_loop(self) -> None:
         while True:
@@ -267,7 +283,7 @@ class Filesystem:
                     mode |= stat.S_ISGID
             is_dir = stat.S_ISDIR(mode)
             rec = InodeRecord(mode, caller.uid, gid, 2 if is_dir else 1, len(target or b""),
-                              now, now, now, rdev, parent if is_dir else 0)
+                              now, now, now, rdev, parent)
             ino = self.ns.new_inode(txn, rec)
             if target is not None:
                 self.ns.set_symlink(txn, ino, target)
@@ -439,10 +455,11 @@ class Filesystem:
                   from_rec: InodeRecord, to_rec: InodeRecord, now: int) -> None:
         """Update a moved inode's ctime and, for directories, parent link and nlinks."""
         rec.ctime_ns = now
-        if stat.S_ISDIR(rec.mode) and to_parent != from_parent:
-            rec.parent = to_parent
-            from_rec.nlink -= 1
-            to_rec.nlink += 1
+        if to_parent != from_parent:
+            rec.parent = to_parent  # files: the flow their new chunks are placed for
+            if stat.S_ISDIR(rec.mode):
+                from_rec.nlink -= 1
+                to_rec.nlink += 1
         self.ns.put(txn, ino, rec)
 
     def _check_not_ancestor(self, txn, ino: int, rec: InodeRecord, new_parent: int) -> None:
@@ -475,9 +492,29 @@ class Filesystem:
         if buf is None:
             with self.index.read() as txn:
                 rec = self.ns.get(txn, ino)
-            buf = FileBuffer(ino, rec.size, rec.size, rec.mtime_ns, rec.ctime_ns)
+                flow = self._flow_of(txn, ino, rec)
+            buf = FileBuffer(ino, rec.size, rec.size, rec.mtime_ns, rec.ctime_ns, flow=flow)
             self.buffers[ino] = buf
         return buf
+
+    def _flow_of(self, txn, ino: int, rec: InodeRecord) -> str | None:
+        """Name of the flow (top-level directory) an inode was last linked into.
+
+        Only needed when the placement has per-flow policies; a hard link in a
+        second flow keeps the placement of the flow the file was created in.
+        """
+        if not self.chunks.placement.flows:
+            return None
+        for _ in range(4096):
+            if rec.parent in (0, ROOT_INO):
+                break
+            ino, rec = rec.parent, self.ns.get(txn, rec.parent)
+        if rec.parent != ROOT_INO:
+            return None
+        for _cookie, name, child in self.ns.entries(txn, ROOT_INO):
+            if child == ino:
+                return name.decode(errors="surrogateescape")
+        return None
 
     def _drop_buffer_if_idle(self, ino: int) -> None:
         buf = self.buffers.get(ino)
@@ -625,7 +662,7 @@ class Filesystem:
 
         async def store() -> None:
             try:
-                sc = await self.chunks.store(data, try_compress)
+                sc = await self.chunks.store(data, try_compress, buf.flow)
             except Exception as exc:  # the flush stores it again and reports
                 log.debug("write-behind of block %d failed: %s", idx, exc)
             else:
@@ -694,7 +731,7 @@ class Filesystem:
                 elif data == self._zero_block[:len(data)]:
                     stored[idx] = None  # all zeros: a hole, no chunk
                 else:
-                    stored[idx] = await self.chunks.store(data, try_compress)
+                    stored[idx] = await self.chunks.store(data, try_compress, buf.flow)
 
             try:
                 async with trio.open_nursery() as nursery:
@@ -708,6 +745,9 @@ class Filesystem:
                             self.cm.set_block(txn, ino, idx, None)
                         else:
                             self.cm.set_block(txn, ino, idx, sc.digest, sc.record)
+                            if sc.short:
+                                self.cm.queue_repair(txn, sc.digest, buf.flow)
+                                self.chunks.repair_wakeup.set()
                     self.cm.drop_blocks(txn, ino, -(-size // self.block_size))
                     rec.size = size
                     rec.mtime_ns = max(rec.mtime_ns, mtime)

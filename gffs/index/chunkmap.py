@@ -9,6 +9,7 @@ content is written again before that.
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from typing import Iterator
@@ -29,6 +30,7 @@ class ChunkMap:
         self._blocks = index.db["blocks"]
         self._chunks = index.db["chunks"]
         self._garbage = index.db["garbage"]
+        self._repair = index.db["repair"]
 
     # file blocks ----------------------------------------------------------
     def block(self, txn: lmdb.Transaction, ino: int, idx: int) -> bytes | None:
@@ -112,6 +114,7 @@ class ChunkMap:
             txn.put(digest, rec.pack(), db=self._chunks)
             return
         txn.delete(digest, db=self._chunks)
+        txn.delete(digest, db=self._repair)
         rec.refcount = 0
         txn.put(digest, _GARBAGE_HDR.pack(time.time_ns()) + rec.pack(), db=self._garbage)
         self.index.add_counter(txn, N_CHUNKS, -1)
@@ -123,6 +126,40 @@ class ChunkMap:
         if rec is not None and loc not in rec.locations:
             rec.locations.append(loc)
             txn.put(digest, rec.pack(), db=self._chunks)
+
+    def set_locations(self, txn: lmdb.Transaction, digest: bytes, locations: list[Location]) -> None:
+        rec = self.chunk(txn, digest)
+        if rec is not None:
+            rec.locations = list(locations)
+            txn.put(digest, rec.pack(), db=self._chunks)
+
+    # repair queue ------------------------------------------------------------
+    def queue_repair(self, txn: lmdb.Transaction, digest: bytes, flow: str | None,
+                     restore: list[str] = ()) -> None:
+        """Remember that a chunk has fewer good copies than its policy wants."""
+        old = txn.get(digest, db=self._repair)
+        if old is not None:
+            prev = json.loads(bytes(old))
+            restore = sorted(set(restore) | set(prev.get("restore", [])))
+            flow = flow if flow is not None else prev.get("flow")
+        row = {"flow": flow, "restore": list(restore)}
+        txn.put(digest, json.dumps(row).encode(), db=self._repair)
+
+    def repair_rows(self, txn: lmdb.Transaction,
+                    limit: int = 1000) -> list[tuple[bytes, str | None, list[str]]]:
+        out = []
+        for key, value in txn.cursor(db=self._repair):
+            row = json.loads(bytes(value))
+            out.append((bytes(key), row.get("flow"), row.get("restore", [])))
+            if len(out) >= limit:
+                break
+        return out
+
+    def repair_count(self, txn: lmdb.Transaction) -> int:
+        return txn.stat(self._repair)["entries"]
+
+    def done_repair(self, txn: lmdb.Transaction, digest: bytes) -> None:
+        txn.delete(digest, db=self._repair)
 
     def all_chunks(self, txn: lmdb.Transaction) -> Iterator[tuple[bytes, ChunkRecord]]:
         """Full scan — for admin commands only (gc, fsck), never on a FUSE path."""

@@ -1,5 +1,6 @@
 """Placement: which backends receive a new chunk."""
 
-from gffs.placement.policy import Placement
+from gffs.placement.health import Health
+from gffs.placement.policy import FlowPolicy, Placement
 
-__all__ = ["Placement"]
+__all__ = ["FlowPolicy", "Health", "Placement"]

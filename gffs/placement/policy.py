@@ -1,25 +1,91 @@
-"""Placement policy: the backends a new chunk is written to.
+"""Placement policy: which backends hold a chunk, per flow.
 
-Today a store has one copy count for everything and writes each new chunk to
-the first *copies* healthy backends in configuration order. The policy is a
-value in the index's world, not baked into chunk names, so a later rebalance
-can move data without renaming anything.
+A policy names the backends a flow's chunks may live on, how many copies to
+keep, and weights that spread chunks over those backends. It is evaluated when
+a chunk is written (and by repair/rebalance later) and is never baked into a
+chunk's name, so changing it moves data only when asked.
+
+Choice of backends for a chunk: weighted rendezvous hashing of the chunk hash
+over the policy's backends, skipping backends that are down or full. The same
+chunk goes to the same backends while the policy is unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from gffs.placement.health import Health
 from gffs_backends.base import Backend
 
 
+@dataclass
+class FlowPolicy:
+    copies: int
+    backends: list[str]
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def _score(digest: bytes, backend: str, weight: float) -> float:
+    """Weighted rendezvous score: highest wins; proportional to weight on average."""
+    h = hashlib.blake2b(digest + backend.encode(), digest_size=8).digest()
+    u = (int.from_bytes(h, "big") + 1) / (2 ** 64 + 1)
+    return -weight / math.log(u)
+
+
 class Placement:
-    def __init__(self, backends: list[Backend], copies: int = 1) -> None:
+    def __init__(self, backends: list[Backend], copies: int = 1, *,
+                 flows: dict[str, FlowPolicy] | None = None,
+                 weights: dict[str, float] | None = None,
+                 default_backends: list[str] | None = None,
+                 health: Health | None = None) -> None:
         if not backends:
             raise ValueError("placement needs at least one backend")
-        if copies < 1 or copies > len(backends):
-            raise ValueError(f"copies must be between 1 and {len(backends)}, not {copies}")
+        self.by_name = {b.name: b for b in backends}
         self.backends = backends
-        self.copies = copies
+        names = default_backends or [b.name for b in backends]
+        self.default = FlowPolicy(copies, names, dict(weights or {}))
+        self.flows = dict(flows or {})
+        for name, policy in [("default", self.default), *self.flows.items()]:
+            unknown = [b for b in policy.backends if b not in self.by_name]
+            if unknown:
+                raise ValueError(f"placement for {name}: unknown backend {unknown[0]!r}")
+            if not 1 <= policy.copies <= len(policy.backends):
+                raise ValueError(f"placement for {name}: copies must be between 1 and "
+                                 f"{len(policy.backends)}, not {policy.copies}")
+        self.health = health or Health()
 
-    def targets(self, size: int) -> list[Backend]:
-        """Backends that should hold a new chunk of *size* bytes."""
-        return self.backends[: self.copies]
+    @property
+    def copies(self) -> int:
+        return self.default.copies
+
+    def policy_for(self, flow: str | None) -> FlowPolicy:
+        return self.flows.get(flow or "", self.default)
+
+    def ranked(self, digest: bytes, flow: str | None = None) -> list[Backend]:
+        """The policy's backends for this chunk, best first (ignoring health)."""
+        policy = self.policy_for(flow)
+        order = sorted(policy.backends,
+                       key=lambda n: _score(digest, n, policy.weights.get(n, 1.0)), reverse=True)
+        return [self.by_name[n] for n in order]
+
+    def targets(self, size: int, digest: bytes = b"", flow: str | None = None) -> list[Backend]:
+        """Backends that should receive a new chunk: *copies* healthy ones, by rank."""
+        policy = self.policy_for(flow)
+        ranked = self.ranked(digest, flow)
+        healthy = [b for b in ranked if self.health.writable(b.name)]
+        return (healthy or ranked)[: policy.copies]
+
+    def fallbacks(self, exclude: set[str]) -> list[Backend]:
+        """Other writable backends, local ones first: where data goes when targets are down."""
+        rest = [b for b in self.backends if b.name not in exclude and self.health.writable(b.name)]
+        return sorted(rest, key=lambda b: type(b).__name__ != "LocalBackend")
+
+    def read_order(self, names: list[str]) -> list[str]:
+        """Copies to try for a read: healthy first, local disks before remote stores."""
+        def key(name: str) -> tuple[bool, bool]:
+            b = self.by_name.get(name)
+            return (not self.health.available(name),
+                    b is None or type(b).__name__ != "LocalBackend")
+        return sorted(names, key=key)
