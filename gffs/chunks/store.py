@@ -304,11 +304,14 @@ class ChunkStore:
         have = {loc.backend for loc in rec.locations}
         wanted = [b.name for b in self.placement.ranked(digest, flow)]
         missing = [n for n in restore if n not in have and n in self.backends]
+        placed = len(have & set(wanted))  # copies where the policy wants them
         for name in wanted:
-            if len(have) + len(missing) >= policy.copies and name not in restore:
+            if placed >= policy.copies:
                 break
-            if name not in have and name not in missing:
-                missing.append(name)
+            if name not in have:
+                if name not in missing:
+                    missing.append(name)
+                placed += 1
         missing = [n for n in missing if self.health.writable(n)]
         if missing:
             stored = await self._stored_copy(digest, rec)
