@@ -22,6 +22,7 @@ from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
 from gffs.store import Store, StoreLock, open_backends
+from gffs_backends.base import BackendError
 from gffs_backends.local import LocalBackend
 
 GC_MIN_AGE = 3600.0  # never delete objects younger than this: a put may be in flight
@@ -52,6 +53,7 @@ def status(cfg: Config) -> dict:
                 "logical_bytes": index.counter(txn, LOGICAL_BYTES),
                 "stored_bytes": index.counter(txn, STORED_BYTES),
                 "garbage_pending": len(cm.garbage(txn, limit=1_000_000)),
+                "repair_pending": cm.repair_count(txn),
                 "flows": flows,
             }
     finally:
@@ -61,9 +63,15 @@ def status(cfg: Config) -> dict:
     async def capacities() -> dict:
         out = {}
         for name, b in backends.items():
-            cap = await b.capacity()
-            out[name] = {"type": type(b).__name__, "total": cap.total if cap else None,
-                         "free": cap.free if cap else None}
+            try:
+                with trio.fail_after(cfg.backend_timeout):
+                    cap = await b.capacity()
+                health = "ok"
+            except (BackendError, trio.TooSlowError) as exc:
+                cap, health = None, f"unreachable: {exc or 'timeout'}"
+            out[name] = {"type": type(b).__name__, "health": health,
+                         "total": cap.total if cap else None, "free": cap.free if cap else None}
+            await b.close()
         return out
     result["backends"] = trio.run(capacities)
     return result
@@ -84,10 +92,11 @@ def print_status(s: dict) -> None:
     print(f"chunks     {s['chunks']}  ({_human(s['logical_bytes'])} of data in "
           f"{_human(s['stored_bytes'])} stored, compression {ratio:.2f}x)")
     print(f"garbage    {s['garbage_pending']} chunks waiting for deletion")
+    print(f"repair     {s['repair_pending']} chunks below their copy count (queued)")
     print(f"flows      {len(s['flows'])}: {', '.join(s['flows'][:20])}")
     for name, b in s["backends"].items():
         cap = f"{_human(b['free'])} free of {_human(b['total'])}" if b["total"] else "capacity unknown"
-        print(f"backend    {name} ({b['type']}): {cap}")
+        print(f"backend    {name} ({b['type']}): {b['health']}, {cap}")
 
 
 def gc(cfg: Config, min_age: float) -> dict:
