@@ -132,3 +132,7 @@ def setup_logging(cfg: Config, foreground: bool, debug: bool = False) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=level, format=fmt, filename=str(path))
     logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+    # their DEBUG output carries request headers (credentials): never let it through
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3", "googleapiclient",
+                  "google.auth", "requests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
