@@ -16,7 +16,7 @@ from typing import Any
 
 from gffs.errors import ConfigError
 
-STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout"}
+STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max"}
 POLICY_KEYS = {"copies", "backends", "weights"}
 
 
@@ -43,6 +43,7 @@ class Config:
     placement: PolicyConfig | None = None
     flows: dict[str, PolicyConfig] = field(default_factory=dict)
     backend_timeout: float = 60.0
+    backend_retry_max: float = 60.0
     cache_mb: int = 32
     log_file: Path | None = None
     source: str = "defaults"
@@ -103,7 +104,11 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
     timeout = store.get("backend_timeout", 60)
     _expect(isinstance(timeout, (int, float)) and 1 <= timeout <= 3600, f"{where} [store]",
             "backend_timeout must be a number of seconds between 1 and 3600")
+    retry_max = store.get("backend_retry_max", 60)
+    _expect(isinstance(retry_max, (int, float)) and 1 <= retry_max <= 3600, f"{where} [store]",
+            "backend_retry_max must be a number of seconds between 1 and 3600")
     cfg = Config(data_dir=ddir, cache_mb=cache_mb, backend_timeout=float(timeout),
+                 backend_retry_max=float(retry_max),
                  log_file=Path(log_file).expanduser() if log_file else None, source=where)
 
     backends = raw.get("backends", {})

@@ -13,7 +13,7 @@ from gffs.chunks.store import ChunkStore
 from gffs.config import Config
 from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import Index
-from gffs.placement import FlowPolicy, Placement
+from gffs.placement import FlowPolicy, Health, Placement
 from gffs_backends.base import Backend, load_backend_class
 
 
@@ -95,7 +95,8 @@ class Store:
                 default_backends=pol.backends if pol else None,
                 weights=pol.weights if pol else None,
                 flows={name: FlowPolicy(p.copies, p.backends, p.weights)
-                       for name, p in cfg.flows.items()})
+                       for name, p in cfg.flows.items()},
+                health=Health(max_backoff=cfg.backend_retry_max))
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout)

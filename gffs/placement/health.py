@@ -28,8 +28,9 @@ class _State:
 
 
 class Health:
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, clock=time.monotonic, max_backoff: float = MAX_BACKOFF) -> None:
         self._clock = clock
+        self.max_backoff = max_backoff
         self._states: dict[str, _State] = {}
 
     def _state(self, name: str) -> _State:
@@ -45,7 +46,7 @@ class Health:
 
     def failed(self, name: str, error: str) -> None:
         s = self._state(name)
-        s.backoff = min(MAX_BACKOFF, s.backoff * 2 if s.backoff else FIRST_BACKOFF)
+        s.backoff = min(self.max_backoff, s.backoff * 2 if s.backoff else FIRST_BACKOFF)
         if self.available(name):
             log.warning("backend %s is unavailable (%s); skipping it for %.0f s", name, error, s.backoff)
         s.down_until = self._clock() + s.backoff
@@ -55,14 +56,13 @@ class Health:
         s = self._state(name)
         if self._clock() >= s.full_until:
             log.warning("backend %s is full (%s); no new chunks for %.0f s", name, error, FULL_BACKOFF)
-        s.full_until = self._clock() + FULL_BACKOFF
+        s.full_until = self._clock() + min(FULL_BACKOFF, self.max_backoff)
         s.last_error = error
 
     def succeeded(self, name: str) -> None:
         s = self._state(name)
-        if s.down_until and self._clock() < s.down_until + MAX_BACKOFF:
-            if s.backoff:
-                log.info("backend %s is back", name)
+        if s.backoff:
+            log.info("backend %s is back", name)
         s.down_until = 0.0
         s.backoff = 0.0
 
