@@ -89,20 +89,28 @@ class Store:
         try:
             self.index = Index(cfg.index_dir)
             self.backends = open_backends(cfg)
-            pol = cfg.placement
-            self.placement = Placement(
+            self.placement = self._placement(cfg)
+            self.chunks = ChunkStore(self.index, self.backends, self.placement,
+                                     cache_bytes=cfg.cache_mb << 20,
+                                     backend_timeout=cfg.backend_timeout)
+        except BaseException:
+            if hasattr(self, "index"):
+                self.index.close()
+            self.lock.release()
+            raise
+
+    def _placement(self, cfg: Config) -> Placement:
+        pol = cfg.placement
+        try:
+            return Placement(
                 list(self.backends.values()), pol.copies if pol else 1,
                 default_backends=pol.backends if pol else None,
                 weights=pol.weights if pol else None,
                 flows={name: FlowPolicy(p.copies, p.backends, p.weights)
                        for name, p in cfg.flows.items()},
                 health=Health(max_backoff=cfg.backend_retry_max))
-            self.chunks = ChunkStore(self.index, self.backends, self.placement,
-                                     cache_bytes=cfg.cache_mb << 20,
-                                     backend_timeout=cfg.backend_timeout)
-        except BaseException:
-            self.lock.release()
-            raise
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.source} [placement]: {exc}") from None
 
     def close(self) -> None:
         try:

@@ -147,7 +147,8 @@ class ChunkStore:
                 raise
             self.cache.put(digest, bytes(data))
             want = self.placement.policy_for(flow).copies
-            return StoredChunk(digest, record, fresh=True, short=len(record.locations) < want)
+            trusted = sum(self.placement.trusted(loc.backend) for loc in record.locations)
+            return StoredChunk(digest, record, fresh=True, short=trusted < want)
         except BaseException:
             self.unpin([digest])
             raise
@@ -304,11 +305,12 @@ class ChunkStore:
         have = {loc.backend for loc in rec.locations}
         wanted = [b.name for b in self.placement.ranked(digest, flow)]
         missing = [n for n in restore if n not in have and n in self.backends]
-        placed = len(have & set(wanted))  # copies where the policy wants them
+        # copies that count: where the policy wants them, on backends we trust
+        placed = sum(self.placement.trusted(n) for n in have & set(wanted))
         for name in wanted:
             if placed >= policy.copies:
                 break
-            if name not in have:
+            if name not in have and self.placement.trusted(name):
                 if name not in missing:
                     missing.append(name)
                 placed += 1
@@ -324,8 +326,8 @@ class ChunkStore:
                 with self.index.write() as txn:
                     self.chunkmap.add_location(txn, digest, Location(name, locator))
                 have.add(name)
-        complete = len(have & set(wanted)) >= policy.copies and all(n in have for n in restore
-                                                                     if n in self.backends)
+        counted = sum(self.placement.trusted(n) for n in have & set(wanted))
+        complete = counted >= policy.copies and all(n in have for n in restore if n in self.backends)
         if complete:
             with self.index.write() as txn:
                 self.chunkmap.done_repair(txn, digest)
@@ -391,6 +393,14 @@ class ChunkStore:
                 del self._deleting[d]
                 ev.set()
         return len(deleted)
+
+    async def close(self) -> None:
+        """Release the backends' connections (unmount)."""
+        for backend in self.backends.values():
+            try:
+                await backend.close()
+            except Exception as exc:
+                log.warning("closing backend %s: %s", backend.name, exc)
 
     async def sync(self) -> None:
         """Make every chunk written so far durable, then the index."""

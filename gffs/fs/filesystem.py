@@ -155,6 +155,7 @@ class Filesystem:
         if not self.read_only:
             await self._finish_deletions()
             await self.chunks.sync()
+        await self.chunks.close()
 
     # helpers -------------------------------------------------------------------
     def _writable(self) -> None:

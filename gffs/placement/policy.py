@@ -54,7 +54,21 @@ class Placement:
             if not 1 <= policy.copies <= len(policy.backends):
                 raise ValueError(f"placement for {name}: copies must be between 1 and "
                                  f"{len(policy.backends)}, not {policy.copies}")
+            trusted = [b for b in policy.backends if getattr(self.by_name[b], "trusted", True)]
+            if len(trusted) < policy.copies:
+                raise ValueError(f"placement for {name}: {policy.copies} copies need as many "
+                                 f"trusted backends, it has {len(trusted)} (untrusted: "
+                                 f"{', '.join(b for b in policy.backends if b not in trusted)})")
         self.health = health or Health()
+
+    def trusted(self, name: str) -> bool:
+        """Whether a copy on this backend counts toward a policy's copies.
+
+        A backend says so with a ``trusted`` attribute (IPFS: only when pinned
+        on a node you control); unknown backends do not count.
+        """
+        b = self.by_name.get(name)
+        return b is not None and bool(getattr(b, "trusted", True))
 
     @property
     def copies(self) -> int:

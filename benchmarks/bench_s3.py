@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""S3 benchmark: gffs over a moto S3 server next to plain boto3 on the same server.
+
+Run as root from the repository root::
+
+    python benchmarks/bench_s3.py            # full size (about a minute)
+    python benchmarks/bench_s3.py --quick    # smoke run (seconds)
+    python benchmarks/bench_s3.py --json results.json
+
+The script starts its own moto S3 server as a separate process on 127.0.0.1
+(``moto_server -H 127.0.0.1 -p PORT``, or ``python -m moto.server`` when the
+console script is missing) and waits until it answers. The process
+environment gets dummy AWS credentials, ``AWS_EC2_METADATA_DISABLED=true``
+and ``AWS_CONFIG_FILE`` / ``AWS_SHARED_CREDENTIALS_FILE`` pointing to files
+that do not exist, so nothing is read from ``~/.aws`` and nothing reaches AWS.
+The gffs daemons inherit that environment. Everything else lives in one
+temporary work directory (``--workdir``, default /tmp): the source files, the
+moto log and the gffs stores with their mount points. The script always
+unmounts, stops the moto server and deletes the work directory, also on
+Ctrl-C or an error, and always exits 0: it measures, it does not test.
+PASS/MISS only says whether a target is met.
+
+The dataset is generated once: incompressible files that look like JPEGs
+(JPEG magic + random bytes, sizes +/- 3 %; gffs skips compression for them).
+All throughput figures are MB/s with MB = 10^6 bytes.
+
+1. Reference: a fresh bucket and one boto3 client with default settings. Every
+   file is read from the page cache and uploaded with ``put_object``, one after
+   the other, as ``cp`` copies one file after the other -> ingest MB/s. Then
+   every object is read back with ``get_object`` -> read MB/s. moto keeps
+   objects in memory, so there is no "cold" for the reference.
+2. gffs with only the S3 backend (three fresh buckets, ``[placement] copies =
+   1, backends = ["s3"]``; the index and data directory are local as always).
+   Timed: ``cp -r SRC MNT/flow`` until cp exits (in gffs every close() returns
+   only after the file's chunks are stored and the index committed). Then
+   unmount, remount (new daemon, empty block cache), drop the page cache and
+   read every file with 1 MiB ``readinto`` calls. Ratios gffs/boto3, target
+   >= 0.7.
+3. gffs with ``copies = 2`` over S3 (three more fresh buckets) + a local
+   backend: the same ingest and read-back. Every chunk goes to both backends;
+   reads take the first good copy in the placement's read order. Compared
+   with the same boto3 reference, target >= 0.7 too (informational: it shows
+   what the second copy costs or gains).
+
+Read-back byte counts are checked (a short read cannot look fast), and the
+SHA-256 of a few files is compared with the source, untimed. The peak RSS of
+the gffs daemon (VmHWM, read before every unmount) is reported as in
+bench_core.py; target < 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import (
+    MB,
+    GffsMount,
+    Results,
+    Row,
+    drop_caches,
+    make_files,
+    read_tree,
+    record_rss,
+    timed_cp,
+)
+
+REGION = "us-east-1"
+ACCESS_KEY = "bench-access-key"
+SECRET_KEY = "bench-secret-key-not-a-real-one"
+TARGET_RATIO = 0.7
+RSS_LIMIT_MB = 200
+AWS_VARS_TO_CLEAR = (
+    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    n_files: int
+    file_bytes: int
+
+
+FULL = Sizes(n_files=60, file_bytes=2 << 20)
+QUICK = Sizes(n_files=15, file_bytes=2 << 20)
+
+
+# ---------------------------------------------------------------------------
+# environment, moto server, boto3
+
+
+def dummy_aws_env(work: Path) -> dict[str, str]:
+    """Set dummy credentials in os.environ (inherited by moto and gffs); returns the old values."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    for var in AWS_VARS_TO_CLEAR:
+        os.environ.pop(var, None)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_DEFAULT_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=str(work / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(work / "no-aws-credentials"))
+    return saved
+
+
+def restore_env(saved: dict[str, str]) -> None:
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        del os.environ[k]
+    os.environ.update(saved)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """A moto S3 server in its own process (and process group): ``start()``, ``stop()``."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        exe = shutil.which("moto_server")
+        cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}: "
+                                   f"{self.log_tail()}")
+            try:
+                urllib.request.urlopen(self.endpoint + "/", timeout=1).close()
+                return
+            except urllib.error.HTTPError:
+                return      # it answered, with an error status: good enough
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"moto server did not answer on {self.endpoint} within {timeout:g} s")
+
+    def log_tail(self) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
+        except FileNotFoundError:
+            return ""
+
+    def peak_rss_mb(self) -> float | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MB
+        except FileNotFoundError:
+            pass
+        return None
+
+    def stop(self) -> None:
+        """Terminate the server's process group (only ours: it has its own session)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def s3_client(endpoint: str):
+    import boto3
+    return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=REGION)
+
+
+def new_buckets(client, n: int) -> list[str]:
+    tag = uuid.uuid4().hex[:10]
+    names = [f"bench-{tag}-{i}" for i in range(n)]
+    for b in names:
+        client.create_bucket(Bucket=b)
+    return names
+
+
+# ---------------------------------------------------------------------------
+# gffs
+
+
+class ConfiguredMount(GffsMount):
+    """bench_core's CLI-driven mount, with a ``--config`` file."""
+
+    def __init__(self, root: Path, config: Path) -> None:
+        super().__init__(root)
+        self.config = config
+
+    def mount(self) -> None:
+        res = self._cli("mount", str(self.path), "--data-dir", str(self.data_dir),
+                        "--config", str(self.config))
+        if res.returncode != 0:
+            raise RuntimeError(f"gffs mount failed: {res.stderr.strip()}")
+
+
+def write_config(path: Path, endpoint: str, buckets: list[str], copies: int,
+                 local_dir: Path | None) -> Path:
+    local = f'[backends.local]\ntype = "local"\npath = "{local_dir}"\n' if local_dir else ""
+    placement = ["s3"] if local_dir is None else ["local", "s3"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""{local}
+[backends.s3]
+type = "s3"
+buckets = {json.dumps(buckets)}
+endpoint_url = "{endpoint}"
+region = "{REGION}"
+
+[placement]
+copies = {copies}
+backends = {json.dumps(placement)}
+""")
+    return path
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sample_names(names: list[str]) -> list[str]:
+    """First, middle and last file: the ones whose SHA-256 is checked."""
+    return sorted({names[0], names[len(names) // 2], names[-1]})
+
+
+def boto3_reference(client, src: Path, names: list[str], total: int) -> tuple[float, float]:
+    """Sequential put_object then get_object of every file into a fresh bucket; (s, s)."""
+    bucket, = new_buckets(client, 1)
+    read_tree(src)      # source in the page cache, as for cp
+    t0 = time.perf_counter()
+    for name in names:
+        with open(src / name, "rb") as f:
+            client.put_object(Bucket=bucket, Key=name, Body=f.read())
+    t_put = time.perf_counter() - t0
+    got = 0
+    t0 = time.perf_counter()
+    for name in names:
+        got += len(client.get_object(Bucket=bucket, Key=name)["Body"].read())
+    t_get = time.perf_counter() - t0
+    if got != total:
+        raise RuntimeError(f"boto3 read-back returned {got} bytes, expected {total}")
+    for name in sample_names(names):
+        body = client.get_object(Bucket=bucket, Key=name)["Body"].read()
+        if hashlib.sha256(body).hexdigest() != sha256_file(src / name):
+            raise RuntimeError(f"boto3 read-back of {name} differs from the source")
+    return t_put, t_get
+
+
+def gffs_ingest_and_read(mount: GffsMount, src: Path, names: list[str], total: int,
+                         results: Results, label: str) -> tuple[float, float]:
+    """cp -r into a new flow, remount, drop caches, read back; (s, s)."""
+    flow = mount.path / "bench"
+    mount.mount()
+    t_cp = timed_cp(src, flow)
+    record_rss(mount, results, f"{label}: ingest")
+    mount.remount()
+    drop_caches(results)
+    t0 = time.perf_counter()
+    got = read_tree(flow)
+    t_read = time.perf_counter() - t0
+    if got != total:
+        raise RuntimeError(f"{label}: gffs read-back returned {got} bytes, expected {total}")
+    for name in sample_names(names):
+        if sha256_file(flow / name) != sha256_file(src / name):
+            raise RuntimeError(f"{label}: gffs read-back of {name} differs from the source")
+    record_rss(mount, results, f"{label}: read-back")
+    mount.unmount()
+    return t_cp, t_read
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+
+
+def run(work: Path, sizes: Sizes, results: Results, log: Callable[[str], None]) -> None:
+    rng = random.Random(4321)
+    src = work / "src"
+    log(f"generating {sizes.n_files} source files in {src}")
+    total = make_files(src, sizes.n_files, sizes.file_bytes, rng, "img")
+    names = sorted(os.listdir(src))
+    results.sizes.update(total_bytes=total)
+    mb = total / MB
+    what = f"{sizes.n_files} x {sizes.file_bytes >> 20} MiB"
+
+    saved_env = dummy_aws_env(work)
+    moto = MotoServer(work / "moto.log")
+    mounts: list[GffsMount] = []
+    client = None
+    try:
+        log("starting the moto S3 server")
+        moto.start()
+        results.host["moto_endpoint"] = moto.endpoint
+        client = s3_client(moto.endpoint)
+
+        log("1/3 reference: boto3 put_object / get_object, sequential")
+        ref_put, ref_get = boto3_reference(client, src, names, total)
+        ref_in, ref_out = mb / ref_put, mb / ref_get
+
+        log("2/3 gffs, S3 backend only (3 buckets, copies = 1)")
+        cfg = write_config(work / "s3only" / "gffs.toml", moto.endpoint,
+                           new_buckets(client, 3), copies=1, local_dir=None)
+        mounts.append(ConfiguredMount(work / "s3only", cfg))
+        t_cp, t_read = gffs_ingest_and_read(mounts[-1], src, names, total, results, "S3 only")
+        results.rows.append(Row(f"S3 only: ingest {what} (cp)", "MB/s", mb / t_cp, ref_in,
+                                True, f"ratio >= {TARGET_RATIO}"))
+        results.rows.append(Row("S3 only: read-back after remount", "MB/s", mb / t_read,
+                                ref_out, True, f"ratio >= {TARGET_RATIO}"))
+
+        log("3/3 gffs, S3 + local, copies = 2")
+        root = work / "s3local"
+        cfg = write_config(root / "gffs.toml", moto.endpoint, new_buckets(client, 3),
+                           copies=2, local_dir=root / "local")
+        mounts.append(ConfiguredMount(root, cfg))
+        t_cp, t_read = gffs_ingest_and_read(mounts[-1], src, names, total, results,
+                                            "S3+local")
+        results.rows.append(Row(f"S3+local x2: ingest {what} (cp)", "MB/s", mb / t_cp, ref_in,
+                                True, f"ratio >= {TARGET_RATIO}"))
+        results.rows.append(Row("S3+local x2: read-back after remount", "MB/s", mb / t_read,
+                                ref_out, True, f"ratio >= {TARGET_RATIO}"))
+
+        peak = max(results.rss_by_phase_mb.values(), default=float("nan"))
+        results.rows.append(Row("daemon peak RSS (VmHWM)", "MB", peak, None, False,
+                                f"< {RSS_LIMIT_MB} MB"))
+        moto_rss = moto.peak_rss_mb()
+        if moto_rss is not None:
+            results.notes.append(f"moto server peak RSS {moto_rss:.0f} MB (informational)")
+    finally:
+        for m in mounts:
+            m.cleanup()
+        if client is not None:
+            client.close()
+        moto.stop()
+        restore_env(saved_env)
+
+
+def judge(rows: list[Row]) -> None:
+    for r in rows:
+        if r.plain is not None:
+            r.ratio = r.gffs / r.plain if r.plain else float("inf")
+            r.passed = r.ratio >= TARGET_RATIO
+        else:
+            r.passed = r.gffs < RSS_LIMIT_MB
+
+
+def print_table(results: Results) -> None:
+    head = f"{'measurement':<40} {'unit':>5} {'gffs':>9} {'boto3':>9} {'gffs/boto3':>10}  " \
+           f"{'target':<13} result"
+    print(head)
+    print("-" * len(head))
+    for r in results.rows:
+        ref = f"{r.plain:9.2f}" if r.plain is not None else f"{'-':>9}"
+        ratio = f"{r.ratio:10.2f}" if r.ratio is not None else f"{'-':>10}"
+        print(f"{r.name:<40} {r.unit:>5} {r.gffs:9.2f} {ref} {ratio}  {r.target:<13} "
+              f"{'PASS' if r.passed else 'MISS'}")
+    if results.rss_by_phase_mb:
+        print("peak RSS per daemon: " + ", ".join(f"{k}: {v:.1f} MB"
+                                                   for k, v in results.rss_by_phase_mb.items()))
+    for note in results.notes:
+        print(f"note: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--workdir", metavar="DIR", default="/tmp",
+                   help="where the temporary work directory is created (default /tmp)")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    results = Results(sizes=asdict(sizes),
+                      host={"kernel": platform.release(), "python": platform.python_version(),
+                            "cpus": str(os.cpu_count())})
+    for dist in ("moto", "boto3"):
+        try:
+            results.host[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            results.host[dist] = "not installed"
+    if os.geteuid() != 0:
+        results.notes.append("not root: page cache cannot be dropped")
+    work = Path(tempfile.mkdtemp(prefix="gffs-bench-s3-", dir=args.workdir))
+    log(f"work directory {work}")
+    try:
+        run(work, sizes, results, log)
+    except KeyboardInterrupt:
+        results.notes.append("interrupted: results incomplete")
+    except Exception as exc:  # noqa: BLE001 (a benchmark reports, it does not fail)
+        results.notes.append(f"aborted: {type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    judge(results.rows)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(results), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
