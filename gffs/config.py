@@ -16,7 +16,8 @@ from typing import Any
 
 from gffs.errors import ConfigError
 
-STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max"}
+STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max",
+              "block_size_kb"}
 POLICY_KEYS = {"copies", "backends", "weights"}
 
 
@@ -44,6 +45,7 @@ class Config:
     flows: dict[str, PolicyConfig] = field(default_factory=dict)
     backend_timeout: float = 60.0
     backend_retry_max: float = 60.0
+    block_size_kb: int = 1024     # for a new store only; a store keeps its own
     cache_mb: int = 32
     log_file: Path | None = None
     source: str = "defaults"
@@ -107,7 +109,11 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
     retry_max = store.get("backend_retry_max", 60)
     _expect(isinstance(retry_max, (int, float)) and 1 <= retry_max <= 3600, f"{where} [store]",
             "backend_retry_max must be a number of seconds between 1 and 3600")
+    block_kb = store.get("block_size_kb", 1024)
+    _expect(isinstance(block_kb, int) and 64 <= block_kb <= 16384 and block_kb & (block_kb - 1) == 0,
+            f"{where} [store]", "block_size_kb must be a power of two between 64 and 16384")
     cfg = Config(data_dir=ddir, cache_mb=cache_mb, backend_timeout=float(timeout),
+                 block_size_kb=block_kb,
                  backend_retry_max=float(retry_max),
                  log_file=Path(log_file).expanduser() if log_file else None, source=where)
 

@@ -87,7 +87,7 @@ class Store:
         self.lock = StoreLock(cfg.lock_file)
         self.lock.acquire(purpose)
         try:
-            self.index = Index(cfg.index_dir)
+            self.index = Index(cfg.index_dir, block_size=cfg.block_size_kb << 10)
             self.backends = open_backends(cfg)
             self.placement = self._placement(cfg)
             self.chunks = ChunkStore(self.index, self.backends, self.placement,

@@ -469,3 +469,13 @@ def test_write_other_errors_propagate(index):
             raise ValueError("boom")
     with index.read() as txn:
         assert txn.get(b"k", db=index.db["meta"]) is None   # rolled back
+
+
+def test_block_size_is_chosen_at_creation_and_kept(tmp_path):
+    from gffs.index import Index as _Index
+    idx = _Index(tmp_path / "bs", block_size=4 << 20)
+    assert idx.block_size == 4 << 20
+    idx.close()
+    again = _Index(tmp_path / "bs")  # default asked, the store keeps its own
+    assert again.block_size == 4 << 20
+    again.close()

@@ -214,3 +214,25 @@ def test_ls_l_asks_for_unsupported_xattrs_once_per_mount_not_per_file(mounted):
                           "ls", "-l", str(d)], capture_output=True, text=True)
     calls = [line for line in res.stderr.splitlines() if "xattr(" in line]
     assert len(calls) < 10, "\n".join(calls[:20])
+
+
+def test_small_block_store_random_io(mount_factory, tmp_path):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("[store]\nblock_size_kb = 64\n")
+    m = mount_factory(config=cfg, name="small")
+    d = m.path / "f"
+    d.mkdir()
+    rnd = __import__("random").Random(5)
+    ref = bytearray(rnd.randbytes(700_000))
+    (d / "x").write_bytes(ref)
+    with open(d / "x", "r+b") as f:
+        for _ in range(40):
+            off, n = rnd.randrange(0, 900_000), rnd.randrange(1, 100_000)
+            chunk = rnd.randbytes(n)
+            f.seek(off)
+            f.write(chunk)
+            if off > len(ref):
+                ref.extend(bytes(off - len(ref)))
+            ref[off:off + n] = chunk
+    m.remount()
+    assert (d / "x").read_bytes() == ref

@@ -39,7 +39,9 @@ N_CHUNKS = b"n_chunks"
 class Index:
     """Opened LMDB environment plus handles to its named databases."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False,
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+        """Open (or create) the index; *block_size* applies only to a new store."""
         path.mkdir(parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + 2,
@@ -51,7 +53,7 @@ class Index:
         self.readonly = readonly
         self.db = {name: self.env.open_db(name.encode(), create=not readonly)
                    for name in DB_NAMES} if not readonly else self._open_ro()
-        self._init_meta()
+        self._init_meta(block_size)
 
     def _open_ro(self) -> dict:
         try:
@@ -59,7 +61,7 @@ class Index:
         except lmdb.NotFoundError:
             raise ConfigError(f"{self.path} holds no gffs index") from None
 
-    def _init_meta(self) -> None:
+    def _init_meta(self, block_size: int) -> None:
         with self.env.begin() as txn:
             version = txn.get(b"schema", db=self.db["meta"])
         if version is None:
@@ -70,7 +72,7 @@ class Index:
                 txn.put(b"schema", u64(SCHEMA_VERSION), db=meta)
                 txn.put(b"store_id", uuid.uuid4().hex.encode(), db=meta)
                 txn.put(b"created_ns", u64(time.time_ns()), db=meta)
-                txn.put(b"block_size", u64(DEFAULT_BLOCK_SIZE), db=meta)
+                txn.put(b"block_size", u64(block_size), db=meta)
                 txn.put(NEXT_INO, u64(2), db=meta)  # 1 is the root
                 txn.put(NEXT_COOKIE, u64(1), db=meta)
         elif from_u64(version) != SCHEMA_VERSION:
