@@ -42,6 +42,7 @@ timeout = 3
 
 [placement]
 copies = {copies}
+backends = ["local", "s3"]
 {extra}
 """)
     return path
@@ -164,3 +165,46 @@ def test_corrupt_local_copy_is_served_from_s3_and_repaired(s3_mount):
         time.sleep(0.3)
     assert local_copy.read_bytes() == good               # the bad copy was rewritten
     assert "is bad" in m.log_text()
+
+
+def test_all_backends_together_s3_ipfs_drive_local(tmp_path, mount_factory, moto_server,
+                                                   s3_buckets, kubo, drive):
+    """Default flows on local + S3 (3 buckets); the "nfts" flow on IPFS + Google Drive."""
+    from fixtures_gdrive import token_file
+    cred = token_file(drive, tmp_path / "drive-token.json")
+    cfg = write_config(tmp_path / "gffs.toml", tmp_path / "local", moto_server, s3_buckets(3),
+                       extra=f"""
+[placement.flows.nfts]
+copies = 2
+backends = ["ipfs", "drive"]
+
+[backends.ipfs]
+type = "ipfs"
+api = "{kubo.url}"
+timeout = 10
+
+[backends.drive]
+type = "gdrive"
+folder = "gloflow-{tmp_path.name}"
+credentials = "{cred}"
+api_endpoint = "{drive.url}"
+pack_wait = 0.05
+max_creates_per_s = 0
+""")
+    m = mount_factory(config=cfg)
+    files = sample_files(_testdata_or_none())
+    names = sorted(files)
+    half = {"landscapes": names[::2], "nfts": names[1::2]}
+    for flow, subset in half.items():
+        (m.path / flow).mkdir()
+        for name in subset:
+            (m.path / flow / name).write_bytes(files[name])
+    m.remount()
+    for flow, subset in half.items():
+        for name in subset:
+            assert (m.path / flow / name).read_bytes() == files[name], (flow, name)
+    m.unmount()
+    seen = {tuple(v) for v in chunk_locations(m.data_dir).values()}
+    assert ("local", "s3") in seen and ("drive", "ipfs") in seen
+    assert seen <= {("local", "s3"), ("drive", "ipfs")}
+    assert "Traceback" not in m.log_text()

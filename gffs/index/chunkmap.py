@@ -102,6 +102,11 @@ class ChunkMap:
             self.index.add_counter(txn, N_CHUNKS, 1)
             self.index.add_counter(txn, LOGICAL_BYTES, rec.size)
             self.index.add_counter(txn, STORED_BYTES, rec.stored_size)
+        elif new_chunk is not None:
+            # two writers stored the same bytes at once (maybe under different
+            # policies): keep every copy on record rather than leak the loser's
+            have = {loc.backend for loc in rec.locations}
+            rec.locations += [loc for loc in new_chunk.locations if loc.backend not in have]
         rec.refcount += 1
         txn.put(digest, rec.pack(), db=self._chunks)
 
