@@ -76,6 +76,7 @@ def open_backends(cfg: Config) -> dict[str, Backend]:
             backends[bc.name] = cls.from_config(bc.name, bc.options)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"{cfg.source} [backends.{bc.name}]: {exc}") from None
+        backends[bc.name].deferred = bc.deferred
     return backends
 
 

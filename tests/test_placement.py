@@ -213,3 +213,42 @@ backends = ["disk2"]
         with pytest.raises(ConfigError) as ei:
             load_config(cfg_path)
         assert msg in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_deferred_backend_is_copied_in_the_background(tmp_path):
+    """A slow archive (deferred = true) never delays close(): the repair queue copies to it."""
+    e = Env(tmp_path)
+    e.disks["b"].deferred = True
+    e.disks["b"].delay = 0.5   # every call to the archive is slow
+
+    async def main():
+        t = time.monotonic()
+        sc = await e.store.store(os.urandom(50_000), False)
+        assert time.monotonic() - t < 0.4
+        assert [loc.backend for loc in sc.record.locations] == ["a"] and sc.short
+        e.commit(sc)
+        assert await e.store.repair() == (1, 0)
+        assert e.locations(sc.digest) == ["a", "b"]
+    trio.run(main)
+
+
+def test_deferred_option_in_config_is_not_passed_to_the_backend(tmp_path):
+    from gffs.store import Store
+    cfg_path = tmp_path / "gffs.toml"
+    cfg_path.write_text(f"""
+[backends.fast]
+type = "local"
+path = "{tmp_path / 'fast'}"
+[backends.archive]
+type = "local"
+path = "{tmp_path / 'archive'}"
+deferred = true
+[placement]
+copies = 2
+""")
+    store = Store(load_config(cfg_path, str(tmp_path / "data")), "test")
+    try:
+        assert store.placement.deferred("archive") and not store.placement.deferred("fast")
+        assert [b.name for b in store.placement.targets(10, b"x" * 32)] == ["fast"]
+    finally:
+        store.close()

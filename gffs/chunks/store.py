@@ -33,6 +33,7 @@ from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnava
 log = logging.getLogger(__name__)
 
 INLINE_HASH_LIMIT = 64 * 1024  # smaller blocks are cheaper to hash than a thread hop
+REPAIR_PARALLEL = 8            # chunks repaired at once (lets packing backends batch)
 
 
 @dataclass(slots=True)
@@ -281,18 +282,22 @@ class ChunkStore:
         """
         with self.index.read() as txn:
             rows = self.chunkmap.repair_rows(txn, limit)
-        repaired = pending = 0
-        for digest, flow, restore in rows:
-            try:
-                done = await self._repair_one(digest, flow, restore)
-            except (BackendError, FsError, codec.CorruptChunk) as exc:
-                log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
-                done = False
-            if done:
-                repaired += 1
-            else:
-                pending += 1
-        return repaired, pending
+        outcome = {"repaired": 0, "pending": 0}
+        limiter = trio.CapacityLimiter(REPAIR_PARALLEL)
+
+        async def one(digest: bytes, flow: str | None, restore: list[str]) -> None:
+            async with limiter:
+                try:
+                    done = await self._repair_one(digest, flow, restore)
+                except (BackendError, FsError, codec.CorruptChunk) as exc:
+                    log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
+                    done = False
+            outcome["repaired" if done else "pending"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                nursery.start_soon(one, *row)
+        return outcome["repaired"], outcome["pending"]
 
     async def _repair_one(self, digest: bytes, flow: str | None, restore: list[str]) -> bool:
         with self.index.read() as txn:

@@ -85,15 +85,25 @@ class Placement:
         return [self.by_name[n] for n in order]
 
     def targets(self, size: int, digest: bytes = b"", flow: str | None = None) -> list[Backend]:
-        """Backends that should receive a new chunk: *copies* healthy ones, by rank."""
+        """Backends a new chunk is written to before close() returns.
+
+        The first *copies* healthy ones by rank, minus *deferred* backends
+        (slow archives such as Drive): their copies are made by the repair
+        queue in the background.
+        """
         policy = self.policy_for(flow)
         ranked = self.ranked(digest, flow)
         healthy = [b for b in ranked if self.health.writable(b.name)]
-        return (healthy or ranked)[: policy.copies]
+        return [b for b in (healthy or ranked)[: policy.copies] if not self.deferred(b.name)]
+
+    def deferred(self, name: str) -> bool:
+        b = self.by_name.get(name)
+        return bool(getattr(b, "deferred", False))
 
     def fallbacks(self, exclude: set[str]) -> list[Backend]:
-        """Other writable backends, local ones first: where data goes when targets are down."""
-        rest = [b for b in self.backends if b.name not in exclude and self.health.writable(b.name)]
+        """Other writable, non-deferred backends, local first: where data goes when targets fail."""
+        rest = [b for b in self.backends if b.name not in exclude and not self.deferred(b.name)
+                and self.health.writable(b.name)]
         return sorted(rest, key=lambda b: type(b).__name__ != "LocalBackend")
 
     def read_order(self, names: list[str]) -> list[str]:
