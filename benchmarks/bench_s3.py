@@ -89,6 +89,7 @@ REGION = "us-east-1"
 ACCESS_KEY = "bench-access-key"
 SECRET_KEY = "bench-secret-key-not-a-real-one"
 TARGET_RATIO = 0.7
+BLOCK_KB = 1024  # block size of the gffs stores (--block-size-kb)
 RSS_LIMIT_MB = 200
 AWS_VARS_TO_CLEAR = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
@@ -230,11 +231,14 @@ class ConfiguredMount(GffsMount):
 
 
 def write_config(path: Path, endpoint: str, buckets: list[str], copies: int,
-                 local_dir: Path | None) -> Path:
+                 local_dir: Path | None, block_kb: int = 1024) -> Path:
     local = f'[backends.local]\ntype = "local"\npath = "{local_dir}"\n' if local_dir else ""
     placement = ["s3"] if local_dir is None else ["local", "s3"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"""{local}
+    path.write_text(f"""[store]
+block_size_kb = {block_kb}
+
+{local}
 [backends.s3]
 type = "s3"
 buckets = {json.dumps(buckets)}
@@ -340,7 +344,8 @@ def run(work: Path, sizes: Sizes, results: Results, log: Callable[[str], None]) 
 
         log("2/3 gffs, S3 backend only (3 buckets, copies = 1)")
         cfg = write_config(work / "s3only" / "gffs.toml", moto.endpoint,
-                           new_buckets(client, 3), copies=1, local_dir=None)
+                           new_buckets(client, 3), copies=1, local_dir=None,
+                           block_kb=BLOCK_KB)
         mounts.append(ConfiguredMount(work / "s3only", cfg))
         t_cp, t_read = gffs_ingest_and_read(mounts[-1], src, names, total, results, "S3 only")
         results.rows.append(Row(f"S3 only: ingest {what} (cp)", "MB/s", mb / t_cp, ref_in,
@@ -351,7 +356,7 @@ def run(work: Path, sizes: Sizes, results: Results, log: Callable[[str], None]) 
         log("3/3 gffs, S3 + local, copies = 2")
         root = work / "s3local"
         cfg = write_config(root / "gffs.toml", moto.endpoint, new_buckets(client, 3),
-                           copies=2, local_dir=root / "local")
+                           copies=2, local_dir=root / "local", block_kb=BLOCK_KB)
         mounts.append(ConfiguredMount(root, cfg))
         t_cp, t_read = gffs_ingest_and_read(mounts[-1], src, names, total, results,
                                             "S3+local")
@@ -404,11 +409,15 @@ def print_table(results: Results) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--block-size-kb", type=int, default=1024,
+                   help="block size of the gffs stores (default: the gffs default, 1024)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", metavar="DIR", default="/tmp",
                    help="where the temporary work directory is created (default /tmp)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    global BLOCK_KB
+    BLOCK_KB = args.block_size_kb
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
