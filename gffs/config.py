@@ -17,7 +17,7 @@ from typing import Any
 from gffs.errors import ConfigError
 
 STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max",
-              "block_size_kb"}
+              "block_size_kb", "analyze_images"}
 POLICY_KEYS = {"copies", "backends", "weights"}
 
 
@@ -47,6 +47,7 @@ class Config:
     backend_timeout: float = 60.0
     backend_retry_max: float = 60.0
     block_size_kb: int = 1024     # for a new store only; a store keeps its own
+    analyze_images: bool = True   # read image facts (user.gf.image.*) after each write
     cache_mb: int = 32
     log_file: Path | None = None
     source: str = "defaults"
@@ -113,8 +114,10 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
     block_kb = store.get("block_size_kb", 1024)
     _expect(isinstance(block_kb, int) and 64 <= block_kb <= 16384 and block_kb & (block_kb - 1) == 0,
             f"{where} [store]", "block_size_kb must be a power of two between 64 and 16384")
+    analyze = store.get("analyze_images", True)
+    _expect(isinstance(analyze, bool), f"{where} [store]", "analyze_images must be true or false")
     cfg = Config(data_dir=ddir, cache_mb=cache_mb, backend_timeout=float(timeout),
-                 block_size_kb=block_kb,
+                 block_size_kb=block_kb, analyze_images=analyze,
                  backend_retry_max=float(retry_max),
                  log_file=Path(log_file).expanduser() if log_file else None, source=where)
 

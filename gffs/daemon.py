@@ -112,7 +112,8 @@ def run(cfg: Config, mountpoint: str, extra_opts: list[str], ready_fd: int | Non
         _notify(ready_fd, f"error: {exc}")
         raise
     try:
-        fs = Filesystem(store.index, store.chunks, read_only=read_only)
+        fs = Filesystem(store.index, store.chunks, read_only=read_only,
+                        analyze_images=cfg.analyze_images)
         trio.run(_serve, fs, mountpoint, opts, ready_fd)
     except Exception as exc:
         _notify(ready_fd, f"error: {exc}")

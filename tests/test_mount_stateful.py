@@ -78,7 +78,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
             if not stat.S_ISLNK(st_.st_mode):
                 xattrs = tuple(sorted((n, os.getxattr(p, n, follow_symlinks=False))
                                       for n in os.listxattr(p, follow_symlinks=False)
-                                      if n.startswith("user.")))
+                                      # user.gf.image.* are facts gffs derives itself
+                                      if n.startswith("user.")
+                                      and not n.startswith("user.gf.image.")))
             if stat.S_ISDIR(st_.st_mode):
                 out[rel] = ("dir", oct(st_.st_mode), st_.st_nlink, xattrs)
             elif stat.S_ISLNK(st_.st_mode):
@@ -135,7 +137,7 @@ class GffsVsDisk(RuleBasedStateMachine):
                 else:
                     child.unlink()
             for n in os.listxattr(root):
-                if n.startswith("user."):
+                if n.startswith("user.") and not n.startswith("user.gf.image."):
                     os.removexattr(root, n)
             (root / "a" / "b").mkdir(parents=True)
             (root / "c").write_bytes(payload(1, 1000))

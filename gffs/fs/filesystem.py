@@ -21,6 +21,7 @@ import trio
 from gffs.chunks import codec
 from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
+from gffs.fs.imagefacts import ImageFacts
 from gffs.fs.openfiles import FileBuffer
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import LOGICAL_BYTES, N_INODES, STORED_BYTES
@@ -64,7 +65,8 @@ def _now() -> int:
 
 
 class Filesystem:
-    def __init__(self, index: Index, chunks: ChunkStore, *, read_only: bool = False) -> None:
+    def __init__(self, index: Index, chunks: ChunkStore, *, read_only: bool = False,
+                 analyze_images: bool = True) -> None:
         self.index = index
         self.ns = Namespace(index)
         self.cm = ChunkMap(index)
@@ -79,6 +81,8 @@ class Filesystem:
         self._garbage_wakeup = trio.Event()
         self._unsynced = False
         self._background: trio.Nursery | None = None  # write-behind and read-ahead tasks
+        self.images = ImageFacts(index, self._read_committed,
+                                 enabled=analyze_images and not read_only)
 
     # lifecycle -----------------------------------------------------------------
     async def start(self, uid: int = 0, gid: int = 0) -> None:
@@ -103,12 +107,12 @@ class Filesystem:
             nursery.start_soon(self._garbage_loop)
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._repair_loop)
-            self._background = nursery
+            self._background = self.images.nursery = nursery
             try:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
-                self._background = None
+                self._background = self.images.nursery = None
 
     async def _garbage_loop(self) -> None:
         while True:
@@ -206,6 +210,7 @@ class Filesystem:
         with self.index.write() as txn:
             if self.ns.exists(txn, ino):
                 self.cm.drop_blocks(txn, ino)
+                self.images.forget_inode(txn, ino)
                 self.ns.delete_inode(txn, ino)
         self._garbage_wakeup.set()
 
@@ -215,6 +220,7 @@ class Filesystem:
             self.ns.add_orphan(txn, ino)
             return False
         self.cm.drop_blocks(txn, ino)
+        self.images.forget_inode(txn, ino)
         self.ns.delete_inode(txn, ino)
         return True
 
@@ -551,7 +557,10 @@ class Filesystem:
     def create(self, parent: int, name: bytes, mode: int, flags: int,
                caller: Caller) -> tuple[int, int, InodeRecord]:
         ino, rec = self._new_node(parent, name, stat.S_IFREG | (mode & 0o7777), caller)
-        return self._new_handle(ino, flags), ino, rec
+        fh = self._new_handle(ino, flags)
+        buf = self.buffers[ino]
+        buf.written = buf.meta_dirty = True  # even an empty new file gets its facts (an error)
+        return fh, ino, rec
 
     def handle(self, fh: int) -> Handle:
         h = self.handles.get(fh)
@@ -648,8 +657,9 @@ class Filesystem:
         buf.size = max(buf.size, offset + len(data))
         buf.mtime_ns = buf.ctime_ns = now
         buf.meta_dirty = True
+        buf.written = True
         if buf.dirty_bytes > MAX_DIRTY_PER_FILE:
-            await self._flush(h.ino)
+            await self._flush(h.ino, final=False)
         return len(data)
 
     def _write_behind(self, buf: FileBuffer, idx: int) -> None:
@@ -684,6 +694,18 @@ class Filesystem:
             self.chunks.release([buf.stored_early.pop(idx)[1]])
         self._garbage_wakeup.set()
 
+    async def _read_committed(self, ino: int, size: int) -> bytes:
+        """A closed file's committed bytes (for image analysis, off the FUSE path)."""
+        bs = self.block_size
+        with self.index.read() as txn:
+            digests = dict(self.cm.blocks(txn, ino))
+        parts = []
+        for idx in range(-(-size // bs)):
+            want = min(bs, size - idx * bs)
+            data = await self.chunks.load(digests[idx]) if idx in digests else b""
+            parts.append(bytes(data[:want]).ljust(want, b"\0"))
+        return b"".join(parts)
+
     async def truncate(self, ino: int, size: int) -> None:
         self._writable()
         if size > MAX_FILE_SIZE:
@@ -701,13 +723,18 @@ class Filesystem:
                     block = bytearray(await self._block(ino, last, buf))
                     buf.dirty.setdefault(last, block)
                 buf.truncate(size, bs)
+                buf.written = True
                 buf.mtime_ns = buf.ctime_ns = _now()
             await self._flush(ino)
         finally:
             self._drop_buffer_if_idle(ino)
 
-    async def _flush(self, ino: int) -> None:
-        """Commit an inode's buffer: store dirty blocks, then one index transaction."""
+    async def _flush(self, ino: int, final: bool = True) -> None:
+        """Commit an inode's buffer: store dirty blocks, then one index transaction.
+
+        *final* flushes (close, fsync, truncate) also record the file's content
+        id; early flushes of a file still being written do not.
+        """
         buf = self.buffers.get(ino)
         if buf is None:
             return
@@ -754,6 +781,8 @@ class Filesystem:
                     rec.mtime_ns = max(rec.mtime_ns, mtime)
                     rec.ctime_ns = max(rec.ctime_ns, ctime)
                     self.ns.put(txn, ino, rec)
+                    if final:
+                        self.images.record_content(txn, ino, size)
             except* FsError as group:
                 raise group.exceptions[0] from None
             finally:
@@ -780,6 +809,9 @@ class Filesystem:
             return
         try:
             await self._flush(h.ino)
+            if buf.open_count == 1 and buf.written:
+                buf.written = False
+                self.images.closed(h.ino, buf.size)
         finally:
             buf.open_count -= 1
             if buf.needs_flush and buf.open_count == 0:
@@ -798,6 +830,8 @@ class Filesystem:
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         self._check_xattr_name(name)
+        if self.images.is_ours(name):
+            return self.images.get(ino, name)
         with self.index.read() as txn:
             self.ns.get(txn, ino)
             value = self.ns.get_xattr(txn, ino, name)
@@ -808,6 +842,8 @@ class Filesystem:
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         self._writable()
         self._check_xattr_name(name)
+        if self.images.is_ours(name):
+            self.images.refuse_change()
         if len(value) > XATTR_VALUE_MAX:
             raise FsError(errno.E2BIG, "xattr value larger than 64 KiB")
         with self.index.write() as txn:
@@ -822,11 +858,14 @@ class Filesystem:
     def listxattr(self, ino: int) -> list[bytes]:
         with self.index.read() as txn:
             self.ns.get(txn, ino)
-            return list(self.ns.xattr_names(txn, ino))
+            stored = list(self.ns.xattr_names(txn, ino))
+        return stored + self.images.names(ino)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
         self._check_xattr_name(name)
+        if self.images.is_ours(name):
+            self.images.refuse_change()
         with self.index.write() as txn:
             rec = self.ns.get(txn, ino)
             if not self.ns.remove_xattr(txn, ino, name):

@@ -25,7 +25,7 @@ MAP_SIZE = 1 << 40  # virtual; the file grows only with use
 LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk full"
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
-            "blocks", "chunks", "garbage", "orphans", "repair")
+            "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts")
 
 # meta keys holding u64 counters
 NEXT_INO = b"next_ino"

@@ -1,0 +1,52 @@
+"""Image facts in the index, keyed by content id (the same image in two flows is one entry).
+
+A file's *content id* is the SHA-256 of its size and block list; it changes
+exactly when the bytes change. `contentids` maps an inode to its current
+content id, `imagefacts` maps a content id to the facts read from the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import lmdb
+
+from gffs.index.chunkmap import ChunkMap
+from gffs.index.env import Index
+from gffs.index.records import u64
+
+
+class ImageIndex:
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self._cids = index.db["contentids"]
+        self._facts = index.db["imagefacts"]
+        self._cm = ChunkMap(index)
+
+    def compute_content_id(self, txn: lmdb.Transaction, ino: int, size: int) -> bytes:
+        h = hashlib.sha256(u64(size))
+        for idx, digest in self._cm.blocks(txn, ino):
+            h.update(u64(idx) + digest)
+        return h.digest()
+
+    def content_id(self, txn: lmdb.Transaction, ino: int) -> bytes | None:
+        raw = txn.get(u64(ino), db=self._cids)
+        return bytes(raw) if raw is not None else None
+
+    def set_content_id(self, txn: lmdb.Transaction, ino: int, cid: bytes) -> None:
+        txn.put(u64(ino), cid, db=self._cids)
+
+    def drop_inode(self, txn: lmdb.Transaction, ino: int) -> None:
+        txn.delete(u64(ino), db=self._cids)
+
+    def facts(self, txn: lmdb.Transaction, cid: bytes) -> dict[str, str] | None:
+        raw = txn.get(cid, db=self._facts)
+        return json.loads(bytes(raw)) if raw is not None else None
+
+    def set_facts(self, txn: lmdb.Transaction, cid: bytes, facts: dict[str, str]) -> None:
+        txn.put(cid, json.dumps(facts, sort_keys=True).encode(), db=self._facts)
+
+    def facts_of(self, txn: lmdb.Transaction, ino: int) -> dict[str, str] | None:
+        cid = self.content_id(txn, ino)
+        return self.facts(txn, cid) if cid is not None else None

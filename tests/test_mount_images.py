@@ -1,0 +1,116 @@
+"""Image facts as xattrs through a real mount: analysed after close, read-only, never blocking."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def wait_fact(path: Path, name: str, timeout: float = 15.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.getxattr(path, name)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def png_bytes(w: int, h: int, color=(200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_facts_of_a_written_image_and_xdg_attributes(mounted):
+    flow = mounted.path / "art"
+    flow.mkdir()
+    p = flow / "red.png"
+    p.write_bytes(png_bytes(320, 200))
+    assert wait_fact(p, "user.gf.image.width") == b"320"
+    assert os.getxattr(p, "user.gf.image.height") == b"200"
+    assert os.getxattr(p, "user.gf.image.format") == b"png"
+    assert os.getxattr(p, "user.gf.image.dominant_color").lower().startswith(b"#c8")
+    names = os.listxattr(p)
+    assert "user.gf.image.width" in names and "user.gf.image.format" in names
+    for op in (lambda: os.setxattr(p, "user.gf.image.width", b"1"),
+               lambda: os.removexattr(p, "user.gf.image.width")):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.EPERM
+    os.setxattr(p, "user.xdg.tags", b"sunset,red")
+    os.setxattr(p, "user.xdg.comment", b"first light")
+    os.setxattr(p, "user.xdg.origin.url", b"https://example.org/red.png")
+    mounted.remount()
+    assert os.getxattr(p, "user.xdg.tags") == b"sunset,red"
+    assert os.getxattr(p, "user.gf.image.width") == b"320"      # kept in the index
+
+
+def test_rewrite_changes_the_facts_and_a_copy_shares_them(mounted):
+    flow = mounted.path / "a"
+    flow.mkdir()
+    (mounted.path / "b").mkdir()
+    p = flow / "x.png"
+    p.write_bytes(png_bytes(10, 10))
+    assert wait_fact(p, "user.gf.image.width") == b"10"
+    p.write_bytes(png_bytes(40, 30))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # absent while the new content is analysed
+        try:
+            if os.getxattr(p, "user.gf.image.width") == b"40":
+                break
+        except OSError as exc:
+            assert exc.errno == errno.ENODATA
+        time.sleep(0.05)
+    assert os.getxattr(p, "user.gf.image.width") == b"40"
+    q = mounted.path / "b" / "same.png"
+    shutil.copyfile(p, q)  # same bytes in a second flow: the same facts at once or soon
+    assert wait_fact(q, "user.gf.image.width") == b"40"
+
+
+def test_broken_files_are_stored_exactly_and_get_an_error(mounted):
+    flow = mounted.path / "junk"
+    flow.mkdir()
+    cases = {"empty.jpg": b"", "noise.jpg": os.urandom(5000),
+             "truncated.png": png_bytes(500, 500)[:300], "notes.txt": b"hello\n" * 100}
+    for name, data in cases.items():
+        (flow / name).write_bytes(data)
+    for name, data in cases.items():
+        assert (flow / name).read_bytes() == data
+        err = wait_fact(flow / name, "user.gf.image.error")
+        assert err and b"\n" not in err
+        with pytest.raises(OSError):
+            os.getxattr(flow / name, "user.gf.image.width")
+
+
+def test_real_camera_images(mounted, testdata):
+    flow = mounted.path / "camera"
+    flow.mkdir()
+    sources = sorted(p for p in (testdata / "exif-samples" / "jpg").glob("*.jpg"))[:12]
+    for src in sources:
+        shutil.copyfile(src, flow / src.name)
+    exiftool = shutil.which("exiftool")
+    for src in sources:
+        dst = flow / src.name
+        assert dst.read_bytes() == src.read_bytes()
+        try:
+            width = wait_fact(dst, "user.gf.image.width")
+        except OSError:
+            assert wait_fact(dst, "user.gf.image.error")
+            continue
+        with Image.open(src) as im:
+            assert width == str(im.width).encode()
+        if exiftool:
+            out = subprocess.run([exiftool, "-s3", "-Make", str(src)], capture_output=True,
+                                 text=True).stdout.strip()
+            if out:
+                assert os.getxattr(dst, "user.gf.image.camera_make").decode().strip() == out.strip()
