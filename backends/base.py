@@ -7,10 +7,29 @@ object again (a bucket, a CID, a pack offset); the index stores it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+# trio >= 0.23 renamed cancellable= to abandon_on_cancel=
+_ABANDON_KW = ("abandon_on_cancel"
+               if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
+               else "cancellable")
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking client call (boto3, requests, googleapiclient) in a worker thread.
+
+    The thread is abandoned if the caller is cancelled (a timeout around a
+    network call must not wait for a socket that never answers).
+    """
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                         **{_ABANDON_KW: True})
 
 
 class BackendError(Exception):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import inspect
 import io
 import json
 import logging
@@ -46,7 +45,7 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing)
+                                ObjectInfo, ObjectMissing, in_thread)
 from gffs_backends.gdrive_pack import (MAX_MEMBERS, Loc, build_pack, encode_dead, pack_props,
                                        parse_index, parse_locator, parse_pack_props, valid_id,
                                        valid_key)
@@ -70,12 +69,8 @@ CONFIG_KEYS = {"folder", "credentials", "api_endpoint", "pack_size_mb", "pack_wa
                "retry_time", "max_creates_per_s"}
 CREATE_BURST = 5                 # file creates allowed back to back before pacing starts
 
-_THREAD_KW = ("abandon_on_cancel" if "abandon_on_cancel"
-              in inspect.signature(trio.to_thread.run_sync).parameters else "cancellable")
-
-
 async def _in_thread(fn: Callable[[], T]) -> T:
-    return await trio.to_thread.run_sync(fn, **{_THREAD_KW: True})
+    return await in_thread(fn)
 
 
 def _rfc3339(text: str | None) -> float:
@@ -849,7 +844,7 @@ class DriveBackend(Backend):
                     self._forget(key, str(loc))
                 try:
                     pack = await self._pack(pid)
-                    members = await self._members(pack)
+                    await self._members(pack)  # fails with ObjectMissing for a vanished pack
                 except ObjectMissing:
                     self._drop_pack(pid)
                     return

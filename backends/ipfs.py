@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -35,7 +34,7 @@ import requests
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing)
+                                ObjectInfo, ObjectMissing, in_thread)
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"     # Kubo's default Addresses.API
 CHUNKER_SIZE = 262144                       # Kubo's default chunker, size-262144
@@ -253,14 +252,6 @@ def api_file() -> Path:
     return Path(os.environ.get("IPFS_PATH") or "~/.ipfs").expanduser() / "api"
 
 
-def _to_thread_kwargs() -> dict:
-    params = inspect.signature(trio.to_thread.run_sync).parameters
-    if "abandon_on_cancel" in params:        # trio >= 0.23
-        return {"abandon_on_cancel": True}
-    return {"cancellable": True}             # older spelling
-
-
-_THREAD_KW = _to_thread_kwargs()
 
 
 # the backend ----------------------------------------------------------------------------
@@ -422,7 +413,7 @@ class IpfsBackend(Backend):
     async def _run(self, fn: Callable, *args) -> Any:
         try:
             with trio.fail_after(self.timeout):
-                return await trio.to_thread.run_sync(fn, *args, **_THREAD_KW)
+                return await in_thread(fn, *args)
         except trio.TooSlowError:
             raise BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} gave no answer "
                                      f"within {self.timeout:g} s") from None

@@ -20,9 +20,7 @@ two attempts keep a dead endpoint from piling up threads for long.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import io
 import logging
 import math
@@ -33,7 +31,7 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable,
-                                ObjectInfo, ObjectMissing)
+                                ObjectInfo, ObjectMissing, in_thread)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +48,6 @@ OPTIONS = {"buckets", "endpoint_url", "region", "prefix", "timeout", "create_buc
            "profile", "multipart_threshold", "addressing_style"}
 _CREDENTIAL_WORDS = ("key", "secret", "token", "password", "credential")
 
-# trio >= 0.23 renamed cancellable= to abandon_on_cancel=
-_ABANDON = ("abandon_on_cancel"
-            if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
-            else "cancellable")
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -321,8 +315,7 @@ class S3Backend(Backend):
         """Run a blocking boto3 call in a worker thread, bounded by *deadline* seconds."""
         try:
             with trio.fail_after(deadline):
-                return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw),
-                                                     **{_ABANDON: True})
+                return await in_thread(fn, *args, **kw)
         except trio.TooSlowError:
             raise S3Unreachable(f"{self.name}: {what}: no answer within {deadline:g} s") from None
         except BackendError:
