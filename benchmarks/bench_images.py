@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Image-facts benchmark: what background image analysis costs at ingest and at listing.
+
+Run as root from the repository root::
+
+    python benchmarks/bench_images.py            # full size (about two minutes)
+    python benchmarks/bench_images.py --quick    # smoke run (about 10-15 s)
+    python benchmarks/bench_images.py --json results.json
+
+Everything lives in one temporary work directory (``--workdir``, default /tmp):
+the generated images, the plain directory and two gffs stores with their mount
+points, so everything writes to the same disk. The script always unmounts and
+deletes the work directory, also on Ctrl-C or an error, and always exits 0: it
+measures, it does not test. PASS/MISS only says whether a target is met. The
+mount and file helpers are imported from bench_core.py. MB = 10^6 bytes.
+
+1. Ingest with analysis ON vs OFF. Two fresh stores: "ON" with the defaults
+   (``analyze_images`` is on) and "OFF" mounted with a config file holding
+   ``[store] analyze_images = false``. The same source files are copied into
+   a new flow of each with ``cp -r`` (source read once first, so it comes from
+   the page cache; ``sync`` untimed before and after each step; OFF first).
+   The source is generated once with Pillow: camera-like JPEGs (3000x2000,
+   gradients, coloured low-frequency blobs and Gaussian noise of varying
+   strength, quality 90, about 1.4-2.6 MB each, EXIF Make, Model and
+   DateTimeOriginal set through ``Image.Exif``), all with distinct pixels.
+   Analysis runs in the background after close(), so two figures are taken:
+   (a) the cp time, until cp exits (what the user waits for) -> MB/s, ON vs
+   OFF, target ON/OFF >= 0.8; (b) the time from the start of cp until every
+   file of the ON flow has ``user.gf.image.width`` or ``user.gf.image.error``
+   (getxattr polled, one file at a time, oldest pending first, every 10 ms
+   while it is not ready), reported next to OFF's cp time (informational).
+   When the team's real camera samples exist (``../shared/testdata/
+   exif-samples`` next to the repository, or ``--samples DIR``), their image
+   files (JPEG, TIFF, HEIC/HEIF) are copied flat into the work directory (never
+   into the repository) and measured the same way as a second pair of rows.
+   The CPU use of the machine and of each daemon during the cp and until the
+   facts are ready is printed as notes: on a small machine the analysis
+   competes with the ingest for CPU.
+2. Listing with all xattrs: 10,000 distinct 8x8 PNGs (1,000 with --quick;
+   analysis is per content, so identical files would be analysed once) are
+   written untimed into a flow of the ON store, and the script waits until all
+   have facts. The same bytes go into a plain directory, and each plain file
+   gets the same user xattrs (names and values read from gffs) with
+   ``os.setxattr``. Timed, like ``getfattr -d`` on every file: ``os.listdir``,
+   then ``listxattr`` and ``getxattr`` of every name of every file. "Cold" is
+   the first run after a remount of gffs, with the page cache dropped before
+   each side; "warm" is the run right after it. The attribute counts of both
+   sides are checked. Ratio gffs/plain, informational.
+
+The peak RSS (VmHWM) of each daemon is printed after every phase, as in
+bench_core.py; VmHWM only grows, so the values show when the peak was reached.
+The ON daemon is replaced by the remount before the listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import MB, GffsMount, Results, Row, drop_caches, read_tree, record_rss
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SAMPLES = REPO.parent / "shared" / "testdata" / "exif-samples"
+SAMPLE_EXTS = {".jpg", ".jpeg", ".tif", ".tiff", ".heic", ".heif", ".png", ".webp", ".avif"}
+INGEST_TARGET = 0.8
+READY_XATTRS = ("user.gf.image.width", "user.gf.image.error")
+STALL_S = 120.0     # give up waiting for facts when none arrives for this long
+POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class Sizes:
+    n_jpeg: int
+    n_png: int
+
+
+FULL = Sizes(n_jpeg=80, n_png=10_000)
+QUICK = Sizes(n_jpeg=12, n_png=1000)
+
+
+@dataclass
+class ImageResults(Results):
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# mounts, CPU accounting
+
+
+class ConfiguredMount(GffsMount):
+    """bench_core's CLI-driven mount, with a ``--config`` file."""
+
+    def __init__(self, root: Path, config: Path) -> None:
+        super().__init__(root)
+        self.config = config
+
+    def mount(self) -> None:
+        res = self._cli("mount", str(self.path), "--data-dir", str(self.data_dir),
+                        "--config", str(self.config))
+        if res.returncode != 0:
+            raise RuntimeError(f"gffs mount failed: {res.stderr.strip()}")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])          # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / hz, total / hz
+
+
+def daemon_cpu(mount: GffsMount) -> float:
+    """User + system CPU seconds of the mount's daemon so far (all its threads)."""
+    pid = mount.pid()
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, TypeError):
+        return float("nan")
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWindow:
+    """CPU used by the machine and by one daemon from creation until stop()."""
+
+    def __init__(self, mount: GffsMount) -> None:
+        self.mount = mount
+        self.m0 = machine_cpu()
+        self.d0 = daemon_cpu(mount)
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        busy, _ = machine_cpu()
+        wall = time.perf_counter() - self.t0
+        return {"wall_s": round(wall, 3),
+                "machine_busy_cores": round((busy - self.m0[0]) / wall, 2) if wall else 0.0,
+                "daemon_cpu_s": round(daemon_cpu(self.mount) - self.d0, 2)}
+
+
+# ---------------------------------------------------------------------------
+# source files
+
+
+def make_jpegs(directory: Path, count: int, log: Callable[[str], None]) -> int:
+    """``count`` distinct camera-like 3000x2000 JPEGs with EXIF; returns total bytes."""
+    import numpy as np
+    from PIL import Image
+
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(2024)
+    w, h, pad = 3000, 2000, 97
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    grad = np.stack([x / w * 120 + 20, y / h * 110 + 25, (x + y) / (w + h) * 90 + 35],
+                    axis=-1).astype(np.int16)
+    noise = rng.normal(0, 8, (h + pad, w + pad, 3)).astype(np.int16)
+    cameras = [("Canon", "Canon EOS 80D"), ("NIKON CORPORATION", "NIKON D7500"),
+               ("SONY", "ILCE-6400"), ("FUJIFILM", "X-T30")]
+    total = 0
+    for i in range(count):
+        blobs = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+        lf = np.asarray(Image.fromarray(blobs).resize((w, h), Image.BICUBIC), dtype=np.int16)
+        dy, dx = rng.integers(0, pad, 2)
+        strength = int(rng.integers(5, 13))             # noise, hence file size, varies
+        arr = grad + (lf >> 1) + ((noise[dy:dy + h, dx:dx + w] * strength) >> 3)
+        np.clip(arr, 0, 255, out=arr)
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = cameras[i % len(cameras)]      # Make, Model
+        exif.get_ifd(0x8769)[0x9003] = (                             # DateTimeOriginal
+            f"2024:05:{1 + i // 40:02d} {8 + i % 10:02d}:{i % 60:02d}:{(7 * i) % 60:02d}")
+        buf = io.BytesIO()
+        Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=90, exif=exif)
+        (directory / f"IMG_{i + 1:04d}.jpg").write_bytes(buf.getvalue())
+        total += buf.tell()
+        if (i + 1) % 20 == 0:
+            log(f"  {i + 1}/{count} JPEGs")
+    return total
+
+
+def copy_samples(samples: Path, directory: Path) -> int:
+    """Image files of the sample tree, copied flat (path joined with '__'); total bytes."""
+    directory.mkdir(parents=True)
+    total = 0
+    for p in sorted(samples.rglob("*")):
+        if p.is_file() and p.suffix.lower() in SAMPLE_EXTS:
+            dest = directory / "__".join(p.relative_to(samples).parts)
+            shutil.copyfile(p, dest)
+            total += dest.stat().st_size
+    return total
+
+
+def png_bytes(i: int) -> bytes:
+    """A distinct 8x8 RGB PNG for every i < 2**24."""
+    from PIL import Image
+
+    im = Image.new("RGB", (8, 8), (i & 255, (i >> 8) & 255, (i >> 16) & 255))
+    im.putpixel((i % 8, (i // 8) % 8), (255 - (i & 255), 128, 7))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# measurements
+
+
+def has_facts(path: str) -> bool:
+    for name in READY_XATTRS:
+        try:
+            os.getxattr(path, name)
+            return True
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    return False
+
+
+def wait_for_facts(paths: list[str]) -> int:
+    """Poll until every path has facts (oldest pending first); returns how many never got any."""
+    pending = deque(paths)
+    last_progress = time.monotonic()
+    while pending:
+        if has_facts(pending[0]):
+            pending.popleft()
+            last_progress = time.monotonic()
+        elif time.monotonic() - last_progress > STALL_S:
+            pending = deque(p for p in pending if not has_facts(p))
+            return len(pending)
+        else:
+            time.sleep(POLL_S)
+    return 0
+
+
+def ingest(mount: GffsMount, src: Path, flow: str, wait: bool) -> dict[str, Any]:
+    """cp -r SRC MNT/flow; with ``wait``, also until all files have facts."""
+    read_tree(src)              # source in the page cache
+    os.sync()
+    dest = mount.path / flow
+    cpu = CpuWindow(mount)
+    t0 = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dest)], check=True)
+    out: dict[str, Any] = {"cp_s": time.perf_counter() - t0, "cpu_cp": cpu.stop()}
+    if wait:
+        cpu = CpuWindow(mount)
+        out["missing"] = wait_for_facts([str(dest / n) for n in sorted(os.listdir(src))])
+        out["ready_s"] = time.perf_counter() - t0
+        out["cpu_after_cp"] = cpu.stop()
+    os.sync()                   # untimed
+    return out
+
+
+def getfattr_all(directory: Path) -> int:
+    """Like ``getfattr -d`` on every file: listxattr, then getxattr of each name; attrs read."""
+    n = 0
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        for attr in os.listxattr(path):
+            os.getxattr(path, attr)
+            n += 1
+    return n
+
+
+def timed_getfattr(directory: Path) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    n = getfattr_all(directory)
+    return time.perf_counter() - t0, n
+
+
+# ---------------------------------------------------------------------------
+# the benchmark
+
+
+def ingest_pair(on: GffsMount, off: GffsMount, src: Path, total: int, n_files: int,
+                label: str, flow: str, results: ImageResults, log: Callable[[str], None]) -> None:
+    log(f"  OFF store: cp -r of {n_files} files ({total / MB:.0f} MB)")
+    r_off = ingest(off, src, flow, wait=False)
+    probe = off.path / flow / min(os.listdir(src))
+    if has_facts(str(probe)):
+        results.notes.append(f"{label}: the OFF store has image facts: analysis was not off")
+    log("  ON store: cp -r, then wait until every file has facts")
+    r_on = ingest(on, src, flow, wait=True)
+    mb = total / MB
+    results.rows.append(Row(f"{label}: ingest (cp), ON vs OFF", "MB/s", mb / r_on["cp_s"],
+                            mb / r_off["cp_s"], True, f"ratio >= {INGEST_TARGET}"))
+    results.rows.append(Row(f"{label}: facts ready vs OFF cp", "s", r_on["ready_s"],
+                            r_off["cp_s"], False, "info"))
+    if r_on["missing"]:
+        results.notes.append(f"{label}: {r_on['missing']} files had no facts after "
+                             f"{STALL_S:.0f} s without progress")
+    c_off, c_on, c_after = r_off["cpu_cp"], r_on["cpu_cp"], r_on["cpu_after_cp"]
+    results.notes.append(
+        f"{label}: during cp the machine was busy {c_on['machine_busy_cores']:.2f} cores (ON) "
+        f"vs {c_off['machine_busy_cores']:.2f} (OFF) of {os.cpu_count()}; daemon CPU "
+        f"{c_on['daemon_cpu_s']:.2f} s (ON) vs {c_off['daemon_cpu_s']:.2f} s (OFF); facts "
+        f"came {r_on['ready_s'] - r_on['cp_s']:.2f} s after cp exited, ON daemon CPU in that "
+        f"time {c_after['daemon_cpu_s']:.2f} s")
+    results.details[label] = {"files": n_files, "bytes": total, "on": r_on, "off": r_off}
+    record_rss(on, results, f"ON after {label}")
+    record_rss(off, results, f"OFF after {label}")
+
+
+def run(work: Path, sizes: Sizes, samples: Path | None, results: ImageResults,
+        log: Callable[[str], None]) -> None:
+    log(f"generating {sizes.n_jpeg} camera-like JPEGs (3000x2000, quality 90)")
+    jpeg_total = make_jpegs(work / "src" / "jpeg", sizes.n_jpeg, log)
+    results.sizes["jpeg_total_bytes"] = jpeg_total
+    sample_total = 0
+    if samples is not None:
+        sample_total = copy_samples(samples, work / "src" / "samples")
+        n_samples = len(os.listdir(work / "src" / "samples"))
+        results.sizes.update(sample_files=n_samples, sample_total_bytes=sample_total)
+    else:
+        results.notes.append("no exif-samples directory: real camera rows skipped")
+
+    config = work / "off" / "gffs.toml"
+    config.parent.mkdir()
+    config.write_text("[store]\nanalyze_images = false\n")
+    on = GffsMount(work / "on")
+    off = ConfiguredMount(work / "off", config)
+    plain = work / "plain"
+    plain.mkdir()
+    try:
+        on.mount()
+        off.mount()
+
+        log("1/3 ingest of the generated JPEGs, analysis ON vs OFF")
+        ingest_pair(on, off, work / "src" / "jpeg", jpeg_total, sizes.n_jpeg,
+                    f"{sizes.n_jpeg} JPEGs 3000x2000", "photos", results, log)
+        if samples is not None and sample_total:
+            log("2/3 ingest of the real camera samples, analysis ON vs OFF")
+            ingest_pair(on, off, work / "src" / "samples", sample_total,
+                        results.sizes["sample_files"],
+                        f"{results.sizes['sample_files']} exif-samples", "samples", results, log)
+        off.unmount()
+
+        n = sizes.n_png
+        log(f"3/3 writing {n} distinct 8x8 PNGs (untimed), waiting for their facts")
+        flow = on.path / "pngs"
+        flow.mkdir()
+        (plain / "pngs").mkdir()
+        names = [f"px{i:06d}.png" for i in range(n)]
+        t0 = time.perf_counter()
+        for i, name in enumerate(names):
+            data = png_bytes(i)
+            (flow / name).write_bytes(data)
+            (plain / "pngs" / name).write_bytes(data)
+        t_write = time.perf_counter() - t0
+        missing = wait_for_facts([str(flow / name) for name in names])
+        t_ready = time.perf_counter() - t0
+        results.details["pngs"] = {"write_s": round(t_write, 2), "ready_s": round(t_ready, 2),
+                                   "missing": missing}
+        results.notes.append(f"{n} PNGs: written in {t_write:.1f} s, all facts "
+                             f"{t_ready - t_write:.1f} s later "
+                             f"({n / t_ready:.0f} files/s overall)")
+        if missing:
+            results.notes.append(f"{missing} PNGs had no facts after {STALL_S:.0f} s "
+                                 "without progress")
+        n_attrs = 0
+        for name in names:        # the plain reference gets the same user xattrs
+            src, dest = str(flow / name), str(plain / "pngs" / name)
+            for attr in os.listxattr(src):
+                os.setxattr(dest, attr, os.getxattr(src, attr))
+                n_attrs += 1
+        results.details["pngs"]["xattrs"] = n_attrs
+        os.sync()
+        record_rss(on, results, "ON after PNG facts")
+
+        on.remount()
+        drop_caches(results)
+        g_cold, g_n = timed_getfattr(flow)
+        g_warm, _ = timed_getfattr(flow)
+        drop_caches(results)
+        p_cold, p_n = timed_getfattr(plain / "pngs")
+        p_warm, _ = timed_getfattr(plain / "pngs")
+        if g_n != n_attrs or p_n != n_attrs:
+            raise RuntimeError(f"listing read {g_n} (gffs) / {p_n} (plain) xattrs, "
+                               f"expected {n_attrs}")
+        per = f"{n_attrs / n:.1f}" if n else "0"
+        results.rows.append(Row(f"getfattr -d of {n} PNGs ({per} attrs), cold", "s", g_cold,
+                                p_cold, False, "info"))
+        results.rows.append(Row(f"getfattr -d of {n} PNGs, warm", "s", g_warm, p_warm,
+                                False, "info"))
+        record_rss(on, results, "ON after listing (new daemon)")
+        on.unmount()
+    finally:
+        on.cleanup()
+        off.cleanup()
+
+
+def judge(rows: list[Row]) -> None:
+    for r in rows:
+        r.ratio = r.gffs / r.plain if r.plain else float("inf")
+        if r.target.startswith("ratio >= "):
+            r.passed = r.ratio >= float(r.target.split()[-1])
+
+
+def print_table(results: ImageResults) -> None:
+    head = f"{'measurement':<44} {'unit':>4} {'gffs':>9} {'reference':>9} {'ratio':>6}  " \
+           f"{'target':<12} result"
+    print(head)
+    print("-" * len(head))
+    for r in results.rows:
+        verdict = "-" if r.passed is None else ("PASS" if r.passed else "MISS")
+        print(f"{r.name:<44} {r.unit:>4} {r.gffs:9.2f} {r.plain:9.2f} {r.ratio:6.2f}  "
+              f"{r.target:<12} {verdict}")
+    print("reference: the analysis-OFF store (ingest: its MB/s; facts: its cp time) or the "
+          "plain directory (getfattr)")
+    if results.rss_by_phase_mb:
+        print("peak RSS per daemon: " + ", ".join(f"{k}: {v:.1f} MB"
+                                                   for k, v in results.rss_by_phase_mb.items()))
+    for note in results.notes:
+        print(f"note: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--workdir", metavar="DIR", default="/tmp",
+                   help="where the temporary work directory is created (default /tmp)")
+    p.add_argument("--samples", metavar="DIR", default=str(DEFAULT_SAMPLES),
+                   help=f"real camera samples to measure too (default {DEFAULT_SAMPLES}; "
+                        "skipped when missing)")
+    p.add_argument("--no-samples", action="store_true", help="skip the real camera samples")
+    args = p.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    samples = None if args.no_samples or not Path(args.samples).is_dir() else Path(args.samples)
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    results = ImageResults(sizes=asdict(sizes),
+                           host={"kernel": platform.release(),
+                                 "python": platform.python_version(),
+                                 "cpus": str(os.cpu_count())})
+    if os.geteuid() != 0:
+        results.notes.append("not root: page cache cannot be dropped")
+    work = Path(tempfile.mkdtemp(prefix="gffs-bench-img-", dir=args.workdir))
+    log(f"work directory {work}")
+    try:
+        run(work, sizes, samples, results, log)
+    except KeyboardInterrupt:
+        results.notes.append("interrupted: results incomplete")
+    except Exception as exc:  # noqa: BLE001 (a benchmark reports, it does not fail)
+        results.notes.append(f"aborted: {type(exc).__name__}: {exc}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    judge(results.rows)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(asdict(results), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
