@@ -159,6 +159,7 @@ class Filesystem:
         if not self.read_only:
             await self._finish_deletions()
             await self.chunks.sync()
+        self.images.close()
         await self.chunks.close()
 
     # helpers -------------------------------------------------------------------
@@ -658,6 +659,7 @@ class Filesystem:
         buf.mtime_ns = buf.ctime_ns = now
         buf.meta_dirty = True
         buf.written = True
+        self.images.writing()
         if buf.dirty_bytes > MAX_DIRTY_PER_FILE:
             await self._flush(h.ino, final=False)
         return len(data)

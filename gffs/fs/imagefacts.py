@@ -1,8 +1,10 @@
 """What gffs knows about the images it stores, shown as read-only xattrs.
 
 When a file is closed after writing, its content id is recorded; if no facts
-exist for that content yet, the image is analysed in the background (one
-worker thread, bounded input size) and the facts stored in the index. Reading
+exist for that content yet, the image is analysed in the background — in one
+separate process, niced and memory-limited, one image at a time, after writes
+have paused for a moment (or waited 20 s) so an ingest keeps the CPU — and the
+facts stored in the index. Reading
 them (`getfattr -d`) never touches the image again. Broken or hostile files
 are stored exactly as written and get ``user.gf.image.error`` instead.
 """
@@ -11,6 +13,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
+from collections import deque
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Awaitable, Callable
 
 import trio
@@ -25,9 +32,63 @@ PREFIX = b"user.gf.image."
 MAX_ANALYSED_BYTES = 256 << 20   # larger files are not read back for analysis
 
 
-def _analyzer() -> Callable[[bytes], dict[str, str]]:
+ANALYSIS_MEMORY_LIMIT = 1 << 30   # address space of the analysis process
+ANALYSIS_NICE = 10                # below the daemon and the user's cp
+IDLE_BEFORE_ANALYSIS = 0.3        # seconds without writes before an image is analysed...
+MAX_ANALYSIS_DELAY = 20.0         # ...unless it has waited this long already
+
+
+def _worker_init() -> None:
+    """In the analysis process: bounded memory, low CPU priority, warm imports."""
+    import resource
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (ANALYSIS_MEMORY_LIMIT, ANALYSIS_MEMORY_LIMIT))
+    except (ValueError, OSError):
+        pass
+    try:
+        os.nice(ANALYSIS_NICE)
+    except OSError:
+        pass
+    import gffs.images.analyze  # noqa: F401
+
+
+def _analyse_in_worker(data: bytes) -> dict[str, str]:
     from gffs.images.analyze import analyze
-    return analyze
+    try:
+        return analyze(data)
+    except MemoryError:
+        return {"error": "analysis needs more memory than allowed"}
+
+
+class AnalysisProcess:
+    """One separate, niced, memory-limited process that reads images.
+
+    Decoding untrusted images in another process keeps the daemon's memory
+    and GIL out of it, and a decoder that crashes takes only that process.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx,
+                                             initializer=_worker_init)
+        return self._pool
+
+    async def analyse(self, data: bytes) -> dict[str, str]:
+        future = self._executor().submit(_analyse_in_worker, data)
+        try:
+            return await trio.to_thread.run_sync(future.result)
+        except BrokenProcessPool:
+            self.close()
+            return {"error": "the image decoder crashed on this file"}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 class ImageFacts:
@@ -37,7 +98,10 @@ class ImageFacts:
         self.images = ImageIndex(index)
         self.enabled = enabled
         self._read_file = read_file          # (ino, size) -> the file's bytes
-        self._limiter = trio.CapacityLimiter(1)
+        self._worker = AnalysisProcess()
+        self._last_write = float("-inf")
+        self._queue: deque[tuple[int, int, bytes, float]] = deque()  # ..., queued at
+        self._consumer_running = False
         self._in_flight: set[bytes] = set()
         self.nursery: trio.Nursery | None = None
 
@@ -58,16 +122,39 @@ class ImageFacts:
             if cid is None or cid in self._in_flight or self.images.facts(txn, cid) is not None:
                 return
         self._in_flight.add(cid)
-        self.nursery.start_soon(self._analyse, ino, size, cid)
+        self._queue.append((ino, size, cid, trio.current_time()))
+        if not self._consumer_running:
+            self._consumer_running = True
+            self.nursery.start_soon(self._consume)
 
-    async def _analyse(self, ino: int, size: int, cid: bytes) -> None:
+    async def _consume(self) -> None:
+        """One task works through the queue (a task per image would cost memory)."""
+        try:
+            while self._queue:
+                await self._analyse(*self._queue.popleft())
+        finally:
+            self._consumer_running = False
+
+    def writing(self) -> None:
+        """Called on every write: analysis yields the CPU to an ingest in progress."""
+        self._last_write = trio.current_time()
+
+    async def _wait_for_quiet(self, queued_at: float) -> None:
+        deadline = queued_at + MAX_ANALYSIS_DELAY
+        while trio.current_time() < deadline:
+            quiet_since = trio.current_time() - self._last_write
+            if quiet_since >= IDLE_BEFORE_ANALYSIS:
+                return
+            await trio.sleep(IDLE_BEFORE_ANALYSIS - quiet_since)
+
+    async def _analyse(self, ino: int, size: int, cid: bytes, queued_at: float) -> None:
         try:
             if size > MAX_ANALYSED_BYTES:
                 facts = {"error": f"file larger than {MAX_ANALYSED_BYTES >> 20} MiB: not analysed"}
             else:
-                async with self._limiter:
-                    data = await self._read_file(ino, size)
-                    facts = await trio.to_thread.run_sync(_analyzer(), data)
+                await self._wait_for_quiet(queued_at)
+                data = await self._read_file(ino, size)
+                facts = await self._worker.analyse(data)
             with self.index.write() as txn:
                 self.images.set_facts(txn, cid, facts)
         except FsError as exc:  # the file went away or a chunk is unreadable: try next close
@@ -76,6 +163,9 @@ class ImageFacts:
             log.exception("image analysis of inode %d failed", ino)
         finally:
             self._in_flight.discard(cid)
+
+    def close(self) -> None:
+        self._worker.close()
 
     # xattrs ----------------------------------------------------------------------------
     @staticmethod
