@@ -6,9 +6,10 @@
 #
 # Installs the Debian packages pyfuse3 needs to build (fuse3, libfuse3-dev,
 # pkg-config, a compiler and Python headers), creates .venv in the repository,
-# installs gffs into it with its test dependencies (and strace and exiftool,
-# which tests use as independent witnesses), and links the commands
-# gffs, gffs-admin and mount.gffs onto the PATH.
+# installs gffs into it with its test dependencies, and links the commands
+# gffs, gffs-admin and mount.gffs onto the PATH. Also installs getfattr/setfattr
+# (attr) for reading image facts, and strace and exiftool, which tests use as
+# independent witnesses.
 set -eu
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,7 +29,7 @@ PYTHON=${PYTHON:-python3}
 echo "gffs setup: Debian packages"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-    fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv strace libimage-exiftool-perl >/dev/null
+    fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv attr strace libimage-exiftool-perl >/dev/null
 
 echo "gffs setup: Python environment in $REPO/.venv"
 "$PYTHON" -m venv "$REPO/.venv"
