@@ -114,3 +114,13 @@ def test_real_camera_images(mounted, testdata):
                                  text=True).stdout.strip()
             if out:
                 assert os.getxattr(dst, "user.gf.image.camera_make").decode().strip() == out.strip()
+
+
+def test_image_closed_just_before_a_crash_is_analysed_after_remount(mounted):
+    flow = mounted.path / "crash"
+    flow.mkdir()
+    p = flow / "late.png"
+    p.write_bytes(png_bytes(77, 55))
+    mounted.kill9()            # before the analysis (it waits for writes to pause)
+    mounted.mount()
+    assert wait_fact(p, "user.gf.image.width") == b"77"

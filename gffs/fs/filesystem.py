@@ -108,6 +108,7 @@ class Filesystem:
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._repair_loop)
             self._background = self.images.nursery = nursery
+            self.images.closed()  # images queued before a restart
             try:
                 task_status.started()
                 await trio.sleep_forever()
@@ -813,7 +814,7 @@ class Filesystem:
             await self._flush(h.ino)
             if buf.open_count == 1 and buf.written:
                 buf.written = False
-                self.images.closed(h.ino, buf.size)
+                self.images.closed()
         finally:
             buf.open_count -= 1
             if buf.needs_flush and buf.open_count == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import logging
 import multiprocessing
-from collections import deque
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -100,38 +99,44 @@ class ImageFacts:
         self._read_file = read_file          # (ino, size) -> the file's bytes
         self._worker = AnalysisProcess()
         self._last_write = float("-inf")
-        self._queue: deque[tuple[int, int, bytes, float]] = deque()  # ..., queued at
+        self._first_seen: dict[bytes, float] = {}
         self._consumer_running = False
-        self._in_flight: set[bytes] = set()
         self.nursery: trio.Nursery | None = None
 
     # hooks called by the filesystem --------------------------------------------------
     def record_content(self, txn, ino: int, size: int) -> None:
-        """In the commit of a closing flush: remember what content the inode now has."""
-        self.images.set_content_id(txn, ino, self.images.compute_content_id(txn, ino, size))
+        """In the commit of a closing flush: remember the inode's content, queue its analysis.
+
+        The queue row is written in the same transaction, so an image closed
+        just before a crash is still analysed after the next mount.
+        """
+        cid = self.images.compute_content_id(txn, ino, size)
+        self.images.set_content_id(txn, ino, cid)
+        if self.enabled and self.images.facts(txn, cid) is None:
+            self.images.queue(txn, cid, ino, size)
 
     def forget_inode(self, txn, ino: int) -> None:
         self.images.drop_inode(txn, ino)
 
-    def closed(self, ino: int, size: int) -> None:
-        """A file was closed after writing: analyse its content unless already known."""
-        if not self.enabled or self.nursery is None:
+    def closed(self) -> None:
+        """A file was closed after writing (or the daemon started): work the queue."""
+        if not self.enabled or self.nursery is None or self._consumer_running:
             return
-        with self.index.read() as txn:
-            cid = self.images.content_id(txn, ino)
-            if cid is None or cid in self._in_flight or self.images.facts(txn, cid) is not None:
-                return
-        self._in_flight.add(cid)
-        self._queue.append((ino, size, cid, trio.current_time()))
-        if not self._consumer_running:
-            self._consumer_running = True
-            self.nursery.start_soon(self._consume)
+        self._consumer_running = True
+        self.nursery.start_soon(self._consume)
 
     async def _consume(self) -> None:
-        """One task works through the queue (a task per image would cost memory)."""
+        """One task works through the queue in the index (a task per image would cost memory)."""
         try:
-            while self._queue:
-                await self._analyse(*self._queue.popleft())
+            while True:
+                with self.index.read() as txn:
+                    rows = self.images.queued(txn)
+                if not rows:
+                    return
+                for cid, ino, size in rows:
+                    first_seen = self._first_seen.setdefault(cid, trio.current_time())
+                    await self._analyse(ino, size, cid, first_seen)
+                    self._first_seen.pop(cid, None)
         finally:
             self._consumer_running = False
 
@@ -148,21 +153,31 @@ class ImageFacts:
             await trio.sleep(IDLE_BEFORE_ANALYSIS - quiet_since)
 
     async def _analyse(self, ino: int, size: int, cid: bytes, queued_at: float) -> None:
+        facts = None
         try:
             if size > MAX_ANALYSED_BYTES:
                 facts = {"error": f"file larger than {MAX_ANALYSED_BYTES >> 20} MiB: not analysed"}
             else:
                 await self._wait_for_quiet(queued_at)
-                data = await self._read_file(ino, size)
-                facts = await self._worker.analyse(data)
-            with self.index.write() as txn:
-                self.images.set_facts(txn, cid, facts)
-        except FsError as exc:  # the file went away or a chunk is unreadable: try next close
-            log.debug("image analysis of inode %d skipped: %s", ino, exc)
+                if self._current(ino, cid):
+                    data = await self._read_file(ino, size)
+                    if self._current(ino, cid):  # not rewritten or deleted while we read
+                        facts = await self._worker.analyse(data)
+        except FsError as exc:  # unreadable now (a backend is down): the row stays queued
+            log.debug("image analysis of inode %d postponed: %s", ino, exc)
+            await trio.sleep(1.0)
+            return
         except Exception:
             log.exception("image analysis of inode %d failed", ino)
-        finally:
-            self._in_flight.discard(cid)
+            facts = {"error": "analysis failed"}
+        with self.index.write() as txn:
+            if facts is not None:
+                self.images.set_facts(txn, cid, facts)
+            self.images.dequeue(txn, cid)  # without facts: the content is gone; a new row exists
+
+    def _current(self, ino: int, cid: bytes) -> bool:
+        with self.index.read() as txn:
+            return self.images.content_id(txn, ino) == cid
 
     def close(self) -> None:
         self._worker.close()

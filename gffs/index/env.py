@@ -25,7 +25,8 @@ MAP_SIZE = 1 << 40  # virtual; the file grows only with use
 LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk full"
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
-            "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts")
+            "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts",
+            "imagequeue")
 
 # meta keys holding u64 counters
 NEXT_INO = b"next_ino"

@@ -14,7 +14,7 @@ import lmdb
 
 from gffs.index.chunkmap import ChunkMap
 from gffs.index.env import Index
-from gffs.index.records import u64
+from gffs.index.records import from_u64, u64
 
 
 class ImageIndex:
@@ -22,6 +22,7 @@ class ImageIndex:
         self.index = index
         self._cids = index.db["contentids"]
         self._facts = index.db["imagefacts"]
+        self._queue = index.db["imagequeue"]
         self._cm = ChunkMap(index)
 
     def compute_content_id(self, txn: lmdb.Transaction, ino: int, size: int) -> bytes:
@@ -46,6 +47,21 @@ class ImageIndex:
 
     def set_facts(self, txn: lmdb.Transaction, cid: bytes, facts: dict[str, str]) -> None:
         txn.put(cid, json.dumps(facts, sort_keys=True).encode(), db=self._facts)
+
+    # analysis queue: content ids waiting for analysis (survives crashes) ---------------
+    def queue(self, txn: lmdb.Transaction, cid: bytes, ino: int, size: int) -> None:
+        txn.put(cid, u64(ino) + u64(size), db=self._queue)
+
+    def queued(self, txn: lmdb.Transaction, limit: int = 64) -> list[tuple[bytes, int, int]]:
+        out = []
+        for key, value in txn.cursor(db=self._queue):
+            out.append((bytes(key), from_u64(value[:8]), from_u64(value[8:16])))
+            if len(out) >= limit:
+                break
+        return out
+
+    def dequeue(self, txn: lmdb.Transaction, cid: bytes) -> None:
+        txn.delete(cid, db=self._queue)
 
     def facts_of(self, txn: lmdb.Transaction, ino: int) -> dict[str, str] | None:
         cid = self.content_id(txn, ino)
