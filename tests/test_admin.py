@@ -58,3 +58,19 @@ def test_gc_removes_crash_leftovers_only_when_old(mounted):
 def test_status_of_missing_store_is_one_line(tmp_path):
     res = admin("--data-dir", str(tmp_path / "nothing"), "status")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no gffs store" in res.stderr
+
+
+def test_status_counts_analysed_images(mounted):
+    import io
+    from PIL import Image
+    (mounted.path / "f").mkdir()
+    out = io.BytesIO()
+    Image.new("RGB", (9, 9), (1, 2, 3)).save(out, "PNG")
+    (mounted.path / "f" / "a.png").write_bytes(out.getvalue())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        s = json.loads(admin("--data-dir", str(mounted.data_dir), "status", "--json").stdout)
+        if s["images_analysed"] == 1 and s["images_waiting"] == 0:
+            break
+        time.sleep(0.2)
+    assert (s["images_analysed"], s["images_waiting"]) == (1, 0)

@@ -54,6 +54,8 @@ def status(cfg: Config) -> dict:
                 "stored_bytes": index.counter(txn, STORED_BYTES),
                 "garbage_pending": len(cm.garbage(txn, limit=1_000_000)),
                 "repair_pending": cm.repair_count(txn),
+                "images_analysed": txn.stat(index.db["imagefacts"])["entries"],
+                "images_waiting": txn.stat(index.db["imagequeue"])["entries"],
                 "flows": flows,
             }
     finally:
@@ -93,6 +95,7 @@ def print_status(s: dict) -> None:
           f"{_human(s['stored_bytes'])} stored, compression {ratio:.2f}x)")
     print(f"garbage    {s['garbage_pending']} chunks waiting for deletion")
     print(f"repair     {s['repair_pending']} chunks below their copy count (queued)")
+    print(f"images     {s['images_analysed']} analysed, {s['images_waiting']} waiting for analysis")
     print(f"flows      {len(s['flows'])}: {', '.join(s['flows'][:20])}")
     for name, b in s["backends"].items():
         cap = f"{_human(b['free'])} free of {_human(b['total'])}" if b["total"] else "capacity unknown"
