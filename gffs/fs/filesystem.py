@@ -23,6 +23,9 @@ from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
 from gffs.fs.imagefacts import ImageFacts
 from gffs.fs.openfiles import FileBuffer
+from gffs.nft.validate import PREFIX as _NFT_PREFIX
+from gffs.nft.validate import InvalidNftValue
+from gffs.nft.validate import validate as validate_nft
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import LOGICAL_BYTES, N_INODES, STORED_BYTES
 from gffs.index.namespace import check_name
@@ -42,6 +45,7 @@ MAX_FILE_SIZE = 1 << 50
 SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
 READ_AHEAD_BLOCKS = 2           # blocks loaded ahead of a sequential reader
 REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
+NFT_PREFIX = _NFT_PREFIX.encode()
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
 
@@ -851,12 +855,27 @@ class Filesystem:
             raise FsError(errno.E2BIG, "xattr value larger than 64 KiB")
         with self.index.write() as txn:
             rec = self.ns.get(txn, ino)
+            if name.startswith(NFT_PREFIX):
+                self._check_nft(txn, ino, name, value)
             names = list(self.ns.xattr_names(txn, ino))
             if name not in names and sum(len(n) + 1 for n in names) + len(name) + 1 > XATTR_LIST_MAX:
                 raise FsError(errno.ENOSPC, "too many xattrs on this inode")
             self.ns.set_xattr(txn, ino, name, value)
             rec.ctime_ns = _now()
             self.ns.put(txn, ino, rec)
+
+    def _check_nft(self, txn, ino: int, name: bytes, value: bytes) -> None:
+        """user.nft.* values are validated; a bad one is EINVAL and nothing changes."""
+        current = {}
+        for other in self.ns.xattr_names(txn, ino):
+            if other.startswith(NFT_PREFIX) and other != name:
+                raw = self.ns.get_xattr(txn, ino, other) or b""
+                current[other[len(NFT_PREFIX):].decode(errors="replace")] = raw.decode(
+                    errors="replace")
+        try:
+            validate_nft(name[len(NFT_PREFIX):].decode(errors="replace"), value, current)
+        except InvalidNftValue as exc:
+            raise FsError(errno.EINVAL, str(exc)) from None
 
     def listxattr(self, ino: int) -> list[bytes]:
         with self.index.read() as txn:

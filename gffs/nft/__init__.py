@@ -1,0 +1,1 @@
+"""NFT / web3 metadata carried by images (user.nft.* xattrs)."""
