@@ -116,6 +116,30 @@ def test_real_camera_images(mounted, testdata):
                 assert os.getxattr(dst, "user.gf.image.camera_make").decode().strip() == out.strip()
 
 
+def children(pid: int) -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(d.name))
+    return out
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if Path(f"/proc/{p}").exists()
+                 and (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")}
+        if not alive:
+            return set()
+        time.sleep(0.05)
+    return alive
+
+
 def test_image_closed_just_before_a_crash_is_analysed_after_remount(mounted):
     flow = mounted.path / "crash"
     flow.mkdir()
@@ -124,3 +148,20 @@ def test_image_closed_just_before_a_crash_is_analysed_after_remount(mounted):
     mounted.kill9()            # before the analysis (it waits for writes to pause)
     mounted.mount()
     assert wait_fact(p, "user.gf.image.width") == b"77"
+
+
+def test_the_analysis_process_never_outlives_its_daemon(mounted):
+    flow = mounted.path / "w"
+    flow.mkdir()
+    (flow / "a.png").write_bytes(png_bytes(5, 5))
+    wait_fact(flow / "a.png", "user.gf.image.width")
+    workers = children(mounted.pid())
+    assert workers, "the analysis runs in a child process of the daemon"
+    mounted.unmount()
+    assert not wait_gone(workers), "a clean unmount leaves the analysis process running"
+    mounted.mount()
+    (flow / "b.png").write_bytes(png_bytes(6, 6))
+    wait_fact(flow / "b.png", "user.gf.image.width")
+    workers = children(mounted.pid())
+    mounted.kill9()
+    assert not wait_gone(workers), "kill -9 of the daemon leaves the analysis process running"

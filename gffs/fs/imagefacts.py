@@ -38,8 +38,16 @@ MAX_ANALYSIS_DELAY = 20.0         # ...unless it has waited this long already
 
 
 def _worker_init() -> None:
-    """In the analysis process: bounded memory, low CPU priority, warm imports."""
+    """In the analysis process: die with the daemon, bounded memory, low priority."""
+    import ctypes
     import resource
+    import signal
+    try:  # PR_SET_PDEATHSIG: a daemon killed with -9 must not leave its worker behind
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the daemon died before prctl took effect
+        os._exit(0)
     try:
         resource.setrlimit(resource.RLIMIT_AS, (ANALYSIS_MEMORY_LIMIT, ANALYSIS_MEMORY_LIMIT))
     except (ValueError, OSError):
