@@ -112,7 +112,7 @@ class Filesystem:
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._repair_loop)
             self._background = self.images.nursery = nursery
-            self.images.closed()  # images queued before a restart
+            self.images.wake()  # images queued before a restart
             try:
                 task_status.started()
                 await trio.sleep_forever()
@@ -564,8 +564,7 @@ class Filesystem:
                caller: Caller) -> tuple[int, int, InodeRecord]:
         ino, rec = self._new_node(parent, name, stat.S_IFREG | (mode & 0o7777), caller)
         fh = self._new_handle(ino, flags)
-        buf = self.buffers[ino]
-        buf.written = buf.meta_dirty = True  # even an empty new file gets its facts (an error)
+        self.buffers[ino].meta_dirty = True  # committed at close: even an empty file gets facts
         return fh, ino, rec
 
     def handle(self, fh: int) -> Handle:
@@ -663,7 +662,6 @@ class Filesystem:
         buf.size = max(buf.size, offset + len(data))
         buf.mtime_ns = buf.ctime_ns = now
         buf.meta_dirty = True
-        buf.written = True
         self.images.writing()
         if buf.dirty_bytes > MAX_DIRTY_PER_FILE:
             await self._flush(h.ino, final=False)
@@ -730,7 +728,6 @@ class Filesystem:
                     block = bytearray(await self._block(ino, last, buf))
                     buf.dirty.setdefault(last, block)
                 buf.truncate(size, bs)
-                buf.written = True
                 buf.mtime_ns = buf.ctime_ns = _now()
             await self._flush(ino)
         finally:
@@ -752,6 +749,7 @@ class Filesystem:
             size, mtime, ctime = buf.size, buf.mtime_ns, buf.ctime_ns
             try_compress = buf.try_compress is not False
             stored: dict[int, StoredChunk | None] = {}
+            queued_image = False
 
             for event in [buf.storing[i] for i in snap if i in buf.storing]:
                 await event.wait()
@@ -789,7 +787,7 @@ class Filesystem:
                     rec.ctime_ns = max(rec.ctime_ns, ctime)
                     self.ns.put(txn, ino, rec)
                     if final:
-                        self.images.record_content(txn, ino, size)
+                        queued_image = self.images.record_content(txn, ino, size)
             except* FsError as group:
                 raise group.exceptions[0] from None
             finally:
@@ -798,7 +796,8 @@ class Filesystem:
                 self._garbage_wakeup.set()
             buf.mark_flushed(snap, size)
         self._unsynced = True
-        self._garbage_wakeup.set()
+        if queued_image:
+            self.images.wake()
 
     async def flush(self, fh: int) -> None:
         await self._flush(self.handle(fh).ino)
@@ -816,9 +815,6 @@ class Filesystem:
             return
         try:
             await self._flush(h.ino)
-            if buf.open_count == 1 and buf.written:
-                buf.written = False
-                self.images.closed()
         finally:
             buf.open_count -= 1
             if buf.needs_flush and buf.open_count == 0:

@@ -112,22 +112,25 @@ class ImageFacts:
         self.nursery: trio.Nursery | None = None
 
     # hooks called by the filesystem --------------------------------------------------
-    def record_content(self, txn, ino: int, size: int) -> None:
+    def record_content(self, txn, ino: int, size: int) -> bool:
         """In the commit of a closing flush: remember the inode's content, queue its analysis.
 
         The queue row is written in the same transaction, so an image closed
-        just before a crash is still analysed after the next mount.
+        just before a crash is still analysed after the next mount. Returns
+        whether something was queued (the caller wakes the worker after commit).
         """
         cid = self.images.compute_content_id(txn, ino, size)
         self.images.set_content_id(txn, ino, cid)
         if self.enabled and self.images.facts(txn, cid) is None:
             self.images.queue(txn, cid, ino, size)
+            return True
+        return False
 
     def forget_inode(self, txn, ino: int) -> None:
         self.images.drop_inode(txn, ino)
 
-    def closed(self) -> None:
-        """A file was closed after writing (or the daemon started): work the queue."""
+    def wake(self) -> None:
+        """Something was queued (or the daemon started): work the queue."""
         if not self.enabled or self.nursery is None or self._consumer_running:
             return
         self._consumer_running = True

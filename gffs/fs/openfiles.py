@@ -22,7 +22,6 @@ class FileBuffer:
     ctime_ns: int = 0
     meta_dirty: bool = False      # size or times differ from the index
     flow: str | None = None       # placement policy of the flow the file lives in
-    written: bool = False         # changed since it was last analysed as an image
     open_count: int = 0
     try_compress: bool | None = None   # decided from the file's first bytes
     # block index -> content; a bytes value is a frozen full block (shared with its
