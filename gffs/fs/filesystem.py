@@ -215,19 +215,21 @@ class Filesystem:
         """Delete an inode nobody links to or holds open; its chunks lose a reference."""
         with self.index.write() as txn:
             if self.ns.exists(txn, ino):
-                self.cm.drop_blocks(txn, ino)
-                self.images.forget_inode(txn, ino)
-                self.ns.delete_inode(txn, ino)
+                self._delete_inode(txn, ino)
         self._garbage_wakeup.set()
+
+    def _delete_inode(self, txn, ino: int) -> None:
+        """Remove an inode and everything keyed by it; its chunks lose a reference."""
+        self.cm.drop_blocks(txn, ino)
+        self.images.forget_inode(txn, ino)
+        self.ns.delete_inode(txn, ino)
 
     def _release_inode_later(self, txn, ino: int, rec: InodeRecord) -> bool:
         """After nlink hit 0: purge now (True) unless the kernel or a handle still holds it."""
         if self.lookups.get(ino) or ino in self.buffers:
             self.ns.add_orphan(txn, ino)
             return False
-        self.cm.drop_blocks(txn, ino)
-        self.images.forget_inode(txn, ino)
-        self.ns.delete_inode(txn, ino)
+        self._delete_inode(txn, ino)
         return True
 
     # lookup and attributes -------------------------------------------------------
