@@ -582,8 +582,12 @@ class Filesystem:
         if offset >= end:
             return b""
         bs = self.block_size
-        if offset == buf.read_pos or offset == 0:  # sequential, or a reader starting out
-            self._read_ahead(ino, buf, (end - 1) // bs + 1)
+        next_block = (end - 1) // bs + 1
+        if (offset == buf.read_pos or offset == 0) and next_block != buf.ahead_of:
+            # sequential (or starting out) and into a block not yet looked ahead of:
+            # one index lookup per block, not per 128 KiB request
+            buf.ahead_of = next_block
+            self._read_ahead(ino, buf, next_block)
         parts = []
         for idx in range(offset // bs, (end - 1) // bs + 1):
             start = idx * bs

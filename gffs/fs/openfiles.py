@@ -33,6 +33,7 @@ class FileBuffer:
     stored_early: dict[int, tuple[int, StoredChunk]] = field(default_factory=dict)
     storing: dict[int, trio.Event] = field(default_factory=dict)
     read_pos: int = -1            # end of the last read, to detect sequential reads
+    ahead_of: int = -1            # first block the last read-ahead started from
 
     @property
     def dirty_bytes(self) -> int:
