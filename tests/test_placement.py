@@ -252,3 +252,17 @@ copies = 2
         assert [b.name for b in store.placement.targets(10, b"x" * 32)] == ["fast"]
     finally:
         store.close()
+
+
+def test_capacity_skips_a_down_backend_instead_of_hanging(tmp_path):
+    e = Env(tmp_path, timeout=0.3)
+
+    async def main():
+        total, free = await e.store.capacity()
+        assert total > 0 and 0 < free <= total
+        e.disks["b"].delay = 5.0
+        t = time.monotonic()
+        await e.store.capacity()
+        assert time.monotonic() - t < 2
+        assert not e.store.health.available("b")
+    trio.run(main)

@@ -399,6 +399,25 @@ class ChunkStore:
                 ev.set()
         return len(deleted)
 
+    async def capacity(self) -> tuple[int, int]:
+        """(total, free) bytes over the backends that know theirs and answer in time.
+
+        statfs must never hang on a backend that is down: each is asked through
+        :meth:`_call` (timeout, health) and skipped when unavailable.
+        """
+        total = free = 0
+        for backend in self.backends.values():
+            if not self.health.available(backend.name):
+                continue
+            try:
+                cap = await self._call(backend, "capacity")
+            except BackendError:
+                continue
+            if cap is not None:
+                total += cap.total
+                free += cap.free
+        return total, free
+
     async def close(self) -> None:
         """Release the backends' connections (unmount)."""
         for backend in self.backends.values():

@@ -899,12 +899,7 @@ class Filesystem:
 
     # statfs ----------------------------------------------------------------------------
     async def statfs(self) -> dict[str, int]:
-        total = free = 0
-        for backend in self.chunks.placement.targets(0):
-            cap = await backend.capacity()
-            if cap is not None:
-                total += cap.total
-                free += cap.free
+        total, free = await self.chunks.capacity()
         with self.index.read() as txn:
             n_inodes = self.index.counter(txn, N_INODES)
             logical = self.index.counter(txn, LOGICAL_BYTES)
