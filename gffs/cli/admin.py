@@ -10,6 +10,7 @@ daemon). gc needs the store to itself: it refuses while the store is mounted.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import stat
 import sys
@@ -24,6 +25,10 @@ from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
 from gffs.store import Store, StoreLock, open_backends
 from gffs_backends.base import BackendError
 from gffs_backends.local import LocalBackend
+
+# Modules adding subcommands: each has register(subparsers); a subcommand sets
+# handler=fn(cfg, args) -> exit code with set_defaults.
+ADMIN_EXTENSIONS: list[str] = []
 
 GC_MIN_AGE = 3600.0  # never delete objects younger than this: a put may be in flight
 
@@ -147,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--min-age", type=float, default=GC_MIN_AGE,
                    help="only delete unreferenced objects older than this many seconds")
     g.add_argument("--json", action="store_true")
+    for module in ADMIN_EXTENSIONS:
+        importlib.import_module(module).register(sub)
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.data_dir)
+        if getattr(args, "handler", None) is not None:
+            return args.handler(cfg, args)
         if args.command == "status":
             result = status(cfg)
             print(json.dumps(result, indent=2)) if args.json else print_status(result)

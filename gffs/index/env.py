@@ -26,7 +26,7 @@ LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk f
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
             "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts",
-            "imagequeue")
+            "imagequeue", "moves", "thumbnails")
 
 # meta keys holding u64 counters
 NEXT_INO = b"next_ino"
@@ -57,10 +57,16 @@ class Index:
         self._init_meta(block_size)
 
     def _open_ro(self) -> dict:
-        try:
-            return {name: self.env.open_db(name.encode(), create=False) for name in DB_NAMES}
-        except lmdb.NotFoundError:
-            raise ConfigError(f"{self.path} holds no gffs index") from None
+        dbs = {}
+        for name in DB_NAMES:
+            try:
+                dbs[name] = self.env.open_db(name.encode(), create=False)
+            except lmdb.NotFoundError:
+                if not dbs:
+                    raise ConfigError(f"{self.path} holds no gffs index") from None
+                raise ConfigError(f"index {self.path} lacks the {name!r} table of this gffs "
+                                  "version: mount it once (read-write) to upgrade") from None
+        return dbs
 
     def _init_meta(self, block_size: int) -> None:
         with self.env.begin() as txn:
