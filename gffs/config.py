@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gffs.errors import ConfigError
+from gffs.nft.validate import CHAINS, TEZOS_CHAINS
 
 STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max",
               "block_size_kb", "analyze_images"}
@@ -39,6 +40,21 @@ class PolicyConfig:
 
 
 @dataclass
+class NftConfig:
+    """[nft]: where token data comes from and how much of it gffs accepts (docs/NFT.md)."""
+
+    rpc: dict[str, str] = field(default_factory=dict)   # chain -> JSON-RPC or TzKT API URL
+    ipfs_backend: str | None = None   # a [backends.X] of type ipfs, used to cat ipfs:// URIs
+    ipfs_gateway: str | None = None   # else an HTTP gateway (https://host)
+    arweave_gateway: str = "https://arweave.net"
+    timeout: float = 20.0             # seconds for one fetch or RPC call, overall
+    max_metadata_kb: int = 256
+    max_media_mb: int = 64
+    from_block: int = 0               # first block scanned for transfer logs
+    log_block_range: int = 10000      # blocks per eth_getLogs request
+
+
+@dataclass
 class Config:
     data_dir: Path
     backends: list[BackendConfig] = field(default_factory=list)
@@ -50,6 +66,7 @@ class Config:
     analyze_images: bool = True   # read image facts (user.gf.image.*) after each write
     cache_mb: int = 32
     log_file: Path | None = None
+    nft: NftConfig = field(default_factory=NftConfig)
     source: str = "defaults"
 
     @property
@@ -95,7 +112,7 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
         if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO) and _mentions_secrets(raw):
             raise ConfigError(f"{p} holds credentials and is readable by others; chmod 600 it")
-    _unknown(raw, {"store", "backends", "placement"}, where)
+    _unknown(raw, {"store", "backends", "placement", "nft"}, where)
 
     store = raw.get("store", {})
     _expect(isinstance(store, dict), where, "[store] must be a table")
@@ -149,7 +166,41 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
         fwhere = f"{where} [placement.flows.{flow}]"
         _expect(isinstance(table, dict), fwhere, "must be a table")
         cfg.flows[flow] = _policy(table, fwhere, names, cfg.placement)
+    cfg.nft = _nft(raw.get("nft", {}), f"{where} [nft]", cfg.backends)
     return cfg
+
+
+def _nft(table: Any, where: str, backends: list[BackendConfig]) -> NftConfig:
+    _expect(isinstance(table, dict), where, "must be a table")
+    rpc_keys = {f"{c}_api" if c in TEZOS_CHAINS else f"{c}_rpc": c for c in CHAINS}
+    limits = {"timeout": (1, 600), "max_metadata_kb": (1, 16384), "max_media_mb": (1, 4096),
+              "from_block": (0, 2 ** 63), "log_block_range": (1, 10 ** 7)}
+    _unknown(table, set(rpc_keys) | set(limits) |
+             {"ipfs_backend", "ipfs_gateway", "arweave_gateway"}, where)
+    out = NftConfig()
+    for key, value in table.items():
+        if key in limits:
+            lo, hi = limits[key]
+            ok = isinstance(value, int) or (key == "timeout" and isinstance(value, float))
+            _expect(ok and not isinstance(value, bool) and lo <= value <= hi, where,
+                    f"{key} must be a number between {lo} and {hi}")
+            setattr(out, key, value)
+        elif key == "ipfs_backend":
+            ipfs = [b.name for b in backends if b.type == "ipfs"]
+            _expect(value in ipfs, where, f"ipfs_backend must name a backend of type ipfs "
+                                          f"(configured: {', '.join(ipfs) or 'none'})")
+            out.ipfs_backend = value
+        else:
+            _expect(isinstance(value, str) and value.startswith(("http://", "https://"))
+                    and " " not in value, where, f"{key} must be an http:// or https:// URL")
+            if key in rpc_keys:
+                out.rpc[rpc_keys[key]] = value.rstrip("/")
+            else:
+                setattr(out, key, value.rstrip("/"))
+    if out.ipfs_backend is None:
+        ipfs = [b.name for b in backends if b.type == "ipfs"]
+        out.ipfs_backend = ipfs[0] if len(ipfs) == 1 else None
+    return out
 
 
 def _policy(table: dict, where: str, names: list[str], default: PolicyConfig | None) -> PolicyConfig:
