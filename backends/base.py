@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -52,6 +53,29 @@ class ObjectMissing(BackendError):
     """The backend does not hold the requested object."""
 
 
+# Names of metadata objects (index backups): short path-like names that can never
+# be mistaken for a chunk key (those are bare lowercase hex).
+META_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,127}){0,7}")
+META_NAME_MAX = 512
+
+
+def check_meta_name(backend: str, name: str) -> str:
+    """*name* if it is a valid metadata-object name, else BackendError."""
+    if (not isinstance(name, str) or len(name) > META_NAME_MAX or "/" not in name
+            or not META_NAME_RE.fullmatch(name)):
+        raise BackendError(f"{backend}: invalid metadata object name {name!r} "
+                           f"(want DIR/NAME of letters, digits, '.', '_', '-')")
+    return name
+
+
+def check_meta_prefix(backend: str, prefix: str) -> str:
+    """*prefix* if list_meta may take it: empty, or the start of a valid name."""
+    if prefix and (not isinstance(prefix, str) or len(prefix) > META_NAME_MAX
+                   or not META_NAME_RE.fullmatch(prefix.rstrip("/"))):
+        raise BackendError(f"{backend}: invalid metadata prefix {prefix!r}")
+    return prefix
+
+
 @dataclass(frozen=True, slots=True)
 class Capacity:
     total: int
@@ -66,7 +90,12 @@ class ObjectInfo:
 
 
 class Backend(ABC):
-    """A store of immutable, content-addressed objects."""
+    """A store of immutable, content-addressed objects.
+
+    Besides chunks, a backend keeps a few *metadata objects* (index backups):
+    named by a path-like name (``index/versions/...``), replaceable, kept apart
+    from chunks so that ``list()`` (and therefore gc) never sees them.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -106,6 +135,26 @@ class Backend(ABC):
     @abstractmethod
     def list(self) -> AsyncIterator[ObjectInfo]:
         """Every object the backend holds (admin use: gc, fsck)."""
+
+    @abstractmethod
+    async def put_meta(self, name: str, data: bytes) -> None:
+        """Store a metadata object under *name*, replacing any object of that name.
+
+        Returns once the object is durable; a reader sees the old or the new bytes,
+        never a mix.
+        """
+
+    @abstractmethod
+    async def get_meta(self, name: str) -> bytes:
+        """The metadata object's bytes, or ObjectMissing."""
+
+    @abstractmethod
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        """Names of the metadata objects starting with *prefix*, sorted."""
+
+    @abstractmethod
+    async def delete_meta(self, name: str) -> None:
+        """Delete a metadata object; deleting a missing one is not an error."""
 
     async def capacity(self) -> Capacity | None:
         """Total and free bytes where the store knows them."""

@@ -14,6 +14,11 @@ bitmap in appProperties), so ``list()`` works from Drive alone after a restart.
 A deleted member is marked dead; the pack file is deleted with its last member.
 Reads of a packed chunk fetch only its byte range. See docs/backends/gdrive.md.
 
+Metadata objects (index backups) are Drive files in the same folder named by the
+object's name, appProperties gffs="meta"; list() yields only gffs="chunk" files
+and pack members, so it never returns them. A put creates the new file first and
+then deletes older files of that name.
+
 Every blocking client call runs in a worker thread (one httplib2.Http per
 thread: httplib2 is not thread-safe) under ``trio.fail_after(timeout)``; 403
 rate-limit answers, 429, 5xx, timeouts and connection errors are retried with
@@ -45,7 +50,8 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing, in_thread)
+                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
+                                in_thread)
 from gffs_backends.gdrive_pack import (MAX_MEMBERS, Loc, build_pack, encode_dead, pack_props,
                                        parse_index, parse_locator, parse_pack_props, valid_id,
                                        valid_key)
@@ -894,6 +900,52 @@ class DriveBackend(Backend):
                 if raw not in seen:
                     seen.add(raw)
                     yield info
+
+    # metadata objects -----------------------------------------------------------------------
+    async def _meta_files(self, name: str) -> list[dict]:
+        """Drive files holding metadata object *name*, newest first."""
+        folder = await self._folder()
+        # no quoting needed: check_meta_name admits neither quotes nor backslashes
+        q = f"name = '{name}' and '{folder}' in parents and trashed = false"
+        res = await self._call("meta lookup", lambda h: self._exec(h, self._files().list(
+            q=q, fields=LIST_FIELDS, pageSize=100, supportsAllDrives=True,
+            includeItemsFromAllDrives=True)))
+        found = [m for m in res.get("files", [])
+                 if (m.get("appProperties") or {}).get("gffs") == "meta" and m.get("name") == name]
+        return sorted(found, key=lambda m: _rfc3339(m.get("createdTime")), reverse=True)
+
+    async def put_meta(self, name: str, data: bytes) -> None:
+        check_meta_name(self.name, name)
+        older = await self._meta_files(name)
+        async with self._uploads:
+            await self._create("meta upload", {"name": name, "appProperties": {"gffs": "meta"}},
+                               bytes(data))
+        for meta in older:
+            await self._delete_file(meta["id"])
+
+    async def get_meta(self, name: str) -> bytes:
+        check_meta_name(self.name, name)
+        for meta in await self._meta_files(name):
+            try:
+                return await self._call("meta read", lambda h, fid=meta["id"]: self._exec(
+                    h, self._files().get_media(fileId=fid, supportsAllDrives=True)))
+            except ObjectMissing:
+                continue        # replaced meanwhile: try the next one
+        raise ObjectMissing(f"{self.name}: metadata object {name} is missing")
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        check_meta_prefix(self.name, prefix)
+        names: set[str] = set()
+        async for page in self._pages():
+            names.update(m["name"] for m in page
+                         if (m.get("appProperties") or {}).get("gffs") == "meta"
+                         and isinstance(m.get("name"), str) and m["name"].startswith(prefix))
+        return sorted(names)
+
+    async def delete_meta(self, name: str) -> None:
+        check_meta_name(self.name, name)
+        for meta in await self._meta_files(name):
+            await self._delete_file(meta["id"])
 
     async def capacity(self) -> Capacity | None:
         res = await self._call("about", lambda h: self._exec(h, self._svc.about().get(

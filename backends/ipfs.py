@@ -13,6 +13,10 @@ Nothing the node returns is trusted: the CID of every object is recomputed
 locally (the same UnixFS DAG Kubo builds) at put and at get, so a node that stored
 or returned different bytes, or a truncated stream, is caught here.
 
+Metadata objects (index backups) are MFS files ``<mfs_dir>/meta/<name>`` added
+without a pin (MFS is a garbage-collection root of its own); list() only walks the
+two-hex-digit fan-out directories, so it never returns them.
+
 The RPC calls are blocking ``requests`` calls run in worker threads under
 ``trio.fail_after(timeout)``; connection errors, timeouts and 5xx answers raise
 BackendUnavailable. See docs/backends/ipfs.md.
@@ -34,7 +38,8 @@ import requests
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing, in_thread)
+                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
+                                in_thread)
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"     # Kubo's default Addresses.API
 CHUNKER_SIZE = 262144                       # Kubo's default chunker, size-262144
@@ -456,13 +461,14 @@ class IpfsBackend(Backend):
         self._known_dirs.add(path)
 
     # blocking operations ----------------------------------------------------------------
-    def _put(self, key: str, data: bytes) -> str:
+    def _add(self, what: str, data: bytes, *, pin: bool) -> str:
+        """``add`` *data*; its CID, checked against the one computed here."""
         expected = unixfs_cid(data, self.cid_version)
-        params = [("pin", "true"), ("cid-version", str(self.cid_version)),
+        params = [("pin", "true" if pin else "false"), ("cid-version", str(self.cid_version)),
                   ("raw-leaves", "true" if self.cid_version == 1 else "false"),
                   ("chunker", f"size-{CHUNKER_SIZE}"), ("hash", "sha2-256"),
                   ("progress", "false"), ("quieter", "true")]
-        resp = self._rpc("add", params, upload=bytes(data), filename=key)
+        resp = self._rpc("add", params, upload=bytes(data), filename=what.rsplit(" ", 1)[-1])
         cid = None
         for line in resp.content.splitlines():
             try:
@@ -472,11 +478,16 @@ class IpfsBackend(Backend):
             if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
                 cid = obj["Hash"]
         if cid is None:
-            raise BackendError(f"{self.name}: add answered no CID for chunk {key[:16]}")
+            raise BackendError(f"{self.name}: add answered no CID for {what}")
         if cid != expected:
-            self._unpin_quietly(cid)
-            raise BackendError(f"{self.name}: the node stored chunk {key[:16]} as {cid}, expected "
+            if pin:
+                self._unpin_quietly(cid)
+            raise BackendError(f"{self.name}: the node stored {what} as {cid}, expected "
                                f"{expected}: it got other bytes or imports with other settings")
+        return cid
+
+    def _put(self, key: str, data: bytes) -> str:
+        cid = self._add(f"chunk {key[:16]}", data, pin=True)
         fan = self._fan_dir(key)
         path = f"{fan}/{key}.{int(time.time())}"
         for attempt in (1, 2):
@@ -524,12 +535,16 @@ class IpfsBackend(Backend):
                 self._json("pin/add", [("arg", cid), ("offline", "true")])
             except ObjectMissing:
                 raise ObjectMissing(f"{self.name}: chunk {key} ({cid}) lost its blocks") from None
+        return self._cat(f"chunk {key[:16]}", cid)
+
+    def _cat(self, what: str, cid: str) -> bytes:
+        """The bytes of *cid*, verified against it (IpfsCorrupt when they differ)."""
         data = self._rpc("cat", [("arg", cid), ("offline", "true")]).content
         version, codec, _ = parse_cid(cid)
         if unixfs_cid(data, version) != cid and not (
                 codec == _RAW and hashlib.sha256(data).digest() == parse_cid(cid)[2]):
-            raise IpfsCorrupt(f"{self.name}: the node returned {len(data)} bytes for chunk "
-                              f"{key[:16]} that do not match its CID {cid}")
+            raise IpfsCorrupt(f"{self.name}: the node returned {len(data)} bytes for {what} "
+                              f"that do not match its CID {cid}")
         return data
 
     def _delete_entries(self, key: str, locator: str, listing: list[dict] | None) -> None:
@@ -576,6 +591,60 @@ class IpfsBackend(Backend):
                 seen[key] = ObjectInfo(key, int(e.get("Size") or 0), put_time)
         return list(seen.values())
 
+    # metadata objects: MFS files under <mfs_dir>/meta ---------------------------------------------
+    def _meta_path(self, name: str) -> str:
+        return f"{self.mfs_dir}/meta/{check_meta_name(self.name, name)}"
+
+    def _put_meta(self, name: str, data: bytes) -> None:
+        path = self._meta_path(name)
+        parent = path.rsplit("/", 1)[0]
+        cid = self._add(f"metadata object {name}", data, pin=False)
+        for attempt in (1, 2):
+            self._ensure_dir(parent)
+            try:
+                self._json("files/rm", [("arg", path)])
+            except ObjectMissing:
+                pass
+            try:
+                self._json("files/cp", [("arg", f"/ipfs/{cid}"), ("arg", path),
+                                        ("offline", "true")])
+                return
+            except ObjectMissing:
+                self._known_dirs.discard(parent)      # removed behind our back: make it again
+                if attempt == 2:
+                    raise
+
+    def _get_meta(self, name: str) -> bytes:
+        path = self._meta_path(name)
+        entries = self._ls(path)
+        if len(entries) != 1 or entries[0].get("Type") == 1 or \
+                not isinstance(entries[0].get("Hash"), str):
+            raise ObjectMissing(f"{self.name}: metadata object {name} is missing")
+        try:
+            return self._cat(f"metadata object {name}", self._check_cid(entries[0]["Hash"]))
+        except IpfsCorrupt as exc:
+            raise BackendError(str(exc)) from None
+
+    def _list_meta(self, prefix: str) -> list[str]:
+        names: list[str] = []
+
+        def walk(rel: str) -> None:
+            for e in self._ls(f"{self.mfs_dir}/meta/{rel}".rstrip("/")):
+                name = f"{rel}{e['Name']}"
+                if e.get("Type") == 1:
+                    if prefix.startswith(name + "/") or name.startswith(prefix):
+                        walk(name + "/")
+                elif name.startswith(prefix):
+                    names.append(name)
+        walk("")
+        return sorted(names)
+
+    def _delete_meta(self, name: str) -> None:
+        try:
+            self._json("files/rm", [("arg", self._meta_path(name))])
+        except ObjectMissing:
+            pass
+
     def _capacity(self) -> Capacity | None:
         out = self._json("repo/stat", [("size-only", "true")])
         try:
@@ -619,6 +688,22 @@ class IpfsBackend(Backend):
         for fan in sorted(fans):
             for info in await self._run(self._list_dir, fan):
                 yield info
+
+    async def put_meta(self, name: str, data: bytes) -> None:
+        check_meta_name(self.name, name)
+        await self._run(self._put_meta, name, bytes(data))
+
+    async def get_meta(self, name: str) -> bytes:
+        check_meta_name(self.name, name)
+        return await self._run(self._get_meta, name)
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        check_meta_prefix(self.name, prefix)
+        return await self._run(self._list_meta, prefix)
+
+    async def delete_meta(self, name: str) -> None:
+        check_meta_name(self.name, name)
+        await self._run(self._delete_meta, name)
 
     async def capacity(self) -> Capacity | None:
         return await self._run(self._capacity)

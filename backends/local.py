@@ -3,6 +3,9 @@
 A put writes a temp file and renames it into place, so a reader (or a crash)
 never sees half an object. fsync is deferred to :meth:`sync`, which the
 filesystem calls for fsync(2), periodically and at unmount.
+
+Metadata objects (index backups) live beside the chunks in ``<path>/meta/<name>``,
+outside ``chunks/``, so list() and gc never see them; they are fsynced at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import AsyncIterator
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, Capacity, ObjectInfo,
-                                ObjectMissing)
+                                ObjectMissing, check_meta_name, check_meta_prefix)
 
 TMP_SUFFIX = ".tmp"
 
@@ -27,6 +30,7 @@ class LocalBackend(Backend):
         super().__init__(name)
         self.root = Path(path).expanduser()
         self.objects = self.root / "chunks"
+        self.meta = self.root / "meta"
         self.objects.mkdir(parents=True, exist_ok=True)
         self._unsynced: set[Path] = set()
         self._known_dirs: set[Path] = set()
@@ -111,6 +115,53 @@ class LocalBackend(Backend):
             finally:
                 os.close(fd)
 
+    def _put_meta(self, name: str, data: bytes) -> None:
+        path = self.meta / check_meta_name(self.name, name)
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}{TMP_SUFFIX}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            for d in {path.parent, self.meta, self.root}:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BackendFull(f"{self.name}: disk full at {self.root}") from exc
+            raise BackendError(f"{self.name}: cannot write {path}: {exc.strerror}") from exc
+
+    def _get_meta(self, name: str) -> bytes:
+        path = self.meta / check_meta_name(self.name, name)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            raise ObjectMissing(f"{self.name}: metadata object {name} is missing") from exc
+        except OSError as exc:
+            raise BackendError(f"{self.name}: cannot read {path}: {exc.strerror}") from exc
+
+    def _list_meta(self, prefix: str) -> list[str]:
+        names = []
+        for dirpath, _dirs, files in os.walk(self.meta):
+            rel = os.path.relpath(dirpath, self.meta)
+            for fname in files:
+                name = fname if rel == "." else f"{rel}/{fname}"
+                if name.startswith(prefix) and not fname.startswith("."):
+                    names.append(name)
+        return sorted(names)
+
+    def _delete_meta(self, name: str) -> None:
+        try:
+            (self.meta / check_meta_name(self.name, name)).unlink(missing_ok=True)
+        except (NotADirectoryError, IsADirectoryError):
+            pass
+
     def _scan(self) -> list[ObjectInfo]:
         out = []
         for dirpath, _dirs, files in os.walk(self.objects):
@@ -158,6 +209,19 @@ class LocalBackend(Backend):
         for info in await trio.to_thread.run_sync(self._scan):
             if not info.key.endswith(TMP_SUFFIX):
                 yield info
+
+    async def put_meta(self, name: str, data: bytes) -> None:
+        await trio.to_thread.run_sync(self._put_meta, name, bytes(data))
+
+    async def get_meta(self, name: str) -> bytes:
+        return await trio.to_thread.run_sync(self._get_meta, name)
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        check_meta_prefix(self.name, prefix)
+        return await trio.to_thread.run_sync(self._list_meta, prefix)
+
+    async def delete_meta(self, name: str) -> None:
+        await trio.to_thread.run_sync(self._delete_meta, name)
 
     async def capacity(self) -> Capacity:
         st = await trio.to_thread.run_sync(os.statvfs, self.objects)

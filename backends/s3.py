@@ -13,6 +13,11 @@ Credentials come from the standard boto3 chain (environment, ~/.aws, instance
 role) or a named ``profile``; gffs config never holds them, and no message,
 log line or repr built here contains them.
 
+Metadata objects (index backups) are stored under a sibling of the chunk prefix
+(``chunks/`` -> ``chunks-meta/``; an empty prefix -> ``gffs-meta/``) in the bucket
+rendezvous hashing picks for their name; list() filters on chunk keys, so it
+never returns them.
+
 Every boto3 call blocks, so it runs in a worker thread that is abandoned on
 cancellation, under ``trio.fail_after``; botocore's own connect/read timeouts and
 two attempts keep a dead endpoint from piling up threads for long.
@@ -31,7 +36,8 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable,
-                                ObjectInfo, ObjectMissing, in_thread)
+                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
+                                in_thread)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,13 @@ def _parse_buckets(name: str, value: object) -> dict[str, float]:
     return weights
 
 
+def meta_prefix(prefix: str) -> str:
+    """Where metadata objects go for a chunk *prefix*: beside it, never under a chunk key."""
+    if not prefix:
+        return "gffs-meta/"
+    return (prefix[:-1] if prefix.endswith("/") else prefix) + "-meta/"
+
+
 def _score(bucket: str, weight: float, key: str) -> float:
     """Weighted rendezvous score of *bucket* for *key* (higher wins)."""
     if weight <= 0:
@@ -153,6 +166,7 @@ class S3Backend(Backend):
         self.buckets = list(self.weights)
         self.endpoint_url = endpoint_url
         self.prefix = prefix
+        self.meta_prefix = meta_prefix(prefix)
         self.timeout = float(timeout)
         self.multipart_threshold = int(multipart_threshold)
         if addressing_style is None:
@@ -450,25 +464,79 @@ class S3Backend(Backend):
         if failure is not None:
             raise failure
 
+    async def _list_objects(self, bucket: str, prefix: str) -> AsyncIterator[dict]:
+        """Every object of *bucket* under *prefix* (ListObjectsV2 pages)."""
+        token = None
+        while True:
+            kw = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            resp = await self._call(self.timeout, f"list {bucket}",
+                                    self._client.list_objects_v2, **kw)
+            for obj in resp.get("Contents", []):
+                yield obj
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+
     async def list(self) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
         plen = len(self.prefix)
         for bucket in self.buckets:
-            token = None
-            while True:
-                kw = {"Bucket": bucket, "Prefix": self.prefix}
-                if token:
-                    kw["ContinuationToken"] = token
-                resp = await self._call(self.timeout, f"list {bucket}",
-                                        self._client.list_objects_v2, **kw)
-                for obj in resp.get("Contents", []):
-                    key = obj["Key"][plen:]
-                    if len(key) >= 8 and all(c in "0123456789abcdef" for c in key):
-                        yield ObjectInfo(key, int(obj["Size"]), obj["LastModified"].timestamp())
-                if not resp.get("IsTruncated"):
-                    break
-                token = resp.get("NextContinuationToken")
-                if not token:
-                    break
+            async for obj in self._list_objects(bucket, self.prefix):
+                key = obj["Key"][plen:]
+                if len(key) >= 8 and all(c in "0123456789abcdef" for c in key):
+                    yield ObjectInfo(key, int(obj["Size"]), obj["LastModified"].timestamp())
+
+    # metadata objects ------------------------------------------------------------------------
+    async def put_meta(self, name: str, data: bytes) -> None:
+        okey = self.meta_prefix + check_meta_name(self.name, name)
+        bucket = self.choose_bucket(name)
+        await self._call(self.timeout + len(data) / MIN_RATE, f"put {bucket}/{okey}",
+                         self._put_blocking, bucket, okey, bytes(data))
+        # an older copy in another bucket (weights changed since) must not shadow this one
+        stale = [b for b in self.buckets if b != bucket]
+        await self._delete_meta_in(name, stale)
+
+    async def get_meta(self, name: str) -> bytes:
+        okey = self.meta_prefix + check_meta_name(self.name, name)
+
+        async def one(bucket: str) -> bytes:
+            what = f"get {bucket}/{okey}"
+            resp = await self._call(self.timeout, what, self._client.get_object,
+                                    Bucket=bucket, Key=okey)
+            size = resp.get("ContentLength")
+            data = await self._call(self.timeout + (size or 0) / MIN_RATE, what,
+                                    resp["Body"].read)
+            if size is not None and len(data) != size:
+                raise BackendUnavailable(f"{self.name}: {what}: short read")
+            return data
+
+        try:
+            return await self._search(name, "", one)
+        except ObjectMissing:
+            raise ObjectMissing(f"{self.name}: metadata object {name} is missing") from None
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        full = self.meta_prefix + check_meta_prefix(self.name, prefix)
+        plen = len(self.meta_prefix)
+        names: set[str] = set()
+        for bucket in self.buckets:
+            async for obj in self._list_objects(bucket, full):
+                names.add(obj["Key"][plen:])
+        return sorted(names)
+
+    async def delete_meta(self, name: str) -> None:
+        check_meta_name(self.name, name)
+        await self._delete_meta_in(name, self.buckets)
+
+    async def _delete_meta_in(self, name: str, buckets: list[str]) -> None:
+        okey = self.meta_prefix + name
+        for bucket in buckets:
+            errors = await self._call(self.timeout, f"delete {bucket}/{okey}",
+                                      self._delete_batch, bucket, [okey])
+            if errors:
+                raise BackendError(f"{self.name}: delete {bucket}/{okey}: "
+                                   f"{errors[0].get('Code')}")
 
     async def capacity(self) -> None:
         return None     # S3 does not know (quotas are not visible through the API)

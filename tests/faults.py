@@ -24,7 +24,8 @@ import trio
 
 from gffs_backends.base import Backend, BackendFull, BackendUnavailable, Capacity, ObjectInfo
 
-ALL_OPS = frozenset({"put", "get", "delete", "delete_many", "stat", "list", "capacity", "sync"})
+ALL_OPS = frozenset({"put", "get", "delete", "delete_many", "stat", "list", "capacity", "sync",
+                     "put_meta", "get_meta", "list_meta", "delete_meta"})
 
 
 class FaultyBackend(Backend):
@@ -91,6 +92,25 @@ class FaultyBackend(Backend):
         await self._enter("list")
         async for info in self.inner.list():
             yield info
+
+    async def put_meta(self, name: str, data: bytes) -> None:
+        await self._enter("put_meta")
+        if self.full and "put_meta" in self.ops:
+            raise BackendFull(f"{self.name}: full (injected)")
+        await self.inner.put_meta(name, data)
+
+    async def get_meta(self, name: str) -> bytes:
+        await self._enter("get_meta")
+        data = await self.inner.get_meta(name)
+        return self._damage(data) if "get_meta" in self.ops else data
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        await self._enter("list_meta")
+        return await self.inner.list_meta(prefix)
+
+    async def delete_meta(self, name: str) -> None:
+        await self._enter("delete_meta")
+        await self.inner.delete_meta(name)
 
     async def capacity(self) -> Capacity | None:
         await self._enter("capacity")

@@ -234,6 +234,92 @@ def test_local_list_hides_temp_files(tmp_path):
     run(main)
 
 
+# metadata objects (index backups) ---------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 1, 300_000])
+def test_meta_round_trip(backend, size):
+    data = os.urandom(size)
+
+    async def main():
+        await backend.put_meta("index/pieces/p1", data)
+        assert await backend.get_meta("index/pieces/p1") == data
+    run(main)
+
+
+def test_meta_put_replaces(backend):
+    async def main():
+        await backend.put_meta("index/versions/v1.json", b"old")
+        await backend.put_meta("index/versions/v1.json", b"new contents")
+        assert await backend.get_meta("index/versions/v1.json") == b"new contents"
+        assert await backend.list_meta("index/") == ["index/versions/v1.json"]
+    run(main)
+
+
+def test_meta_missing_and_delete(backend):
+    async def main():
+        with pytest.raises(ObjectMissing):
+            await backend.get_meta("index/versions/absent.json")
+        await backend.put_meta("index/versions/a.json", b"a")
+        await backend.delete_meta("index/versions/a.json")
+        with pytest.raises(ObjectMissing):
+            await backend.get_meta("index/versions/a.json")
+        assert await backend.list_meta("") == []
+        await backend.delete_meta("index/versions/a.json")      # again: fine
+        await backend.delete_meta("never/put")                  # never existed: fine
+    run(main)
+
+
+def test_meta_list_by_prefix(backend):
+    names = ["index/pieces/0a1b", "index/pieces/ff00", "index/versions/20240101T000000Z.json",
+             "index/versions/20240102T000000Z.json", "other/thing"]
+
+    async def main():
+        assert await backend.list_meta("index/") == []
+        for i, name in enumerate(names):
+            await backend.put_meta(name, b"%d" % i)
+        assert await backend.list_meta("") == sorted(names)
+        assert await backend.list_meta("index/pieces/") == names[:2]
+        assert await backend.list_meta("index/versions/20240102") == names[3:4]
+        assert await backend.list_meta("index/") == names[:4]
+        assert await backend.list_meta("nothing/") == []
+    run(main)
+
+
+def test_meta_apart_from_chunks(backend):
+    """Metadata objects never show in list() (gc would delete them) and chunk and
+    metadata operations do not touch each other's objects."""
+    data = b"chunk bytes"
+    key = key_of(data)
+
+    async def main():
+        loc = await backend.put(key, data)
+        await backend.put_meta(f"index/pieces/{key}", b"meta bytes")
+        assert [i.key async for i in backend.list()] == [key]
+        await backend.delete(key, loc)
+        assert await backend.get_meta(f"index/pieces/{key}") == b"meta bytes"
+        await backend.put(key, data)
+        await backend.delete_meta(f"index/pieces/{key}")
+        assert await backend.get(key) == data
+        assert [i.key async for i in backend.list()] == [key]
+    run(main)
+
+
+@pytest.mark.parametrize("name", ["../x/y", "/abs/name", "a//b", "", "a/", "a/.hidden",
+                                  "0123456789abcdef", "a/b\x00", "a/b c", "a/'q", "a/../b",
+                                  "a/" + "x" * 600])
+@pytest.mark.parametrize("op", ["put_meta", "get_meta", "delete_meta"])
+def test_meta_invalid_name_rejected(backend, name, op):
+    async def main():
+        with pytest.raises(BackendError):
+            if op == "put_meta":
+                await backend.put_meta(name, b"data")
+            elif op == "get_meta":
+                await backend.get_meta(name)
+            else:
+                await backend.delete_meta(name)
+    run(main)
+
+
 # fault injection: the chunk store over two copies ------------------------------------------
 
 class TwoCopies:
