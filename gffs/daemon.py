@@ -19,6 +19,7 @@ from gffs.cli.mounts import find_mount
 from gffs.config import Config
 from gffs.fs.filesystem import Filesystem
 from gffs.fs.operations import Operations
+from gffs.maintenance.control import ControlServer
 from gffs.store import Store
 
 log = logging.getLogger("gffs.daemon")
@@ -52,13 +53,15 @@ def _notify(ready_fd: int | None, message: str) -> None:
         pass
 
 
-async def _serve(fs: Filesystem, mountpoint: str, opts: set[str], ready_fd: int | None) -> None:
+async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
+                 ready_fd: int | None) -> None:
     await fs.start(os.getuid(), os.getgid())
     pyfuse3.init(Operations(fs), mountpoint, opts)
     kernel_unmounted = False
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run_background)
+            await nursery.start(ControlServer(store).serve)
             terminated = trio.Event()
 
             async def on_signals() -> None:
@@ -114,7 +117,7 @@ def run(cfg: Config, mountpoint: str, extra_opts: list[str], ready_fd: int | Non
     try:
         fs = Filesystem(store.index, store.chunks, read_only=read_only,
                         analyze_images=cfg.analyze_images)
-        trio.run(_serve, fs, mountpoint, opts, ready_fd)
+        trio.run(_serve, store, fs, mountpoint, opts, ready_fd)
     except Exception as exc:
         _notify(ready_fd, f"error: {exc}")
         raise

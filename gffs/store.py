@@ -13,6 +13,7 @@ from gffs.chunks.store import ChunkStore
 from gffs.config import Config
 from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import Index
+from gffs.index.env import DRAINING
 from gffs.placement import FlowPolicy, Health, Placement
 from gffs_backends.base import Backend, load_backend_class
 
@@ -80,6 +81,21 @@ def open_backends(cfg: Config) -> dict[str, Backend]:
     return backends
 
 
+def build_placement(cfg: Config, backends: dict[str, Backend]) -> Placement:
+    """The placement policy of the config over opened backends (drains not applied)."""
+    pol = cfg.placement
+    try:
+        return Placement(
+            list(backends.values()), pol.copies if pol else 1,
+            default_backends=pol.backends if pol else None,
+            weights=pol.weights if pol else None,
+            flows={name: FlowPolicy(p.copies, p.backends, p.weights)
+                   for name, p in cfg.flows.items()},
+            health=Health(max_backoff=cfg.backend_retry_max))
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source} [placement]: {exc}") from None
+
+
 class Store:
     """Everything below the filesystem layer, opened under the store lock."""
 
@@ -90,7 +106,9 @@ class Store:
         try:
             self.index = Index(cfg.index_dir, block_size=cfg.block_size_kb << 10)
             self.backends = open_backends(cfg)
-            self.placement = self._placement(cfg)
+            self.placement = build_placement(cfg, self.backends)
+            with self.index.read() as txn:
+                self.placement.draining = set(self.index.meta_json(txn, DRAINING, []))
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout)
@@ -99,19 +117,6 @@ class Store:
                 self.index.close()
             self.lock.release()
             raise
-
-    def _placement(self, cfg: Config) -> Placement:
-        pol = cfg.placement
-        try:
-            return Placement(
-                list(self.backends.values()), pol.copies if pol else 1,
-                default_backends=pol.backends if pol else None,
-                weights=pol.weights if pol else None,
-                flows={name: FlowPolicy(p.copies, p.backends, p.weights)
-                       for name, p in cfg.flows.items()},
-                health=Health(max_backoff=cfg.backend_retry_max))
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.source} [placement]: {exc}") from None
 
     def close(self) -> None:
         try:

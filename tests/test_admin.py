@@ -1,4 +1,4 @@
-"""gffs-admin on a real store: status figures, gc of crash leftovers, refusal while mounted."""
+"""gffs-admin on a real store: status figures, gc of crash leftovers (mounted and not)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 
 def admin(*args: str) -> subprocess.CompletedProcess:
@@ -29,13 +31,14 @@ def test_status_reports_dedup(mounted):
     assert "chunks     1" in human.stdout
 
 
-def test_gc_removes_crash_leftovers_only_when_old(mounted):
+@pytest.mark.parametrize("while_mounted", [True, False], ids=["mounted", "unmounted"])
+def test_gc_removes_crash_leftovers_only_when_old(mounted, while_mounted):
+    """The same gc, through the daemon's control socket or on the store directly."""
     (mounted.path / "f").mkdir()
     keep = os.urandom(100_000)
     (mounted.path / "f" / "keep.jpg").write_bytes(keep)
-    res = admin("--data-dir", str(mounted.data_dir), "gc")
-    assert res.returncode == 1 and "unmount it first" in res.stderr
-    mounted.unmount()
+    if not while_mounted:
+        mounted.unmount()
     chunks = mounted.data_dir / "local" / "chunks"
     leftover = chunks / "ab" / "cd" / ("abcd" + "0" * 60)
     leftover.parent.mkdir(parents=True, exist_ok=True)
@@ -43,15 +46,19 @@ def test_gc_removes_crash_leftovers_only_when_old(mounted):
     tmp = leftover.with_name(leftover.name + ".123.tmp")
     tmp.write_bytes(b"half")
     res = admin("--data-dir", str(mounted.data_dir), "gc", "--json")
+    assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["unreferenced_deleted"] == 0  # too young: may be in flight
     old = time.time() - 7200
     os.utime(leftover, (old, old))
     os.utime(tmp, (old, old))
+    for path in chunks.rglob("*"):  # the real chunk is old too: it must survive
+        os.utime(path, (old, old))
     res = admin("--data-dir", str(mounted.data_dir), "gc", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["unreferenced_deleted"] == 1
     assert not leftover.exists() and not tmp.exists()
-    mounted.mount()
+    if not while_mounted:
+        mounted.mount()
     assert (mounted.path / "f" / "keep.jpg").read_bytes() == keep
 
 

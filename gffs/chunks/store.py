@@ -199,6 +199,14 @@ class ChunkStore:
         self.unpin([sc.digest for sc in chunks])
         self._unused.extend(sc for sc in chunks if sc.fresh and sc.digest not in self._pins)
 
+    def pin(self, digests: list[bytes]) -> None:
+        """Keep chunks from garbage deletion while something outside a write works on them."""
+        for d in digests:
+            self._pins[d] += 1
+
+    def pinned(self, digest: bytes) -> bool:
+        return digest in self._pins or digest in self._deleting
+
     def unpin(self, digests: list[bytes]) -> None:
         for d in digests:
             self._pins[d] -= 1
@@ -231,13 +239,32 @@ class ChunkStore:
 
     async def _fetch(self, digest: bytes) -> bytes | memoryview:
         key = digest.hex()
-        with self.index.read() as txn:
-            rec = self.chunkmap.known(txn, digest)
-        if rec is None:
-            log.error("chunk %s is referenced but has no record in the index", key)
-            raise FsError(errno.EIO, f"chunk {key[:16]} has no record")
-        failures, bad = [], []
-        by_name = {loc.backend: loc for loc in rec.locations}
+        failures: list[str] = []
+        bad: list[str] = []
+        tried: set[str] = set()
+        # a second look at the record: a rebalance may have moved the copy we read
+        for _attempt in range(2):
+            with self.index.read() as txn:
+                rec = self.chunkmap.known(txn, digest)
+            if rec is None:
+                log.error("chunk %s is referenced but has no record in the index", key)
+                raise FsError(errno.EIO, f"chunk {key[:16]} has no record")
+            fresh = {loc.backend: loc for loc in rec.locations if loc.backend not in tried}
+            if not fresh:
+                break
+            tried.update(fresh)
+            data = await self._fetch_from(digest, fresh, failures, bad)
+            if data is not None:
+                if bad:
+                    self._drop_bad_copies(digest, bad)
+                return data
+        log.error("no good copy of chunk %s: %s", key[:16], "; ".join(failures))
+        raise FsError(errno.EIO, f"no good copy of chunk {key[:16]} ({'; '.join(failures)})")
+
+    async def _fetch_from(self, digest: bytes, by_name: dict[str, Location], failures: list[str],
+                          bad: list[str]) -> bytes | memoryview | None:
+        """The first good copy among *by_name*, or None (reasons appended to *failures*)."""
+        key = digest.hex()
         for name in self.placement.read_order(list(by_name)):
             loc, backend = by_name[name], self.backends.get(name)
             if backend is None:
@@ -255,11 +282,8 @@ class ChunkStore:
                 failures.append(f"{name}: {exc}")
                 log.warning("chunk %s: backend %s failed: %s", key[:16], name, exc)
             else:
-                if bad:
-                    self._drop_bad_copies(digest, bad)
                 return data
-        log.error("no good copy of chunk %s: %s", key[:16], "; ".join(failures))
-        raise FsError(errno.EIO, f"no good copy of chunk {key[:16]} ({'; '.join(failures)})")
+        return None
 
     def _drop_bad_copies(self, digest: bytes, bad: list[str]) -> None:
         """Forget copies that proved missing or corrupt and queue their re-creation."""
@@ -267,8 +291,10 @@ class ChunkStore:
             rec = self.chunkmap.chunk(txn, digest)
             if rec is None:
                 return
+            # only copies still on record: one a rebalance removed meanwhile is not "bad"
+            bad = [loc.backend for loc in rec.locations if loc.backend in bad]
             rec.locations = [loc for loc in rec.locations if loc.backend not in bad]
-            if rec.locations:
+            if bad and rec.locations:
                 self.chunkmap.set_locations(txn, digest, rec.locations)
                 self.chunkmap.queue_repair(txn, digest, None, restore=bad)
         self.repair_wakeup.set()
@@ -287,11 +313,14 @@ class ChunkStore:
 
         async def one(digest: bytes, flow: str | None, restore: list[str]) -> None:
             async with limiter:
+                self.pin([digest])  # a rebalance settling intents must not delete our put
                 try:
                     done = await self._repair_one(digest, flow, restore)
                 except (BackendError, FsError, codec.CorruptChunk) as exc:
                     log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
                     done = False
+                finally:
+                    self.unpin([digest])
             outcome["repaired" if done else "pending"] += 1
 
         async with trio.open_nursery() as nursery:
@@ -398,6 +427,26 @@ class ChunkStore:
                 del self._deleting[d]
                 ev.set()
         return len(deleted)
+
+    async def delete_unrecorded(self, backend: Backend, digests: list[bytes]) -> int:
+        """Delete objects the index does not know (crash leftovers); returns how many.
+
+        Checked again right before the delete, and marked as being deleted so a
+        writer storing the same bytes now waits and puts them again afterwards.
+        """
+        with self.index.read() as txn:
+            doomed = [d for d in digests if not self.pinned(d)
+                      and self.chunkmap.known(txn, d) is None]
+        events = {d: trio.Event() for d in doomed}
+        self._deleting.update(events)
+        try:
+            if doomed:
+                await self._call(backend, "delete_many", [(d.hex(), "") for d in doomed])
+        finally:
+            for d, ev in events.items():
+                del self._deleting[d]
+                ev.set()
+        return len(doomed)
 
     async def capacity(self) -> tuple[int, int]:
         """(total, free) bytes over the backends that know theirs and answer in time.

@@ -1,10 +1,17 @@
 """`gffs-admin` — look after a store.
 
-    gffs-admin status [--data-dir DIR] [--config FILE] [--json]
-    gffs-admin gc     [--data-dir DIR] [--config FILE] [--min-age SECONDS]
+    gffs-admin [--config FILE] [--data-dir DIR] COMMAND ...
+    status [--json]                      figures, backends, flows, copies short, queues
+    rebalance [--dry-run] [--flow F] [--time-limit 2h] [--size-limit 50G] [--json]
+    backend drain NAME [--cancel] [--dry-run] [limits] [--json]
+    gc [--min-age SECONDS] [--json]
 
 status reads the index directly (LMDB allows readers beside the mounted
-daemon). gc needs the store to itself: it refuses while the store is mounted.
+daemon). The maintenance commands run inside the mount daemon through its
+control socket when the store is mounted, and open the store here when not:
+the same code either way (gffs/maintenance). Exit codes: 0 done, 1 failed or
+problems left, 2 bad usage/config, 3 stopped at a limit (run again to go on),
+4 plan refused (nothing changed), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,31 +21,23 @@ import importlib
 import json
 import stat
 import sys
-import time
 
 import trio
 
 from gffs.config import Config, load_config
 from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
-from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
-from gffs.store import Store, StoreLock, open_backends
+from gffs.index.env import DRAINING, LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
+from gffs.maintenance.progress import human_bytes
+from gffs.maintenance.rebalance import chunk_flows, wanted_copies
+from gffs.placement import Placement
+from gffs.store import StoreLock, build_placement, open_backends
 from gffs_backends.base import BackendError
-from gffs_backends.local import LocalBackend
 
 # Modules adding subcommands: each has register(subparsers); a subcommand sets
 # handler=fn(cfg, args) -> exit code with set_defaults.
-ADMIN_EXTENSIONS: list[str] = []
+ADMIN_EXTENSIONS: list[str] = ["gffs.cli.admin_jobs"]
 
-GC_MIN_AGE = 3600.0  # never delete objects younger than this: a put may be in flight
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
 
 
 def status(cfg: Config) -> dict:
@@ -63,9 +62,10 @@ def status(cfg: Config) -> dict:
                 "images_waiting": txn.stat(index.db["imagequeue"])["entries"],
                 "flows": flows,
             }
+        backends = open_backends(cfg)
+        result["copies"] = copy_census(index, build_placement(cfg, backends))
     finally:
         index.close()
-    backends = open_backends(cfg)
 
     async def capacities() -> dict:
         out = {}
@@ -76,12 +76,36 @@ def status(cfg: Config) -> dict:
                 health = "ok"
             except (BackendError, trio.TooSlowError) as exc:
                 cap, health = None, f"unreachable: {exc or 'timeout'}"
+            held = result["copies"]["per_backend"].get(name, {"chunks": 0, "bytes": 0})
             out[name] = {"type": type(b).__name__, "health": health,
-                         "total": cap.total if cap else None, "free": cap.free if cap else None}
+                         "total": cap.total if cap else None, "free": cap.free if cap else None,
+                         "chunks": held["chunks"], "bytes": held["bytes"],
+                         "draining": name in result["copies"]["draining"]}
             await b.close()
         return out
     result["backends"] = trio.run(capacities)
     return result
+
+
+def copy_census(index: Index, placement: Placement) -> dict:
+    """Copies per backend, and chunks short of / beyond what their policies want."""
+    with index.read() as txn:
+        placement.draining = set(index.meta_json(txn, DRAINING, []))
+    flows = chunk_flows(index)
+    per_backend: dict[str, dict[str, int]] = {}
+    under = over = 0
+    with index.read() as txn:
+        for digest, rec in ChunkMap(index).all_chunks(txn):
+            wanted, required = wanted_copies(placement, digest, flows.get(digest))
+            have = {loc.backend for loc in rec.locations}
+            for name in have:
+                held = per_backend.setdefault(name, {"chunks": 0, "bytes": 0})
+                held["chunks"] += 1
+                held["bytes"] += rec.stored_size
+            under += sum(placement.trusted(n) for n in have & set(wanted)) < required
+            over += bool(have - set(wanted))
+    return {"per_backend": per_backend, "under": under, "over": over,
+            "draining": sorted(placement.draining)}
 
 
 def _holder(cfg: Config) -> str | None:
@@ -96,49 +120,23 @@ def print_status(s: dict) -> None:
     print(f"store      {s['store']}  ({s['mounted'] or 'not mounted'})")
     print(f"inodes     {s['inodes']}")
     ratio = s["logical_bytes"] / s["stored_bytes"] if s["stored_bytes"] else 1.0
-    print(f"chunks     {s['chunks']}  ({_human(s['logical_bytes'])} of data in "
-          f"{_human(s['stored_bytes'])} stored, compression {ratio:.2f}x)")
+    print(f"chunks     {s['chunks']}  ({human_bytes(s['logical_bytes'])} of data in "
+          f"{human_bytes(s['stored_bytes'])} stored, compression {ratio:.2f}x)")
     print(f"garbage    {s['garbage_pending']} chunks waiting for deletion")
     print(f"repair     {s['repair_pending']} chunks below their copy count (queued)")
     print(f"images     {s['images_analysed']} analysed, {s['images_waiting']} waiting for analysis")
     print(f"flows      {len(s['flows'])}: {', '.join(s['flows'][:20])}")
+    c = s["copies"]
+    print(f"copies     {c['under']} chunks below their copy count, {c['over']} with copies "
+          f"no policy wants (gffs-admin rebalance fixes both)")
     for name, b in s["backends"].items():
-        cap = f"{_human(b['free'])} free of {_human(b['total'])}" if b["total"] else "capacity unknown"
-        print(f"backend    {name} ({b['type']}): {b['health']}, {cap}")
-
-
-def gc(cfg: Config, min_age: float) -> dict:
-    """Delete garbage-queue chunks and objects no index row mentions (older than *min_age*)."""
-    store = Store(cfg, "gffs-admin gc")
-    try:
-        async def run() -> dict:
-            queued = 0
-            while n := await store.chunks.delete_garbage():
-                queued += n
-            cm = store.chunks.chunkmap
-            cutoff = time.time() - min_age
-            orphans = 0
-            for backend in store.backends.values():
-                doomed = []
-                async for info in backend.list():
-                    if info.mtime > cutoff:
-                        continue
-                    try:
-                        digest = bytes.fromhex(info.key)
-                    except ValueError:
-                        continue
-                    with store.index.read() as txn:
-                        if cm.known(txn, digest) is None:
-                            doomed.append((info.key, ""))
-                await backend.delete_many(doomed)
-                orphans += len(doomed)
-                if isinstance(backend, LocalBackend):
-                    await trio.to_thread.run_sync(backend.remove_stale_temps, min_age)
-            await store.chunks.sync()
-            return {"garbage_deleted": queued, "unreferenced_deleted": orphans}
-        return trio.run(run)
-    finally:
-        store.close()
+        cap = f"{human_bytes(b['free'])} free of {human_bytes(b['total'])}" if b["total"] else "capacity unknown"
+        drain = ", DRAINING" if b["draining"] else ""
+        print(f"backend    {name} ({b['type']}): {b['health']}{drain}, {b['chunks']} chunks "
+              f"({human_bytes(b['bytes'])}), {cap}")
+    for name, held in c["per_backend"].items():
+        if name not in s["backends"]:
+            print(f"backend    {name}: not in the config, still named by {held['chunks']} chunks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="chunks, bytes, flows, backends")
     s.add_argument("--json", action="store_true")
-    g = sub.add_parser("gc", help="delete chunks nothing references (store must be unmounted)")
-    g.add_argument("--min-age", type=float, default=GC_MIN_AGE,
-                   help="only delete unreferenced objects older than this many seconds")
-    g.add_argument("--json", action="store_true")
     for module in ADMIN_EXTENSIONS:
         importlib.import_module(module).register(sub)
     args = p.parse_args(argv)
@@ -159,16 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.data_dir)
         if getattr(args, "handler", None) is not None:
             return args.handler(cfg, args)
-        if args.command == "status":
-            result = status(cfg)
-            print(json.dumps(result, indent=2)) if args.json else print_status(result)
-        else:
-            result = gc(cfg, args.min_age)
-            if args.json:
-                print(json.dumps(result))
-            else:
-                print(f"deleted {result['garbage_deleted']} queued and "
-                      f"{result['unreferenced_deleted']} unreferenced chunks")
+        result = status(cfg)
+        print(json.dumps(result, indent=2)) if args.json else print_status(result)
         return 0
     except ConfigError as exc:
         print(f"gffs-admin: {exc}", file=sys.stderr)

@@ -31,6 +31,7 @@ class ChunkMap:
         self._chunks = index.db["chunks"]
         self._garbage = index.db["garbage"]
         self._repair = index.db["repair"]
+        self._moves = index.db["moves"]
 
     # file blocks ----------------------------------------------------------
     def block(self, txn: lmdb.Transaction, ino: int, idx: int) -> bytes | None:
@@ -182,3 +183,23 @@ class ChunkMap:
 
     def forget_garbage(self, txn: lmdb.Transaction, digest: bytes) -> None:
         txn.delete(digest, db=self._garbage)
+
+    # move intents (rebalance) --------------------------------------------------
+    # A row per copy being created or deleted outside the write path, written
+    # before the backend call and removed after the index says the outcome:
+    # key = digest + backend name, value = {"op": "put"|"delete", "locator", "at"}.
+    def add_intent(self, txn: lmdb.Transaction, digest: bytes, backend: str, op: str,
+                   locator: str = "") -> None:
+        row = {"op": op, "locator": locator, "at": time.time()}
+        txn.put(digest + backend.encode(), json.dumps(row).encode(), db=self._moves)
+
+    def drop_intent(self, txn: lmdb.Transaction, digest: bytes, backend: str) -> None:
+        txn.delete(digest + backend.encode(), db=self._moves)
+
+    def intents(self, txn: lmdb.Transaction) -> list[tuple[bytes, str, dict]]:
+        """Every unfinished move step: (digest, backend, row)."""
+        out = []
+        for key, value in txn.cursor(db=self._moves):
+            key = bytes(key)
+            out.append((key[:32], key[32:].decode(), json.loads(bytes(value))))
+        return out

@@ -7,6 +7,7 @@ namespace and the chunk table together (that is what makes crashes harmless).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 import uuid
@@ -35,6 +36,9 @@ N_INODES = b"n_inodes"
 LOGICAL_BYTES = b"logical_bytes"   # sum of chunk plaintext sizes (deduplicated)
 STORED_BYTES = b"stored_bytes"     # sum of chunk stored sizes, one copy
 N_CHUNKS = b"n_chunks"
+# meta keys holding JSON
+DRAINING = b"draining"                  # backends `gffs-admin backend drain` is emptying
+REBALANCE_CURSOR = b"rebalance_cursor"  # hex digest a stopped rebalance continues after
 
 
 class Index:
@@ -122,6 +126,17 @@ class Index:
         value = self.counter(txn, key) + delta
         txn.put(key, u64(max(value, 0)), db=self.db["meta"])
         return value
+
+    def meta_json(self, txn: lmdb.Transaction, key: bytes, default=None):
+        """A small JSON value in `meta` (maintenance state: drains, cursors)."""
+        raw = txn.get(key, db=self.db["meta"])
+        return json.loads(bytes(raw)) if raw is not None else default
+
+    def set_meta_json(self, txn: lmdb.Transaction, key: bytes, value) -> None:
+        if value is None:
+            txn.delete(key, db=self.db["meta"])
+        else:
+            txn.put(key, json.dumps(value).encode(), db=self.db["meta"])
 
     def take_next(self, txn: lmdb.Transaction, key: bytes) -> int:
         """Allocate the next value of a monotonic sequence (inode numbers, cookies)."""

@@ -61,7 +61,7 @@ def job(name: str, *, writes: bool = True) -> Callable[[JobFn], JobFn]:
 def load_jobs() -> dict[str, Job]:
     """Import every module that registers jobs, then return the registry."""
     import importlib
-    for module in ("gffs.maintenance.rebalance", "gffs.maintenance.fsck",
+    for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.fsck",
                    "gffs.maintenance.gc", "gffs.maintenance.backup", "gffs.nft.jobs"):
         try:
             importlib.import_module(module)

@@ -47,8 +47,7 @@ class Progress:
         self.finish_phase()
         self.what, self.total_items, self.total_bytes = what, total_items, total_bytes
         self.items = self.nbytes = 0
-        self.started = time.monotonic()
-        self._shown = 0.0
+        self.started = self._shown = time.monotonic()
         self.show(final=False)
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None:
@@ -80,7 +79,10 @@ class Progress:
                 "rate": rate, "elapsed": elapsed, "eta": eta}
 
     def show(self, final: bool) -> None:
-        """Display the current numbers (nothing here)."""
+        self.display(self.snapshot(), final)
+
+    def display(self, s: dict[str, Any], final: bool) -> None:
+        """Show one snapshot (this process's, or one the daemon sent); nothing here."""
 
 
 def describe(s: dict[str, Any]) -> str:
@@ -99,8 +101,7 @@ class TerminalProgress(Progress):
         super().__init__()
         self.stream, self.width = stream, width
 
-    def show(self, final: bool) -> None:
-        s = self.snapshot()
+    def display(self, s: dict[str, Any], final: bool) -> None:
         total = s["total_bytes"] or s["total_items"]
         done = s["bytes"] if s["total_bytes"] else s["items"]
         bar = ""
@@ -124,9 +125,9 @@ class LineProgress(Progress):
         super().__init__()
         self.emit = emit or log.info
 
-    def show(self, final: bool) -> None:
-        if final or self.items or self.nbytes:
-            self.emit(describe(self.snapshot()))
+    def display(self, s: dict[str, Any], final: bool) -> None:
+        if final or s["items"] or s["bytes"]:
+            self.emit(describe(s))
 
     def note(self, message: str) -> None:
         self.emit(message)
@@ -139,8 +140,8 @@ class EventProgress(Progress):
         super().__init__()
         self.send = send
 
-    def show(self, final: bool) -> None:
-        self.send({"event": "progress", "final": final, **self.snapshot()})
+    def display(self, s: dict[str, Any], final: bool) -> None:
+        self.send({"event": "progress", "final": final, **s})
 
     def note(self, message: str) -> None:
         self.send({"event": "note", "message": message})

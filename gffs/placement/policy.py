@@ -60,6 +60,7 @@ class Placement:
                                  f"trusted backends, it has {len(trusted)} (untrusted: "
                                  f"{', '.join(b for b in policy.backends if b not in trusted)})")
         self.health = health or Health()
+        self.draining: set[str] = set()  # backends being emptied: no new copies go there
 
     def trusted(self, name: str) -> bool:
         """Whether a copy on this backend counts toward a policy's copies.
@@ -80,7 +81,8 @@ class Placement:
     def ranked(self, digest: bytes, flow: str | None = None) -> list[Backend]:
         """The policy's backends for this chunk, best first (ignoring health)."""
         policy = self.policy_for(flow)
-        order = sorted(policy.backends,
+        names = [n for n in policy.backends if n not in self.draining] or policy.backends
+        order = sorted(names,
                        key=lambda n: _score(digest, n, policy.weights.get(n, 1.0)), reverse=True)
         return [self.by_name[n] for n in order]
 
@@ -95,6 +97,28 @@ class Placement:
         ranked = self.ranked(digest, flow)
         healthy = [b for b in ranked if self.health.writable(b.name)]
         return [b for b in (healthy or ranked)[: policy.copies] if not self.deferred(b.name)]
+
+    def wanted(self, digest: bytes, flow: str | None = None) -> list[str]:
+        """Where the policy wants this chunk's copies: best-ranked backends until
+        *copies* trusted ones are in (an untrusted one ranked above them is kept too)."""
+        out, counted = [], 0
+        want = self.policy_for(flow).copies
+        for backend in self.ranked(digest, flow):
+            if counted >= want:
+                break
+            out.append(backend.name)
+            counted += self.trusted(backend.name)
+        return out
+
+    def drain_problems(self, draining: set[str]) -> list[str]:
+        """Policies that could not keep their copy count without *draining* backends."""
+        problems = []
+        for name, policy in [("default", self.default), *self.flows.items()]:
+            left = [b for b in policy.backends if b not in draining and self.trusted(b)]
+            if len(left) < policy.copies:
+                problems.append(f"placement for {name} needs {policy.copies} trusted "
+                                f"backends and would keep {len(left)} ({', '.join(left) or 'none'})")
+        return problems
 
     def deferred(self, name: str) -> bool:
         b = self.by_name.get(name)

@@ -1,0 +1,144 @@
+"""Moving copies of chunks between backends without ever losing one.
+
+A copy is added as put → read back and verify the hash → record the location;
+a copy is removed only after a check that enough verified copies stay on
+record, as: forget the location → delete the object. Each backend step is
+bracketed by an *intent* row in the index (`moves`), written before the call
+and removed after the outcome is recorded, so every crash state is visible:
+
+    crash after the put, before recording  → intent "put", location not recorded:
+                                              settle() deletes the stray object
+    crash after recording, before the drop  → extra copy, no intent: the next
+                                              rebalance removes it
+    crash after forgetting, before delete   → intent "delete": settle() deletes it
+
+Nothing here decides *where* copies should be; that is the rebalance plan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import trio
+
+from gffs.chunks import codec
+from gffs.chunks.store import ChunkStore
+from gffs.index.records import Location
+from gffs_backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+PER_BACKEND = 4  # transfers at once per backend
+
+
+class MoveFailed(Exception):
+    """One step of a move failed; the index still describes every copy truthfully."""
+
+
+class ChunkMover:
+    def __init__(self, chunks: ChunkStore, per_backend: int = PER_BACKEND) -> None:
+        self.chunks = chunks
+        self.cm = chunks.chunkmap
+        self.index = chunks.index
+        self._limits: defaultdict[str, trio.CapacityLimiter] = defaultdict(
+            lambda: trio.CapacityLimiter(per_backend))
+
+    async def read_stored(self, digest: bytes) -> bytes:
+        """The stored form of a live chunk from a verified good copy."""
+        with self.index.read() as txn:
+            rec = self.cm.chunk(txn, digest)
+        if rec is None:
+            raise MoveFailed(f"chunk {digest.hex()[:16]} was deleted meanwhile")
+        try:
+            return await self.chunks._stored_copy(digest, rec)
+        except Exception as exc:
+            raise MoveFailed(str(exc)) from None
+
+    async def add_copy(self, digest: bytes, dest: str, stored: bytes) -> bool:
+        """Put, verify and record a copy on *dest*; False when the chunk died meanwhile."""
+        backend = self.chunks.backends[dest]
+        key = digest.hex()
+        with self.index.write() as txn:
+            self.cm.add_intent(txn, digest, dest, "put")
+        try:
+            async with self._limits[dest]:
+                locator = await self.chunks._call(backend, "put", key, stored)
+                echoed = await self.chunks._call(backend, "get", key, locator)
+            await trio.to_thread.run_sync(codec.decode, echoed, digest)
+        except (BackendError, codec.CorruptChunk) as exc:
+            raise MoveFailed(f"copy of {key[:16]} to {dest}: {exc}") from None
+        with self.index.write() as txn:
+            live = self.cm.chunk(txn, digest) is not None
+            if live:
+                self.cm.add_location(txn, digest, Location(dest, locator))
+                self.cm.drop_intent(txn, digest, dest)
+        if not live:  # deleted while we copied: our copy is nobody's
+            await self.delete_object(digest, dest, locator)
+        return live
+
+    async def remove_copies(self, digest: bytes, names: set[str], counted: set[str],
+                            required: int) -> list[str]:
+        """Forget and delete the copies on *names* if ≥ *required* trusted copies on
+        *counted* backends stay on record; returns the backends emptied."""
+        placement = self.chunks.placement
+        with self.index.write() as txn:
+            rec = self.cm.chunk(txn, digest)
+            if rec is None:
+                return []
+            keep = [loc for loc in rec.locations if loc.backend not in names]
+            staying = sum(placement.trusted(loc.backend) for loc in keep
+                          if loc.backend in counted)
+            doomed = [loc for loc in rec.locations if loc.backend in names]
+            if staying < required or not doomed:
+                return []
+            self.cm.set_locations(txn, digest, keep)
+            for loc in doomed:
+                self.cm.add_intent(txn, digest, loc.backend, "delete", loc.locator)
+        for loc in doomed:
+            await self.delete_object(digest, loc.backend, loc.locator)
+        return [loc.backend for loc in doomed]
+
+    async def delete_object(self, digest: bytes, name: str, locator: str) -> None:
+        """Delete one object named by an intent row, then drop the row.
+
+        A backend no longer configured cannot be reached: the row is dropped
+        and the object is left where it is. A failed delete keeps the row.
+        """
+        backend = self.chunks.backends.get(name)
+        if backend is not None:
+            while (pending := self.chunks._deleting.get(digest)) is not None:
+                await pending.wait()
+            done = self.chunks._deleting[digest] = trio.Event()
+            try:
+                async with self._limits[name]:
+                    await self.chunks._call(backend, "delete", digest.hex(), locator)
+            except BackendError as exc:
+                log.warning("deleting copy of %s on %s postponed: %s", digest.hex()[:16], name, exc)
+                return
+            finally:
+                del self.chunks._deleting[digest]
+                done.set()
+        with self.index.write() as txn:
+            self.cm.drop_intent(txn, digest, name)
+
+    async def settle(self) -> dict[str, int]:
+        """Finish what interrupted moves left: stray copies are deleted, recorded ones kept."""
+        with self.index.read() as txn:
+            rows = self.cm.intents(txn)
+        outcome = {"kept": 0, "deleted": 0, "busy": 0}
+        for digest, name, row in rows:
+            if self.chunks.pinned(digest):
+                outcome["busy"] += 1
+                continue
+            with self.index.read() as txn:
+                rec = self.cm.known(txn, digest)
+            recorded = rec is not None and any(loc.backend == name for loc in rec.locations)
+            if recorded:
+                with self.index.write() as txn:
+                    self.cm.drop_intent(txn, digest, name)
+                outcome["kept"] += 1
+            else:
+                await self.delete_object(digest, name, row.get("locator", ""))
+                outcome["deleted"] += 1
+        return outcome

@@ -1,0 +1,94 @@
+"""gc: reclaim what nothing references, never what may still be in flight.
+
+Four kinds of leftovers: chunks in the garbage queue (refcount reached 0),
+objects on a backend that no index row names (a crash between put and commit),
+steps of interrupted moves (intent rows), and image facts / thumbnails of
+contents no file has any more. Backend objects younger than *min_age* are kept:
+a put may be in flight in a process we cannot see (JuiceFS uses the same rule).
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from gffs.chunks.moves import ChunkMover
+from gffs.maintenance.jobs import job
+from gffs.maintenance.progress import Progress
+from gffs.store import Store
+from gffs_backends.base import BackendError
+from gffs_backends.local import LocalBackend
+
+GC_MIN_AGE = 3600.0
+SWEEP_BATCH = 500
+
+
+@job("gc")
+async def gc(store: Store, args: dict, progress: Progress) -> dict:
+    """args: min_age (seconds, default one hour)."""
+    min_age = float(args.get("min_age", GC_MIN_AGE))
+    progress.begin("gc: garbage queue")
+    queued = 0
+    while n := await store.chunks.delete_garbage():
+        queued += n
+        progress.advance(items=n)
+    settled = await ChunkMover(store.chunks).settle()
+    unreferenced, failed = await _sweep_backends(store, time.time() - min_age, progress)
+    for backend in store.backends.values():
+        if isinstance(backend, LocalBackend):
+            await trio.to_thread.run_sync(backend.remove_stale_temps, min_age)
+    images = _drop_dead_image_rows(store)
+    await store.chunks.sync()
+    return {"garbage_deleted": queued, "unreferenced_deleted": unreferenced,
+            "moves_settled": settled, "image_rows_dropped": images,
+            "backends_failed": failed, "exit_code": 1 if failed else 0}
+
+
+async def _sweep_backends(store: Store, cutoff: float, progress: Progress) -> tuple[int, list[str]]:
+    deleted, failed = 0, []
+    for backend in store.backends.values():
+        progress.begin(f"gc: unreferenced objects on {backend.name}")
+        batch: list[bytes] = []
+        try:
+            async for info in backend.list():
+                progress.advance(items=1)
+                if info.mtime > cutoff:
+                    continue
+                try:
+                    digest = bytes.fromhex(info.key)
+                except ValueError:
+                    continue
+                if len(digest) != 32:
+                    continue
+                batch.append(digest)
+                if len(batch) >= SWEEP_BATCH:
+                    deleted += await store.chunks.delete_unrecorded(backend, batch)
+                    batch = []
+            deleted += await store.chunks.delete_unrecorded(backend, batch)
+        except BackendError as exc:
+            progress.note(f"gc: {backend.name} skipped: {exc}")
+            failed.append(backend.name)
+    return deleted, failed
+
+
+def _drop_dead_image_rows(store: Store) -> int:
+    """Facts and thumbnails whose content no inode has any more (their chunks unref'd)."""
+    index, cm = store.index, store.chunks.chunkmap
+    db = index.db
+    with index.write() as txn:
+        live = {bytes(v) for _k, v in txn.cursor(db=db["contentids"])}
+        dropped = 0
+        for name in ("imagefacts", "thumbnails"):
+            doomed = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db[name])
+                      if bytes(k[:32]) not in live]
+            for key, value in doomed:
+                txn.delete(key, db=db[name])
+                if name == "thumbnails":
+                    cm.unref(txn, value[:32])
+            dropped += len(doomed)
+        queued = [bytes(k) for k, _v in txn.cursor(db=db["imagequeue"]) if bytes(k) not in live]
+        for key in queued:
+            txn.delete(key, db=db["imagequeue"])
+    return dropped + len(queued)
+

@@ -1,0 +1,265 @@
+"""Rebalance: bring every chunk to where the current placement policy wants it.
+
+Plan, then act. The plan compares each live chunk's recorded copies with the
+backends its flows' policies want (Placement.wanted, minus draining backends):
+copies to add, copies no policy wants. Only those chunks move, so a balanced
+store moves nothing. Each move is ChunkMover's copy → verify → record → check
+count → delete. The plan is refused before anything changes when a policy
+cannot be met or a destination would fill up.
+
+Checkpoint: the locations in the index are the progress (a rerun plans again
+and finds the moved chunks done); a cursor in `meta` makes a stopped run
+continue after the last chunk it finished, wrapping round to the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import trio
+
+from gffs.chunks.moves import ChunkMover, MoveFailed
+from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
+from gffs.placement import Placement
+from gffs.index.env import REBALANCE_CURSOR
+from gffs.maintenance.jobs import EXIT_FAILED, EXIT_LIMIT, JobRefused, job
+from gffs.maintenance.progress import Progress, human_bytes
+from gffs.store import Store
+from gffs_backends.base import BackendError
+
+log = logging.getLogger(__name__)
+
+WINDOW = 16            # chunks in flight at once (each uses the per-backend limits)
+FREE_RESERVE = 0.02    # a destination must keep this share of its space free
+
+
+@dataclass
+class ChunkMove:
+    digest: bytes
+    size: int                 # stored bytes of one copy
+    add: list[str]
+    remove: list[str]
+    wanted: set[str]
+    required: int             # trusted copies that must stay on wanted backends
+    source: str | None        # where the bytes would be read from
+
+
+@dataclass
+class Plan:
+    moves: list[ChunkMove] = field(default_factory=list)
+    chunks_checked: int = 0
+    unreachable: list[str] = field(default_factory=list)  # chunks with no configured copy
+
+    @property
+    def copy_bytes(self) -> int:
+        return sum(m.size * len(m.add) for m in self.moves)
+
+    def pairs(self) -> dict[str, int]:
+        """Bytes per "source → destination", and per "source → (deleted)"."""
+        out: dict[str, int] = defaultdict(int)
+        for m in self.moves:
+            for dest in m.add:
+                out[f"{m.source} → {dest}"] += m.size
+            for gone in m.remove:
+                out[f"{gone} → (deleted)"] += m.size
+        return dict(out)
+
+    def bytes_to(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for m in self.moves:
+            for dest in m.add:
+                out[dest] += m.size
+        return dict(out)
+
+
+def chunk_flows(index: Index, only_flow: str | None = None) -> dict[bytes, set[str | None]]:
+    """Which flows reference each chunk (hard links can put one in several).
+
+    Walks every flow's tree once; chunks no flow reaches (thumbnails, files
+    open after unlink) keep the default policy.
+    """
+    ns, cm = Namespace(index), ChunkMap(index)
+    flows: dict[bytes, set[str | None]] = defaultdict(set)
+    with index.read() as txn:
+        for _c, name, ino in ns.entries(txn, ROOT_INO):
+            flow = name.decode(errors="surrogateescape")
+            if only_flow is not None and flow != only_flow:
+                continue
+            stack, seen = [ino], set()
+            while stack:
+                cur = stack.pop()
+                if cur in seen:
+                    continue
+                seen.add(cur)
+                mode = ns.get(txn, cur).mode
+                if stat.S_ISDIR(mode):
+                    stack.extend(child for _c2, _n, child in ns.entries(txn, cur))
+                elif stat.S_ISREG(mode):
+                    for _idx, digest in cm.blocks(txn, cur):
+                        flows[digest].add(flow)
+    return flows
+
+
+def wanted_copies(placement: Placement, digest: bytes,
+                  flows: set[str | None] | None) -> tuple[list[str], int]:
+    """Backends every flow holding the chunk wants, and the copies the strictest asks for."""
+    policies = flows or {None}
+    wanted: list[str] = []
+    for flow in sorted(policies, key=lambda f: f or ""):
+        wanted += [n for n in placement.wanted(digest, flow) if n not in wanted]
+    return wanted, max(placement.policy_for(f).copies for f in policies)
+
+
+def make_plan(store: Store, only_flow: str | None = None) -> Plan:
+    placement, cm = store.placement, store.chunks.chunkmap
+    flows = chunk_flows(store.index, only_flow)
+    plan = Plan()
+    with store.index.read() as txn:
+        for digest, rec in cm.all_chunks(txn):
+            in_flows = flows.get(digest)
+            if only_flow is not None and not in_flows:
+                continue
+            plan.chunks_checked += 1
+            wanted, required = wanted_copies(placement, digest, in_flows)
+            have = [loc.backend for loc in rec.locations]
+            add = [n for n in wanted if n not in have]
+            remove = [n for n in have if n not in wanted]
+            if not add and not remove:
+                continue
+            readable = [n for n in have if n in store.backends]
+            if add and not readable:
+                plan.unreachable.append(digest.hex())
+                continue
+            source = placement.read_order(readable)[0] if readable else None
+            plan.moves.append(ChunkMove(digest, rec.stored_size, add, remove, set(wanted),
+                                        required, source))
+    return plan
+
+
+async def check_space(store: Store, plan: Plan) -> None:
+    """Refuse a plan that would fill a destination (where the backend knows its space)."""
+    for name, needed in sorted(plan.bytes_to().items()):
+        try:
+            cap = await store.chunks._call(store.backends[name], "capacity")
+        except BackendError as exc:
+            raise JobRefused(f"cannot ask {name} for its free space: {exc}") from None
+        if cap is None or not cap.total:
+            continue
+        if cap.free - needed < cap.total * FREE_RESERVE:
+            raise JobRefused(f"the plan needs {human_bytes(needed)} on {name}, which has "
+                             f"{human_bytes(cap.free)} free of {human_bytes(cap.total)}; "
+                             "add space or change the weights")
+
+
+def _ordered(plan: Plan, cursor: str | None) -> list[ChunkMove]:
+    """Continue after the cursor, then wrap round to the chunks before it."""
+    moves = sorted(plan.moves, key=lambda m: m.digest)
+    if not cursor:
+        return moves
+    start = next((i for i, m in enumerate(moves) if m.digest.hex() > cursor), len(moves))
+    return moves[start:] + moves[:start]
+
+
+async def execute(store: Store, plan: Plan, progress: Progress, *, time_limit: float | None,
+                  size_limit: int | None) -> dict:
+    mover = ChunkMover(store.chunks)
+    index = store.index
+    with index.read() as txn:
+        cursor = index.meta_json(txn, REBALANCE_CURSOR)
+    todo = _ordered(plan, cursor)
+    deadline = time.monotonic() + time_limit if time_limit else None
+    done = {"chunks": 0, "copied_bytes": 0, "copies_added": 0, "copies_removed": 0}
+    failures: list[str] = []
+    stopped = None
+    progress.begin("rebalance", len(todo), plan.copy_bytes)
+
+    async def one(move: ChunkMove) -> None:
+        store.chunks.pin([move.digest])
+        try:
+            if move.add:
+                stored = await mover.read_stored(move.digest)
+                for dest in move.add:
+                    if not await mover.add_copy(move.digest, dest, stored):
+                        return  # the chunk was deleted meanwhile: nothing left to move
+                    done["copies_added"] += 1
+                    done["copied_bytes"] += move.size
+                    progress.advance(nbytes=move.size)
+            if move.remove:
+                gone = await mover.remove_copies(move.digest, set(move.remove), move.wanted,
+                                                 move.required)
+                done["copies_removed"] += len(gone)
+                if len(gone) < len(move.remove):
+                    failures.append(f"{move.digest.hex()[:16]}: kept copies on "
+                                    f"{', '.join(sorted(set(move.remove) - set(gone)))}")
+            with index.write() as txn:
+                store.chunks.chunkmap.done_repair(txn, move.digest)
+            done["chunks"] += 1
+        except MoveFailed as exc:
+            failures.append(str(exc))
+            log.warning("rebalance: %s", exc)
+        finally:
+            store.chunks.unpin([move.digest])
+            progress.advance(items=1)
+
+    for start in range(0, len(todo), WINDOW):
+        if deadline is not None and time.monotonic() >= deadline:
+            stopped = "time-limit"
+        elif size_limit is not None and done["copied_bytes"] >= size_limit:
+            stopped = "size-limit"
+        if stopped:
+            break
+        window = todo[start:start + WINDOW]
+        async with trio.open_nursery() as nursery:
+            for move in window:
+                nursery.start_soon(one, move)
+        with index.write() as txn:
+            index.set_meta_json(txn, REBALANCE_CURSOR, window[-1].digest.hex())
+    if not stopped:
+        with index.write() as txn:
+            index.set_meta_json(txn, REBALANCE_CURSOR, None)
+    progress.finish_phase()
+    return {**done, "failures": failures, "stopped": stopped}
+
+
+def _limits(args: dict) -> tuple[float | None, int | None]:
+    t, s = args.get("time_limit"), args.get("size_limit")
+    return (float(t) if t else None), (int(s) if s else None)
+
+
+@job("rebalance")
+async def rebalance(store: Store, args: dict, progress: Progress) -> dict:
+    """Move chunks to where the policy wants them. args: dry_run, flow, time_limit, size_limit."""
+    mover = ChunkMover(store.chunks)
+    settled = await mover.settle() if not args.get("dry_run") else {}
+    flow = args.get("flow")
+    if flow is not None and flow not in _flow_names(store):
+        raise JobRefused(f"there is no flow named {flow!r}")
+    plan = make_plan(store, flow)
+    summary = {"chunks_checked": plan.chunks_checked, "chunks_to_move": len(plan.moves),
+               "bytes_to_copy": plan.copy_bytes, "plan": plan.pairs(),
+               "unreachable": len(plan.unreachable), "settled": settled,
+               "draining": sorted(store.placement.draining)}
+    if plan.unreachable:
+        progress.note(f"{len(plan.unreachable)} chunks have no copy on a configured backend "
+                      f"(first: {plan.unreachable[0][:16]}); they cannot move")
+    if args.get("dry_run"):
+        return {**summary, "dry_run": True}
+    await check_space(store, plan)
+    time_limit, size_limit = _limits(args)
+    outcome = await execute(store, plan, progress, time_limit=time_limit, size_limit=size_limit)
+    result = {**summary, **outcome}
+    if outcome["stopped"]:
+        result["exit_code"] = EXIT_LIMIT
+    elif outcome["failures"] or plan.unreachable:
+        result["exit_code"] = EXIT_FAILED
+    return result
+
+
+def _flow_names(store: Store) -> set[str]:
+    ns = Namespace(store.index)
+    with store.index.read() as txn:
+        return {name.decode(errors="surrogateescape") for _c, name, _i in ns.entries(txn, ROOT_INO)}

@@ -1,0 +1,76 @@
+"""Run a maintenance job where the store is: in its mount daemon, or here.
+
+An unmounted store is opened under the store lock (so no daemon can mount it
+meanwhile); a mounted one is asked through the control socket. The job
+function is the same in both cases.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import trio
+
+from gffs.config import Config
+from gffs.errors import ConfigError, StoreLockedError
+from gffs.maintenance.control import JobFailed, request_job
+from gffs.maintenance.jobs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, JobBusy,
+                                   JobRefused, load_jobs, result_exit_code)
+from gffs.maintenance.progress import Progress, for_stream
+from gffs.store import Store
+
+
+def run_job(cfg: Config, name: str, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The job's result; raises JobRefused, JobBusy, JobFailed, ConfigError."""
+    job = load_jobs().get(name)
+    if job is None:
+        raise ConfigError(f"no maintenance job named {name!r}")
+    if not (cfg.index_dir / "data.mdb").exists():
+        raise ConfigError(f"no gffs store at {cfg.data_dir}")
+    try:
+        store = Store(cfg, f"gffs-admin {name}")
+    except StoreLockedError:
+        try:
+            return request_job(cfg.data_dir, name, args, progress)
+        except ConnectionError as exc:
+            raise JobFailed(f"the store is in use and {exc}") from None
+    try:
+        return trio.run(_run_here, store, job.fn, args, progress)
+    finally:
+        store.close()
+
+
+async def _run_here(store: Store, fn, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    try:
+        result = await fn(store, args, progress)
+        progress.finish_phase()
+        return result
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.chunks.sync()
+            await store.chunks.close()
+
+
+def cli_run(cfg: Config, name: str, args: dict[str, Any], *, json_output: bool,
+            render: Callable[[dict[str, Any]], None]) -> int:
+    """`gffs-admin` side: progress on stderr, result as text or JSON, exit code."""
+    progress = for_stream(sys.stderr)
+    try:
+        result = run_job(cfg, name, args, progress)
+    except KeyboardInterrupt:
+        print(f"\ngffs-admin {name}: interrupted; what was done is kept, run it again to "
+              "continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except JobRefused as exc:
+        print(f"gffs-admin {name}: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (JobBusy, JobFailed) as exc:
+        print(f"gffs-admin {name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if json_output:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        render(result)
+    return result_exit_code(result)
