@@ -18,7 +18,8 @@ from gffs.errors import ConfigError
 from gffs.nft.validate import CHAINS, TEZOS_CHAINS
 
 STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max",
-              "block_size_kb", "analyze_images"}
+              "block_size_kb", "analyze_images", "index_backup_interval", "index_backup_keep",
+              "index_backup_to"}
 POLICY_KEYS = {"copies", "backends", "weights"}
 
 
@@ -67,6 +68,9 @@ class Config:
     cache_mb: int = 32
     log_file: Path | None = None
     nft: NftConfig = field(default_factory=NftConfig)
+    index_backup_interval: float = 600.0   # seconds between index backups; 0 = off
+    index_backup_keep: int = 10            # backup versions kept per backend
+    index_backup_to: list[str] | None = None   # backends receiving backups (None = all)
     source: str = "defaults"
 
     @property
@@ -167,7 +171,28 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
         _expect(isinstance(table, dict), fwhere, "must be a table")
         cfg.flows[flow] = _policy(table, fwhere, names, cfg.placement)
     cfg.nft = _nft(raw.get("nft", {}), f"{where} [nft]", cfg.backends)
+    _index_backup(cfg, store, f"{where} [store]", names)
     return cfg
+
+
+def _index_backup(cfg: Config, store: dict, where: str, names: list[str]) -> None:
+    """[store] index_backup_*: how often, how many versions, to which backends."""
+    interval = store.get("index_backup_interval", 600)
+    _expect(isinstance(interval, (int, float)) and not isinstance(interval, bool)
+            and (interval == 0 or 1 <= interval <= 86400), where,
+            "index_backup_interval must be 0 (off) or a number of seconds between 1 and 86400")
+    keep = store.get("index_backup_keep", 10)
+    _expect(isinstance(keep, int) and not isinstance(keep, bool) and 1 <= keep <= 1000, where,
+            "index_backup_keep must be an integer between 1 and 1000")
+    to = store.get("index_backup_to")
+    if to is not None:
+        _expect(isinstance(to, list) and to and all(isinstance(b, str) for b in to), where,
+                "index_backup_to must be a non-empty list of backend names")
+        for b in to:
+            _expect(b in names, where, f"index_backup_to: unknown backend {b!r} "
+                                       f"(configured: {', '.join(names)})")
+    cfg.index_backup_interval, cfg.index_backup_keep = float(interval), keep
+    cfg.index_backup_to = list(to) if to is not None else None
 
 
 def _nft(table: Any, where: str, backends: list[BackendConfig]) -> NftConfig:
