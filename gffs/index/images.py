@@ -9,12 +9,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Iterable
 
 import lmdb
 
 from gffs.index.chunkmap import ChunkMap
 from gffs.index.env import Index
 from gffs.index.records import from_u64, u64
+
+
+def content_id_from_blocks(size: int, blocks: Iterable[tuple[int, bytes]]) -> bytes:
+    """SHA-256 over the size and each stored block's (index, SHA-256); holes are absent."""
+    h = hashlib.sha256(u64(size))
+    for idx, digest in blocks:
+        h.update(u64(idx) + digest)
+    return h.digest()
+
+
+def content_id_of_bytes(data: bytes, block_size: int) -> bytes:
+    """The content id a file holding exactly *data* gets in a store of *block_size* blocks
+    (all-zero blocks are stored as holes, so they are left out here too)."""
+    blocks = []
+    for idx, start in enumerate(range(0, len(data), block_size)):
+        block = data[start:start + block_size]
+        if block.count(0) != len(block):
+            blocks.append((idx, hashlib.sha256(block).digest()))
+    return content_id_from_blocks(len(data), blocks)
 
 
 class ImageIndex:
@@ -26,10 +46,7 @@ class ImageIndex:
         self._cm = ChunkMap(index)
 
     def compute_content_id(self, txn: lmdb.Transaction, ino: int, size: int) -> bytes:
-        h = hashlib.sha256(u64(size))
-        for idx, digest in self._cm.blocks(txn, ino):
-            h.update(u64(idx) + digest)
-        return h.digest()
+        return content_id_from_blocks(size, self._cm.blocks(txn, ino))
 
     def content_id(self, txn: lmdb.Transaction, ino: int) -> bytes | None:
         raw = txn.get(u64(ino), db=self._cids)
