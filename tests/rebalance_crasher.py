@@ -5,7 +5,8 @@
 STEP names the point in LocalBackend's calls where the move dies on its Nth
 call: put-before (intent written, nothing stored), put-after (stored, not
 verified), verify (read back, not recorded), delete-before (location forgotten,
-object still there), delete-after (object gone, intent row still there).
+object still there), delete-after (object gone, intent row still there). STEP "slow" kills nothing
+and makes every put take 0.2 s (for interrupting a run by hand).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+
+import trio
 
 from gffs.cli import admin
 from gffs_backends.local import LocalBackend
@@ -35,6 +38,8 @@ def main() -> None:
     async def put_(self, key, data):
         if step == "put-before" and due():
             die()
+        if step == "slow":
+            await trio.sleep(0.2)
         locator = await put(self, key, data)
         if step == "put-after" and due():
             die()

@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -284,5 +286,27 @@ def test_rebalance_to_s3_and_back(store, moto_server, s3_buckets, s3_admin):
     out = admin_json(m, "backend", "drain", "s3")
     assert out["drained"]
     assert not in_s3() and recorded(m)["b"] == before == stored_objects(m.root, "b")
+    m.mount()
+    assert_files(m, files)
+
+
+def test_ctrl_c_stops_cleanly_and_a_rerun_continues(store):
+    m, files = store
+    write_config(m.root, 'copies = 1\nbackends = ["b"]')
+    proc = subprocess.Popen([sys.executable, "-m", "tests.rebalance_crasher", "slow", "0", "--",
+                             "--config", str(m.config), "--data-dir", str(m.data_dir),
+                             "rebalance"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).parent.parent)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; what was done is kept" in err
+    moved = recorded(m)["b"]
+    assert moved and recorded(m)["a"]  # stopped part way
+    out = admin_json(m, "rebalance")
+    assert out["chunks"] <= out["chunks_to_move"] and not out["failures"]
+    rec = assert_consistent(m)
+    assert not rec["a"]
     m.mount()
     assert_files(m, files)

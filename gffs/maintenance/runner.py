@@ -38,8 +38,26 @@ def run_job(cfg: Config, name: str, args: dict[str, Any], progress: Progress) ->
             raise JobFailed(f"the store is in use and {exc}") from None
     try:
         return trio.run(_run_here, store, job.fn, args, progress)
+    except BaseExceptionGroup as group:  # trio nurseries wrap what their tasks raise
+        raise _unwrap(group) from None
     finally:
         store.close()
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    """Ctrl-C wins; a group of one is that one exception."""
+    if group.subgroup(lambda e: isinstance(e, KeyboardInterrupt)) is not None:
+        return KeyboardInterrupt()
+    leaves = list(_leaves(group))
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
 
 
 async def _run_here(store: Store, fn, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
