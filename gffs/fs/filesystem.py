@@ -23,6 +23,9 @@ from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
 from gffs.fs.imagefacts import ImageFacts
 from gffs.fs.openfiles import FileBuffer
+from gffs.fs import sharedthumbs
+from gffs.fs.sharedthumbs import DIRNAME as THUMB_DIR
+from gffs.fs.sharedthumbs import SharedThumbnails, is_virtual
 from gffs.nft.validate import PREFIX as _NFT_PREFIX
 from gffs.nft.validate import InvalidNftValue
 from gffs.nft.validate import validate as validate_nft
@@ -48,6 +51,8 @@ REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
 NFT_PREFIX = _NFT_PREFIX.encode()
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
+STATS_PREFIX = b"user.gf.stats."   # read-only counters on the mount's root directory
+STATS = ("file_block_loads", "analysis_block_loads", "thumbnail_loads")
 
 
 @dataclass(slots=True)
@@ -85,8 +90,13 @@ class Filesystem:
         self._garbage_wakeup = trio.Event()
         self._unsynced = False
         self._background: trio.Nursery | None = None  # write-behind and read-ahead tasks
-        self.images = ImageFacts(index, self._read_committed,
+        self.images = ImageFacts(index, chunks, self._read_committed, self._flow_of_ino,
                                  enabled=analyze_images and not read_only)
+        self.thumbs = SharedThumbnails(index, chunks)
+        self.thumb_files: dict[int, bytes] = {}   # fh -> bytes of an open thumbnail
+        # chunk loads by purpose since mount (user.gf.stats.* on the root): proves that
+        # browsing thumbnails reads no original
+        self.stats: Counter[str] = Counter()
 
     # lifecycle -----------------------------------------------------------------
     async def start(self, uid: int = 0, gid: int = 0) -> None:
@@ -173,6 +183,8 @@ class Filesystem:
             raise FsError(errno.EROFS)
 
     def attr(self, ino: int) -> InodeRecord:
+        if is_virtual(ino):
+            return self.thumbs.attr(ino)
         with self.index.read() as txn:
             rec = self.ns.get(txn, ino)
         return self._overlay(ino, rec)
@@ -191,6 +203,17 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         return rec
 
+    def _is_thumb_dir(self, parent: int, name: bytes) -> bool:
+        """*name* in *parent* is the virtual .sh_thumbnails (every directory of a flow has one;
+        a real entry of that name, made before gffs had them, keeps it)."""
+        return name == THUMB_DIR and parent != ROOT_INO
+
+    @staticmethod
+    def _not_virtual(*inos: int) -> None:
+        """Nothing in .sh_thumbnails can be changed: EACCES, as its modes say (root too)."""
+        if any(is_virtual(ino) for ino in inos):
+            sharedthumbs.refuse()
+
     def remember(self, ino: int) -> None:
         """The kernel now holds one more lookup reference to *ino*."""
         self.lookups[ino] += 1
@@ -202,7 +225,9 @@ class Filesystem:
                 self.lookups[ino] = left
                 continue
             self.lookups.pop(ino, None)
-            if ino not in self.buffers and not self.read_only:
+            if is_virtual(ino):
+                self.thumbs.forget(ino)
+            elif ino not in self.buffers and not self.read_only:
                 self._purge_if_unlinked(ino)
 
     def _purge_if_unlinked(self, ino: int) -> None:
@@ -236,6 +261,8 @@ class Filesystem:
     def lookup(self, parent: int, name: bytes) -> tuple[int, InodeRecord]:
         if name not in (b".", b".."):
             check_name(name)
+        if is_virtual(parent):
+            return self.thumbs.lookup(parent, name)
         with self.index.read() as txn:
             prec = self._dir(txn, parent)
             if name == b".":
@@ -245,6 +272,8 @@ class Filesystem:
             else:
                 found = self.ns.lookup(txn, parent, name)
                 if found is None:
+                    if self._is_thumb_dir(parent, name):
+                        return self.thumbs.lookup(parent, name)
                     raise FsError(errno.ENOENT)
                 ino = found
             rec = self.ns.get(txn, ino)
@@ -255,6 +284,7 @@ class Filesystem:
                       atime_ns: int | None = None, mtime_ns: int | None = None,
                       ctime_ns: int | None = None) -> InodeRecord:
         self._writable()
+        self._not_virtual(ino)
         if size is not None:
             await self.truncate(ino, size)
         now = _now()
@@ -282,6 +312,7 @@ class Filesystem:
                   rdev: int = 0, target: bytes | None = None) -> tuple[int, InodeRecord]:
         self._writable()
         check_name(name)
+        self._not_virtual(parent)
         if parent == ROOT_INO and not stat.S_ISDIR(mode):
             raise FsError(errno.EPERM, "the top level holds only flows (directories)")
         now = _now()
@@ -289,7 +320,7 @@ class Filesystem:
             prec = self._dir(txn, parent)
             if prec.nlink == 0:
                 raise FsError(errno.ENOENT, "directory was removed")
-            if self.ns.lookup(txn, parent, name) is not None:
+            if self.ns.lookup(txn, parent, name) is not None or self._is_thumb_dir(parent, name):
                 raise FsError(errno.EEXIST)
             gid = caller.gid
             if prec.mode & stat.S_ISGID:
@@ -306,6 +337,7 @@ class Filesystem:
             if is_dir:
                 prec.nlink += 1
             self._touch_dir(txn, parent, prec, now)
+        self.thumbs.changed(parent, name)
         return ino, rec
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> tuple[int, InodeRecord]:
@@ -325,12 +357,15 @@ class Filesystem:
         return self._new_node(parent, name, stat.S_IFLNK | 0o777, caller, target=target)
 
     def readlink(self, ino: int) -> bytes:
+        if is_virtual(ino):
+            raise FsError(errno.EINVAL, "not a symlink")
         with self.index.read() as txn:
             return self.ns.symlink_target(txn, ino)
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> InodeRecord:
         self._writable()
         check_name(new_name)
+        self._not_virtual(ino, new_parent)
         now = _now()
         with self.index.write() as txn:
             rec = self.ns.get(txn, ino)
@@ -341,7 +376,8 @@ class Filesystem:
             prec = self._dir(txn, new_parent)
             if prec.nlink == 0:
                 raise FsError(errno.ENOENT)
-            if self.ns.lookup(txn, new_parent, new_name) is not None:
+            if (self.ns.lookup(txn, new_parent, new_name) is not None
+                    or self._is_thumb_dir(new_parent, new_name)):
                 raise FsError(errno.EEXIST)
             if rec.nlink >= 65000:
                 raise FsError(errno.EMLINK)
@@ -350,12 +386,14 @@ class Filesystem:
             rec.ctime_ns = now
             self.ns.put(txn, ino, rec)
             self._touch_dir(txn, new_parent, prec, now)
+        self.thumbs.changed(new_parent, new_name)
         return self._overlay(ino, rec)
 
     # removing entries ------------------------------------------------------------------
     def unlink(self, parent: int, name: bytes) -> None:
         self._writable()
         check_name(name)
+        self._not_virtual(parent)
         now = _now()
         with self.index.write() as txn:
             prec, ino = self._child(txn, parent, name)
@@ -365,6 +403,7 @@ class Filesystem:
             self.ns.remove_entry(txn, parent, name)
             self._touch_dir(txn, parent, prec, now)
             self._drop_link(txn, ino, rec, now)
+        self.thumbs.changed(parent, name)
         self._garbage_wakeup.set()
 
     def _child(self, txn, parent: int, name: bytes) -> tuple[InodeRecord, int]:
@@ -372,6 +411,8 @@ class Filesystem:
         prec = self._dir(txn, parent)
         ino = self.ns.lookup(txn, parent, name)
         if ino is None:
+            if self._is_thumb_dir(parent, name):
+                sharedthumbs.refuse()
             raise FsError(errno.ENOENT)
         return prec, ino
 
@@ -389,6 +430,7 @@ class Filesystem:
     def rmdir(self, parent: int, name: bytes) -> None:
         self._writable()
         check_name(name)
+        self._not_virtual(parent)
         now = _now()
         with self.index.write() as txn:
             prec, ino = self._child(txn, parent, name)
@@ -402,6 +444,7 @@ class Filesystem:
             rec.ctime_ns = now
             self.ns.put(txn, ino, rec)
             self._release_inode_later(txn, ino, rec)
+        self.thumbs.changed(parent, name)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                flags: int = 0) -> None:
@@ -412,15 +455,16 @@ class Filesystem:
             raise FsError(errno.EINVAL, "unsupported rename flags (RENAME_WHITEOUT)")
         noreplace = bool(flags & RENAME_NOREPLACE)
         exchange = bool(flags & RENAME_EXCHANGE)
+        self._not_virtual(old_parent, new_parent)
         now = _now()
         with self.index.write() as txn:
             op = self._dir(txn, old_parent)
             np = self._dir(txn, new_parent) if new_parent != old_parent else op
-            ino = self.ns.lookup(txn, old_parent, old_name)
-            if ino is None:
-                raise FsError(errno.ENOENT)
+            _, ino = self._child(txn, old_parent, old_name)
             rec = self.ns.get(txn, ino)
             target = self.ns.lookup(txn, new_parent, new_name)
+            if target is None and self._is_thumb_dir(new_parent, new_name):
+                sharedthumbs.refuse()
             trec = self.ns.get(txn, target) if target is not None else None
             if new_parent == ROOT_INO and not stat.S_ISDIR(rec.mode):
                 raise FsError(errno.EPERM, "the top level holds only flows (directories)")
@@ -464,6 +508,8 @@ class Filesystem:
             self._touch_dir(txn, old_parent, op, now)
             if new_parent != old_parent:
                 self._touch_dir(txn, new_parent, np, now)
+        self.thumbs.changed(old_parent, old_name)
+        self.thumbs.changed(new_parent, new_name)
         self._garbage_wakeup.set()
 
     def _reparent(self, txn, ino: int, rec: InodeRecord, to_parent: int, from_parent: int,
@@ -491,11 +537,19 @@ class Filesystem:
 
     # directories ---------------------------------------------------------------------
     def opendir(self, ino: int) -> None:
+        if is_virtual(ino):
+            return self.thumbs.opendir(ino)
         with self.index.read() as txn:
             self._dir(txn, ino)
 
     def readdir(self, ino: int, after_cookie: int) -> Iterator[tuple[bytes, int, InodeRecord, int]]:
-        """(name, ino, attributes, cookie) for entries after *after_cookie*."""
+        """(name, ino, attributes, cookie) for entries after *after_cookie*.
+
+        A directory's .sh_thumbnails is not listed: copies and backups must not
+        descend into it; file managers look it up by name."""
+        if is_virtual(ino):
+            yield from self.thumbs.readdir(ino, after_cookie)
+            return
         with self.index.read() as txn:
             for cookie, name, child in self.ns.entries(txn, ino, after_cookie):
                 rec = self.ns.get(txn, child)
@@ -531,6 +585,10 @@ class Filesystem:
                 return name.decode(errors="surrogateescape")
         return None
 
+    def _flow_of_ino(self, ino: int) -> str | None:
+        with self.index.read() as txn:
+            return self._flow_of(txn, ino, self.ns.get(txn, ino))
+
     def _drop_buffer_if_idle(self, ino: int) -> None:
         buf = self.buffers.get(ino)
         if buf is not None and buf.open_count == 0 and not buf.needs_flush and not buf.storing:
@@ -547,8 +605,11 @@ class Filesystem:
         return fh
 
     async def open(self, ino: int, flags: int) -> int:
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writing:
             self._writable()
+        if is_virtual(ino):
+            return await self._open_thumbnail(ino, writing)
         with self.index.read() as txn:
             rec = self.ns.get(txn, ino)
         if stat.S_ISDIR(rec.mode):
@@ -560,6 +621,14 @@ class Filesystem:
             except BaseException:
                 await self.release(fh)
                 raise
+        return fh
+
+    async def _open_thumbnail(self, ino: int, writing: bool) -> int:
+        data = await self.thumbs.open(ino, writing)
+        self.stats["thumbnail_loads"] += 1
+        fh = self._next_fh
+        self._next_fh += 1
+        self.thumb_files[fh] = data
         return fh
 
     def create(self, parent: int, name: bytes, mode: int, flags: int,
@@ -576,6 +645,9 @@ class Filesystem:
         return h
 
     async def read(self, fh: int, offset: int, length: int) -> bytes:
+        thumb = self.thumb_files.get(fh)
+        if thumb is not None:
+            return thumb[offset:offset + length]
         ino = self.handle(fh).ino
         buf = self.buffers[ino]
         end = min(offset + length, buf.size)
@@ -613,6 +685,7 @@ class Filesystem:
                     self._background.start_soon(self._prefetch, digest)
 
     async def _prefetch(self, digest: bytes) -> None:
+        self.stats["file_block_loads"] += 1
         try:
             await self.chunks.load(digest)
         except Exception as exc:  # the real read will report it
@@ -627,6 +700,7 @@ class Filesystem:
             digest = self.cm.block(txn, ino, idx)
         if digest is None or idx * self.block_size >= buf.committed_size:
             return b""
+        self.stats["file_block_loads"] += 1
         data = await self.chunks.load(digest)
         # a write may have dirtied the block while we waited
         return buf.dirty.get(idx, data)
@@ -713,6 +787,8 @@ class Filesystem:
         parts = []
         for idx in range(-(-size // bs)):
             want = min(bs, size - idx * bs)
+            if idx in digests:
+                self.stats["analysis_block_loads"] += 1
             data = await self.chunks.load(digests[idx]) if idx in digests else b""
             parts.append(bytes(data[:want]).ljust(want, b"\0"))
         return b"".join(parts)
@@ -806,13 +882,17 @@ class Filesystem:
             self.images.wake()
 
     async def flush(self, fh: int) -> None:
-        await self._flush(self.handle(fh).ino)
+        if fh not in self.thumb_files:
+            await self._flush(self.handle(fh).ino)
 
     async def fsync(self, fh: int) -> None:
-        await self._flush(self.handle(fh).ino)
-        await self.chunks.sync()
+        if fh not in self.thumb_files:
+            await self._flush(self.handle(fh).ino)
+            await self.chunks.sync()
 
     async def release(self, fh: int) -> None:
+        if self.thumb_files.pop(fh, None) is not None:
+            return
         h = self.handles.pop(fh, None)
         if h is None:
             return
@@ -839,8 +919,18 @@ class Filesystem:
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         self._check_xattr_name(name)
+        if is_virtual(ino):
+            self.thumbs.node(ino)
+            raise FsError(errno.ENODATA)
         if self.images.is_ours(name):
             return self.images.get(ino, name)
+        if name.startswith(sharedthumbs.XATTR_PREFIX):
+            return self.thumbs.xattr(ino, name)
+        if ino == ROOT_INO and name.startswith(STATS_PREFIX):
+            counter = name[len(STATS_PREFIX):].decode(errors="replace")
+            if counter not in STATS:
+                raise FsError(errno.ENODATA)
+            return str(self.stats[counter]).encode()
         with self.index.read() as txn:
             self.ns.get(txn, ino)
             value = self.ns.get_xattr(txn, ino, name)
@@ -851,8 +941,7 @@ class Filesystem:
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         self._writable()
         self._check_xattr_name(name)
-        if self.images.is_ours(name):
-            self.images.refuse_change()
+        self._refuse_computed_xattr(ino, name)
         if len(value) > XATTR_VALUE_MAX:
             raise FsError(errno.E2BIG, "xattr value larger than 64 KiB")
         with self.index.write() as txn:
@@ -879,17 +968,28 @@ class Filesystem:
         except InvalidNftValue as exc:
             raise FsError(errno.EINVAL, str(exc)) from None
 
+    def _refuse_computed_xattr(self, ino: int, name: bytes) -> None:
+        """Image facts, thumbnail paths and counters are computed by gffs: EPERM to change."""
+        self._not_virtual(ino)
+        if (self.images.is_ours(name) or name.startswith(sharedthumbs.XATTR_PREFIX)
+                or (ino == ROOT_INO and name.startswith(STATS_PREFIX))):
+            self.images.refuse_change()
+
     def listxattr(self, ino: int) -> list[bytes]:
+        if is_virtual(ino):
+            self.thumbs.node(ino)
+            return []
         with self.index.read() as txn:
             self.ns.get(txn, ino)
             stored = list(self.ns.xattr_names(txn, ino))
-        return stored + self.images.names(ino)
+        if ino == ROOT_INO:
+            stored += [STATS_PREFIX + k.encode() for k in STATS]
+        return stored + self.images.names(ino) + self.thumbs.xattr_names(ino)
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()
         self._check_xattr_name(name)
-        if self.images.is_ours(name):
-            self.images.refuse_change()
+        self._refuse_computed_xattr(ino, name)
         with self.index.write() as txn:
             rec = self.ns.get(txn, ino)
             if not self.ns.remove_xattr(txn, ino, name):

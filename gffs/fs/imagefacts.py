@@ -21,8 +21,10 @@ from typing import Awaitable, Callable
 
 import trio
 
+from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
-from gffs.index import Index
+from gffs.images.thumbnails import Thumbnail
+from gffs.index import ChunkMap, Index
 from gffs.index.images import ImageIndex
 
 log = logging.getLogger(__name__)
@@ -56,15 +58,19 @@ def _worker_init() -> None:
         os.nice(ANALYSIS_NICE)
     except OSError:
         pass
-    import gffs.images.analyze  # noqa: F401
+    import gffs.images.thumbnails  # noqa: F401 - imports the analysis too
 
 
-def _analyse_in_worker(data: bytes) -> dict[str, str]:
-    from gffs.images.analyze import analyze
+def _analyse_in_worker(data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
+    """Facts and thumbnails of one image, from one decode (runs in the analysis process)."""
+    from gffs.images.analyze import analyze_image
+    from gffs.images.thumbnails import LARGEST, make_thumbnails
     try:
-        return analyze(data)
+        facts, pixels = analyze_image(data, keep_pixels=LARGEST)
+        thumbs = make_thumbnails(pixels, facts, len(data)) if pixels is not None else []
+        return facts, thumbs
     except MemoryError:
-        return {"error": "analysis needs more memory than allowed"}
+        return {"error": "analysis needs more memory than allowed"}, []
 
 
 class AnalysisProcess:
@@ -84,13 +90,13 @@ class AnalysisProcess:
                                              initializer=_worker_init)
         return self._pool
 
-    async def analyse(self, data: bytes) -> dict[str, str]:
+    async def analyse(self, data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
         future = self._executor().submit(_analyse_in_worker, data)
         try:
             return await trio.to_thread.run_sync(future.result)
         except BrokenProcessPool:
             self.close()
-            return {"error": "the image decoder crashed on this file"}
+            return {"error": "the image decoder crashed on this file"}, []
 
     def close(self) -> None:
         if self._pool is not None:
@@ -99,12 +105,15 @@ class AnalysisProcess:
 
 
 class ImageFacts:
-    def __init__(self, index: Index, read_file: Callable[[int, int], Awaitable[bytes]],
-                 enabled: bool = True) -> None:
+    def __init__(self, index: Index, chunks: ChunkStore,
+                 read_file: Callable[[int, int], Awaitable[bytes]],
+                 flow_of: Callable[[int], str | None], enabled: bool = True) -> None:
         self.index = index
         self.images = ImageIndex(index)
+        self.chunks = chunks
         self.enabled = enabled
         self._read_file = read_file          # (ino, size) -> the file's bytes
+        self._flow_of = flow_of              # ino -> placement policy for its thumbnails
         self._worker = AnalysisProcess()
         self._last_write = float("-inf")
         self._first_seen: dict[bytes, float] = {}
@@ -164,27 +173,59 @@ class ImageFacts:
             await trio.sleep(IDLE_BEFORE_ANALYSIS - quiet_since)
 
     async def _analyse(self, ino: int, size: int, cid: bytes, queued_at: float) -> None:
-        facts = None
+        facts, thumbs, flow = None, [], None
+        stored: list[tuple[Thumbnail, StoredChunk]] = []
         try:
-            if size > MAX_ANALYSED_BYTES:
-                facts = {"error": f"file larger than {MAX_ANALYSED_BYTES >> 20} MiB: not analysed"}
-            else:
-                await self._wait_for_quiet(queued_at)
-                if self._current(ino, cid):
-                    data = await self._read_file(ino, size)
-                    if self._current(ino, cid):  # not rewritten or deleted while we read
-                        facts = await self._worker.analyse(data)
-        except FsError as exc:  # unreadable now (a backend is down): the row stays queued
-            log.debug("image analysis of inode %d postponed: %s", ino, exc)
-            await trio.sleep(1.0)
-            return
-        except Exception:
-            log.exception("image analysis of inode %d failed", ino)
-            facts = {"error": "analysis failed"}
+            try:
+                if size > MAX_ANALYSED_BYTES:
+                    facts = {"error": f"file larger than {MAX_ANALYSED_BYTES >> 20} MiB: not analysed"}
+                else:
+                    await self._wait_for_quiet(queued_at)
+                    if self._current(ino, cid):
+                        data = await self._read_file(ino, size)
+                        if self._current(ino, cid):  # not rewritten or deleted while we read
+                            facts, thumbs = await self._worker.analyse(data)
+                            del data
+                            flow = self._flow_of(ino)
+                            stored = await self._store_thumbnails(thumbs, flow)
+            except FsError as exc:  # unreadable or unstorable now (a backend is down): stays queued
+                log.debug("image analysis of inode %d postponed: %s", ino, exc)
+                await trio.sleep(1.0)
+                return
+            except Exception:
+                log.exception("image analysis of inode %d failed", ino)
+                facts, stored = {"error": "analysis failed"}, []
+            self._commit(cid, facts, stored, flow)
+        finally:
+            self.chunks.release([sc for _, sc in stored])
+
+    async def _store_thumbnails(self, thumbs: list[Thumbnail],
+                                flow: str | None) -> list[tuple[Thumbnail, StoredChunk]]:
+        """Thumbnails as chunks (placed like the file's flow), pinned until their commit."""
+        stored: list[tuple[Thumbnail, StoredChunk]] = []
+        try:
+            for thumb in thumbs:
+                stored.append((thumb, await self.chunks.store(thumb.png, False, flow)))
+        except BaseException:
+            self.chunks.release([sc for _, sc in stored])
+            raise
+        return stored
+
+    def _commit(self, cid: bytes, facts: dict[str, str] | None,
+                stored: list[tuple[Thumbnail, StoredChunk]], flow: str | None) -> None:
+        """Facts, thumbnail rows (with their chunk references) and the dequeue: one transaction."""
+        cm = ChunkMap(self.index)
         with self.index.write() as txn:
             if facts is not None:
                 self.images.set_facts(txn, cid, facts)
+                for thumb, sc in stored:
+                    self.images.set_thumbnail(txn, cid, thumb.size, sc.digest, sc.record,
+                                              thumb.width, thumb.height, len(thumb.png))
+                    if sc.short:
+                        cm.queue_repair(txn, sc.digest, flow)
             self.images.dequeue(txn, cid)  # without facts: the content is gone; a new row exists
+        if any(sc.short for _, sc in stored):
+            self.chunks.repair_wakeup.set()
 
     def _current(self, ino: int, cid: bytes) -> bool:
         with self.index.read() as txn:
@@ -213,4 +254,5 @@ class ImageFacts:
 
     @staticmethod
     def refuse_change() -> None:
-        raise FsError(errno.EPERM, "user.gf.image.* attributes are read-only facts")
+        raise FsError(errno.EPERM, "user.gf.image.*, user.gf.thumbnail.* and user.gf.stats.* "
+                      "are computed by gffs: read-only")

@@ -154,29 +154,46 @@ def analyze(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     decoded at 1/8 scale) keep every other fact but get no ``dominant_color``
     and their pixel data is not checked.
     """
+    return analyze_image(data, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels)[0]
+
+
+def analyze_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  max_decode_pixels: int = DEFAULT_MAX_DECODE_PIXELS,
+                  keep_pixels: int = 0) -> tuple[dict[str, str], Image.Image | None]:
+    """:func:`analyze`, plus the decoded pixels when *keep_pixels* > 0 (else None).
+
+    The pixels are decoded once, at the smallest JPEG/HEIC scale that still
+    gives at least *keep_pixels* on the longer side (or the whole image), so
+    thumbnails come from the same decode as the dominant colour. None when
+    there are facts but nothing was decoded (an image above
+    ``max_decode_pixels``) or when there is an ``error``.
+    """
     try:
         try:
-            facts = _analyze(data if isinstance(data, bytes) else bytes(data),
-                             max_pixels, min(max_decode_pixels, max_pixels))
+            facts, pixels = _analyze(data if isinstance(data, bytes) else bytes(data),
+                                     max_pixels, min(max_decode_pixels, max_pixels), keep_pixels)
         except _Refused as refusal:
-            facts = {"error": str(refusal)}
+            facts, pixels = {"error": str(refusal)}, None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             # Raised by Pillow's own (process-wide) limit inside some plugins (GIF
             # frames, TIFF tiles, WebP), or by its warning when warnings are errors.
             found = re.search(r"\((\d+) pixels\)", str(exc))
             facts = {"error": f"decompression bomb: {found[1] if found else 'too many'} pixels"}
+            pixels = None
         except MemoryError:
-            facts = {"error": "out of memory while reading the image"}
+            facts, pixels = {"error": "out of memory while reading the image"}, None
         except Exception as exc:  # noqa: BLE001
-            facts = {"error": f"cannot read image ({_describe(exc)})"}
-        return _finish(facts)
+            facts, pixels = {"error": f"cannot read image ({_describe(exc)})"}, None
+        facts = _finish(facts)
+        return facts, (pixels if "error" not in facts else None)
     except Exception:  # noqa: BLE001 - a bug above must still not reach the caller
-        return {"error": "internal error while analysing the image"}
+        return {"error": "internal error while analysing the image"}, None
 
 
 # --------------------------------------------------------------------------- steps
 
-def _analyze(data: bytes, max_pixels: int, max_decode_pixels: int) -> dict[str, str]:
+def _analyze(data: bytes, max_pixels: int, max_decode_pixels: int,
+             keep_pixels: int) -> tuple[dict[str, str], Image.Image | None]:
     if not data:
         raise _Refused("empty file")
     im = _open(data)
@@ -201,14 +218,15 @@ def _analyze(data: bytes, max_pixels: int, max_decode_pixels: int) -> dict[str, 
         facts.update(_metadata_facts(im))
         exif_read = True
 
-    small = _decode_small(im, fmt, width * height, buffered, max_decode_pixels)
+    small = _decode_small(im, fmt, width * height, buffered, max_decode_pixels,
+                          max(keep_pixels, THUMBNAIL_SIZE))
     if small is not None and not exif_read:
         facts.update(_metadata_facts(im))  # a PNG's eXIf chunk may follow its pixels
     if small is not None:
-        color = _dominant_color(small)
+        color = _dominant_color(small.copy() if keep_pixels else small)
         if color:
             facts["dominant_color"] = color
-    return facts
+    return facts, (small if keep_pixels else None)
 
 
 def _stored_size(im: Image.Image) -> tuple[int, int]:
@@ -356,20 +374,23 @@ def _check_jpeg_structure(data: bytes) -> tuple[int, bool, str | None]:
 
 
 def _decode_small(im: ImageFile.ImageFile, fmt: str, pixels: int, buffered: bool,
-                  max_decode_pixels: int) -> Image.Image | None:
-    """Decode the least pixels that give a good dominant colour, or None if too costly.
+                  max_decode_pixels: int, edge: int) -> Image.Image | None:
+    """Decode the least pixels that give *edge* pixels on the longer side, or None if too costly.
 
     Decoding is also what finds truncated or corrupt pixel data, so a failure
     here becomes the ``error`` fact.
     """
     if pixels > max_decode_pixels and (fmt not in ("jpeg", "heic") or (fmt == "jpeg" and buffered)):
         return None
+    # the box that an *edge* x *edge* fit leaves: draft() scales both sides down to it
+    longest = max(im.size)
+    box = (max(1, im.size[0] * edge // longest), max(1, im.size[1] * edge // longest))
     try:
         if fmt == "jpeg":
-            im.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))  # DCT scaling: 1/2, 1/4 or 1/8
+            im.draft(None, box)  # DCT scaling: 1/2, 1/4 or 1/8
         elif fmt == "heic":
             # Selects an embedded thumbnail when the file has one; else a full decode.
-            thumbnail = im.draft(None, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+            thumbnail = im.draft(None, box)
             if thumbnail is None and pixels > max_decode_pixels:
                 return None
         im.load()
@@ -513,12 +534,7 @@ def _dominant_color(im: Image.Image) -> str | None:
     """
     try:
         im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        if im.mode.startswith("I;16"):
-            im = im.convert("I").point(lambda v: v / 257).convert("L")
-        elif im.mode in ("I", "F"):
-            lo, hi = im.getextrema()
-            scale = 255.0 / (hi - lo) if hi > lo else 0.0
-            im = im.point(lambda v: (v - lo) * scale).convert("L")
+        im = to_8bit(im)
         has_alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
         if has_alpha:
             raw = im.convert("RGBA").tobytes()
@@ -538,6 +554,18 @@ def _dominant_color(im: Image.Image) -> str | None:
         return f"#{r:02x}{g:02x}{b:02x}"
     except Exception:  # noqa: BLE001
         return None
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and integer/float greyscale as 8-bit ``L`` (others unchanged): what colour
+    quantizing and PNG thumbnails need."""
+    if im.mode.startswith("I;16"):
+        return im.convert("I").point(lambda v: v / 257).convert("L")
+    if im.mode in ("I", "F"):
+        lo, hi = im.getextrema()
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return im.point(lambda v: (v - lo) * scale).convert("L")
+    return im
 
 
 # --------------------------------------------------------------------------- strings
@@ -578,4 +606,4 @@ def _finish(facts: dict[str, str]) -> dict[str, str]:
 
 
 __all__ = ["DEFAULT_MAX_DECODE_PIXELS", "DEFAULT_MAX_PIXELS", "MAX_VALUE_BYTES", "analyze",
-           "heic_supported"]
+           "analyze_image", "heic_supported", "to_8bit"]
