@@ -19,12 +19,14 @@ from gffs.cli.mounts import find_mount
 from gffs.config import Config
 from gffs.fs.filesystem import Filesystem
 from gffs.fs.operations import Operations
+from gffs.maintenance.backup import backup_loop, final_backup
 from gffs.maintenance.control import ControlServer
 from gffs.store import Store
 
 log = logging.getLogger("gffs.daemon")
 
 READ_AHEAD_KB = 1024
+FINAL_BACKUP_TIME = 300.0   # the index backup at unmount; the next mount's backups catch up
 
 
 def mount_options(cfg: Config, extra: list[str]) -> tuple[set[str], bool]:
@@ -62,6 +64,8 @@ async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run_background)
             await nursery.start(ControlServer(store).serve)
+            if not fs.read_only:
+                nursery.start_soon(backup_loop, store, store.cfg.index_backup_interval)
             terminated = trio.Event()
 
             async def on_signals() -> None:
@@ -88,6 +92,9 @@ async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
     finally:
         await fs.shutdown()
         pyfuse3.close(unmount=not kernel_unmounted)
+        if not fs.read_only:
+            with trio.move_on_after(FINAL_BACKUP_TIME):
+                await final_backup(store)
         log.info("unmounted %s; data is safe", mountpoint)
 
 
