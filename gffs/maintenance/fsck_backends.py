@@ -161,6 +161,8 @@ class BackendCheck:
                 digest = bytes.fromhex(info.key)
             except ValueError:
                 continue
+            if len(digest) != 32:
+                continue  # not a chunk (gc leaves it alone too)
             listed += 1
             page.append((digest, info))
             if len(page) >= LIST_PAGE:
