@@ -310,3 +310,21 @@ def test_incremental_walks_the_chunk_table_in_slices(tmp_path):
     assert kinds(result) == {"copy_missing": (1, 1)}
     assert object_path(tmp_path / "a", victim).exists()
     assert len(inos) == 26
+
+
+def test_copy_count_follows_the_flow_policy(tmp_path):
+    cfg = make_config(tmp_path, copies=1, extra='backends = ["a"]\n\n[placement.flows.nfts]\n'
+                                                 'copies = 2\nbackends = ["a", "b"]\n')
+    inos = populate(cfg, {"plain/x.bin": os.urandom(9000), "nfts/y.bin": os.urandom(9000)})
+    assert_clean(cfg)
+    with Damage(cfg) as d:
+        x, y = (d.digests_of(inos[p])[0] for p in ("plain/x.bin", "nfts/y.bin"))
+        with d.index.write() as txn:  # both lose their copy on b (x never had one)
+            for digest in (x, y):
+                rec = d.cm.chunk(txn, digest)
+                d.cm.set_locations(txn, digest, [l for l in rec.locations if l.backend != "b"])
+    found = fsck(cfg)
+    assert kinds(found) == {"under_replicated": (1, 0)}
+    assert found["findings"][0]["object"] == f"chunk {y.hex()}"
+    assert found["findings"][0]["detail"] == "1 of 2 trusted copies"
+    repair_fixes_all(cfg, {"under_replicated": 1})
