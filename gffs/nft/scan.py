@@ -70,9 +70,10 @@ class StoreFiles:
             index.close()
 
     def paths(self, data: bytes) -> list[str]:
-        cid = content_id_of_bytes(data, self.block_size)
-        rel = [self.path_of[i] for i in self.by_cid.get(cid, []) if i in self.path_of]
-        return [os.path.join(self.mountpoint, r) for r in rel]
+        """Files holding exactly *data* (both ways the store may have kept zero blocks)."""
+        cids = {content_id_of_bytes(data, self.block_size, stored) for stored in (False, True)}
+        inos = [i for cid in cids for i in self.by_cid.get(cid, [])]
+        return [os.path.join(self.mountpoint, self.path_of[i]) for i in inos if i in self.path_of]
 
 
 def _walk(ns: Namespace, txn, wanted: set[int]) -> Iterator[tuple[int, str]]:
