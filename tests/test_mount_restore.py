@@ -27,12 +27,18 @@ def admin(config: Path, data_dir: Path, *args: str) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=300)
 
 
-def s3_config(path: Path, endpoint: str, buckets: list[str], interval: int = 600) -> Path:
+def write_config(path: Path, backend: str, interval: int = 600) -> Path:
     path.write_text(f"""
 [store]
 analyze_images = false
 index_backup_interval = {interval}
+{backend}
+""")
+    return path
 
+
+def s3_config(path: Path, endpoint: str, buckets: list[str]) -> Path:
+    return write_config(path, f"""
 [backends.s3]
 type = "s3"
 buckets = {json.dumps(buckets)}
@@ -40,20 +46,14 @@ endpoint_url = "{endpoint}"
 region = "{TEST_REGION}"
 timeout = 10
 """)
-    return path
 
 
 def local_config(path: Path, disk: Path, interval: int = 600) -> Path:
-    path.write_text(f"""
-[store]
-analyze_images = false
-index_backup_interval = {interval}
-
+    return write_config(path, f"""
 [backends.disk]
 type = "local"
 path = "{disk}"
-""")
-    return path
+""", interval)
 
 
 def ingest(root: Path) -> dict[str, bytes]:
