@@ -33,7 +33,6 @@ from gffs.maintenance.fsck_worker import scan
 from gffs.maintenance.jobs import job
 from gffs.maintenance.progress import Progress
 from gffs.store import Store
-from gffs.index.env import N_CHUNKS, N_INODES
 
 
 def options(args: dict[str, Any], repair: bool) -> Options:
@@ -65,16 +64,19 @@ async def fsck_repair_job(store: Store, args: dict, progress: Progress) -> dict:
 async def run_fsck(store: Store, opts: Options, progress: Progress) -> dict:
     report = Report(progress.note)
     index = store.index
-    with index.read() as txn:
-        n_inodes, n_chunks = index.counter(txn, N_INODES), index.counter(txn, N_CHUNKS)
+    with index.read() as txn:  # rows each scan visits (its progress total)
+        rows = {name: txn.stat(index.db[name])["entries"]
+                for name in ("inodes", "dirents", "dircookies", "blocks", "chunks")}
+    ns_rows = rows["inodes"] + 2 * rows["dirents"] + rows["dircookies"]
 
     nscheck = NamespaceCheck(index, report)
-    ns = await scan(progress, "checking the namespace", n_inodes, nscheck.scan)
+    ns = await scan(progress, "checking the namespace", ns_rows, nscheck.scan)
     if opts.repair:
         nscheck.repair(ns)
 
     ccheck = ChunkCheck(store, report, ns.file_flow)
-    chunks = await scan(progress, "checking the chunk table", n_chunks, ccheck.scan)
+    chunks = await scan(progress, "checking the chunk table", rows["blocks"] + rows["chunks"],
+                        ccheck.scan)
     bcheck = BackendCheck(store, report, progress, opts, chunks.flows)
     if opts.repair:
         await ccheck.repair(chunks)
