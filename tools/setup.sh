@@ -8,8 +8,8 @@
 # pkg-config, a compiler and Python headers), creates .venv in the repository,
 # installs gffs into it with its test dependencies, and links the commands
 # gffs, gffs-admin and mount.gffs onto the PATH. Also installs getfattr/setfattr
-# (attr) for reading image facts, and strace and exiftool, which tests use as
-# independent witnesses.
+# (attr) for reading image facts, strace and exiftool, which tests use as
+# independent witnesses, and solcjs (npm) for the test NFT contracts.
 set -eu
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +30,13 @@ echo "gffs setup: Debian packages"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
     fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv attr strace libimage-exiftool-perl >/dev/null
+
+# solcjs (npm package solc) compiles the test NFT contracts offline (tests/fixtures_evm.py)
+if ! command -v npm >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+echo "gffs setup: solcjs in $REPO/.cache/solc"
+npm install --silent --no-audit --no-fund --prefix "$REPO/.cache/solc" solc@0.8 >/dev/null
 
 echo "gffs setup: Python environment in $REPO/.venv"
 "$PYTHON" -m venv "$REPO/.venv"

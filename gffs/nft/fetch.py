@@ -105,7 +105,7 @@ class Fetcher:
         return parse_json_object(self.fetch(uri, limit, what), what)
 
     def get_json(self, url: str, params: dict[str, str], limit: int, what: str) -> Any:
-        """GET an API answer (JSON of any shape); None when the API answers 404."""
+        """GET an API answer (JSON of any shape); None when the API has no such object."""
         raw = self._http("GET", url, limit, what, params=params, missing_ok=True)
         return None if raw is None else parse_json(raw, what)
 
@@ -122,8 +122,8 @@ class Fetcher:
                 resp = session.request(method, url, params=params, headers=hdrs, auth=auth,
                                        stream=True, timeout=(min(self.timeout, 10.0), self.timeout))
                 with resp:
-                    if resp.status_code == 404 and missing_ok:
-                        return None
+                    if resp.status_code in (204, 404) and missing_ok:
+                        return None             # TzKT answers 204 for "no such object"
                     if resp.status_code != 200:
                         raise NftError(f"{what}: {_short(url)} answered HTTP {resp.status_code}")
                     length = resp.headers.get("Content-Length", "")
