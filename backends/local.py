@@ -119,13 +119,17 @@ class LocalBackend(Backend):
         path = self.meta / check_meta_name(self.name, name)
         tmp = path.with_name(f".{path.name}.{threading.get_ident()}{TMP_SUFFIX}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # the rename needs its directory fsynced; a directory made here, its parents too
+            dirs = [path.parent]
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                dirs += [d for d in path.parent.parents if d.is_relative_to(self.root)]
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            for d in {path.parent, self.meta, self.root}:
+            for d in dirs:
                 fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     os.fsync(fd)

@@ -505,3 +505,24 @@ def test_local_sync_fsyncs_file_and_every_new_directory(tmp_path, monkeypatch):
     needed = {str(path), str(path.parent), str(path.parent.parent), str(b.objects)}
     missing = needed - set(synced)
     assert not missing, f"not fsynced: {sorted(missing)}"
+
+
+def test_local_put_meta_is_durable_when_it_returns(tmp_path, monkeypatch):
+    """A backup's manifest is its commit point: once put_meta returns, the file and the
+    entry of every directory the put created must have been fsynced."""
+    import gffs_backends.local as localmod
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+    monkeypatch.setattr(localmod.os, "fsync", recording_fsync)
+    b = LocalBackend("local", tmp_path / "b")
+    run(b.put_meta, "index/versions/v1.json", b"manifest")
+    path = b.meta / "index" / "versions" / "v1.json"
+    needed = {str(path.parent), str(path.parent.parent), str(b.meta), str(b.root)}
+    assert not needed - set(synced), f"not fsynced: {sorted(needed - set(synced))}"
+    # the data before the rename (under its temp name), the directory after it
+    data = [i for i, p in enumerate(synced) if p.startswith(str(path.parent / ".v1.json."))]
+    assert data and data[0] < synced.index(str(path.parent))
