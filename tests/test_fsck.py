@@ -327,3 +327,44 @@ def test_copy_count_follows_the_flow_policy(tmp_path):
     assert found["findings"][0]["object"] == f"chunk {y.hex()}"
     assert found["findings"][0]["detail"] == "1 of 2 trusted copies"
     repair_fixes_all(cfg, {"under_replicated": 1})
+
+
+def test_cancelled_incremental_run_continues_where_it_stopped(tmp_path):
+    import trio
+
+    from gffs.maintenance.fsck import fsck_job
+    from gffs.maintenance.progress import Progress
+    from gffs.store import Store
+
+    cfg = make_config(tmp_path, copies=1)
+    populate(cfg, {f"f/{i}": os.urandom(3000) for i in range(300)})
+    with Damage(cfg) as d:
+        digests = sorted(c for c, _r in d.chunks())
+
+    class CancelAfterOneBatch(Progress):
+        def __init__(self, scope: trio.CancelScope) -> None:
+            super().__init__()
+            self.scope = scope
+
+        def advance(self, items: int = 0, nbytes: int = 0) -> None:
+            super().advance(items, nbytes)
+            if self.what == "checking copies":
+                self.scope.cancel()  # as Ctrl-C or a dropped control connection does
+
+    async def main(store: Store) -> None:
+        with trio.CancelScope() as scope:
+            await fsck_job(store, {"incremental": True, "chunks": 1000}, CancelAfterOneBatch(scope))
+        assert scope.cancelled_caught
+
+    store = Store(cfg, "test")
+    try:
+        trio.run(main, store)
+    finally:
+        store.close()
+    with Damage(cfg) as d, d.index.read() as txn:
+        stopped = bytes(txn.get(CURSOR_KEY, db=d.db["meta"]))
+    done = digests.index(stopped) + 1
+    assert 0 < done < 300
+    result = fsck(cfg, incremental=True, chunks=1000)
+    assert result["incremental"]["from"] == stopped.hex()
+    assert result["incremental"]["chunks"] == 300 and result["incremental"]["wrapped"]
