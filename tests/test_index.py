@@ -479,3 +479,18 @@ def test_block_size_is_chosen_at_creation_and_kept(tmp_path):
     again = _Index(tmp_path / "bs")  # default asked, the store keeps its own
     assert again.block_size == 4 << 20
     again.close()
+
+
+def test_repair_rows_continue_after_a_key_and_wrap_round(index, cm):
+    digests = sorted(h(n) for n in range(5))
+    with index.write() as txn:
+        for d in digests:
+            cm.queue_repair(txn, d, "flow", restore=["s3"])
+    with index.read() as txn:
+        first = [r[0] for r in cm.repair_rows(txn, 2)]
+        second = [r[0] for r in cm.repair_rows(txn, 2, after=first[-1])]
+        wrapped = [r[0] for r in cm.repair_rows(txn, 2, after=digests[3])]
+        everything = [r[0] for r in cm.repair_rows(txn, 10, after=digests[2])]
+    assert first == digests[:2] and second == digests[2:4]
+    assert wrapped == [digests[4], digests[0]]
+    assert everything == digests[3:] + digests[:3]

@@ -94,6 +94,7 @@ class ChunkStore:
         self._deleting: dict[bytes, trio.Event] = {}
         self._loading: dict[bytes, trio.Event] = {}
         self._unused: list[StoredChunk] = []
+        self._repair_after = b""  # where the next repair round starts in the queue
         self.repair_wakeup = trio.Event()
         self._limiter = trio.CapacityLimiter(io_threads)
         self.timeout = backend_timeout
@@ -307,7 +308,8 @@ class ChunkStore:
         index, so it survives restarts) and is retried on the next call.
         """
         with self.index.read() as txn:
-            rows = self.chunkmap.repair_rows(txn, limit)
+            rows = self.chunkmap.repair_rows(txn, limit, self._repair_after)
+        self._repair_after = rows[-1][0] if len(rows) >= limit else b""
         outcome = {"repaired": 0, "pending": 0}
         limiter = trio.CapacityLimiter(REPAIR_PARALLEL)
 

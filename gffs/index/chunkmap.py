@@ -151,13 +151,22 @@ class ChunkMap:
         row = {"flow": flow, "restore": list(restore)}
         txn.put(digest, json.dumps(row).encode(), db=self._repair)
 
-    def repair_rows(self, txn: lmdb.Transaction,
-                    limit: int = 1000) -> list[tuple[bytes, str | None, list[str]]]:
+    def repair_rows(self, txn: lmdb.Transaction, limit: int = 1000,
+                    after: bytes = b"") -> list[tuple[bytes, str | None, list[str]]]:
+        """Up to *limit* queued chunks from just after *after*, wrapping round (so rows
+        stuck on a down backend do not starve the rest of the queue)."""
         out = []
-        for key, value in txn.cursor(db=self._repair):
-            row = json.loads(bytes(value))
-            out.append((bytes(key), row.get("flow"), row.get("restore", [])))
-            if len(out) >= limit:
+        cur = txn.cursor(db=self._repair)
+        for start, stop in ((after + b"\x00" if after else b"", None), (b"", after or None)):
+            if not (cur.set_range(start) if start else cur.first()):
+                continue
+            for key, value in cur:
+                key = bytes(key)
+                if stop is not None and key > stop or len(out) >= limit:
+                    break
+                row = json.loads(bytes(value))
+                out.append((key, row.get("flow"), row.get("restore", [])))
+            if not after:
                 break
         return out
 
