@@ -63,8 +63,8 @@ class ChunkMover:
             self.cm.add_intent(txn, digest, dest, "put")
         try:
             async with self._limits[dest]:
-                locator = await self.chunks._call(backend, "put", key, stored)
-                echoed = await self.chunks._call(backend, "get", key, locator)
+                locator = await self.chunks.call(backend, "put", key, stored)
+                echoed = await self.chunks.call(backend, "get", key, locator)
             await trio.to_thread.run_sync(codec.decode, echoed, digest)
         except (BackendError, codec.CorruptChunk) as exc:
             raise MoveFailed(f"copy of {key[:16]} to {dest}: {exc}") from None
@@ -112,7 +112,7 @@ class ChunkMover:
             done = self.chunks._deleting[digest] = trio.Event()
             try:
                 async with self._limits[name]:
-                    await self.chunks._call(backend, "delete", digest.hex(), locator)
+                    await self.chunks.call(backend, "delete", digest.hex(), locator)
             except BackendError as exc:
                 log.warning("deleting copy of %s on %s postponed: %s", digest.hex()[:16], name, exc)
                 return

@@ -5,7 +5,7 @@ about to reference, which garbage deletion must not remove), the set of
 deletions in flight, and an LRU cache of decoded blocks. Hashing, compression
 and backend I/O all run in worker threads, never on the trio loop.
 
-Every backend call goes through :meth:`ChunkStore._call`: bounded by a timeout
+Every backend call goes through :meth:`ChunkStore.call`: bounded by a timeout
 and recorded in the placement's health, so a backend that is down is skipped
 quickly instead of stalling writers and readers. A write that cannot reach all
 the copies its policy asks for completes once one copy is safe (on a fallback
@@ -100,7 +100,7 @@ class ChunkStore:
         self.timeout = backend_timeout
         self.health = placement.health
 
-    async def _call(self, backend: Backend, op: str, *args):
+    async def call(self, backend: Backend, op: str, *args):
         """One backend operation, bounded in time, with its outcome recorded in health."""
         try:
             with trio.fail_after(self.timeout):
@@ -180,7 +180,7 @@ class ChunkStore:
 
         async def put_one(backend: Backend) -> None:
             try:
-                results[backend.name] = await self._call(backend, "put", key, stored)
+                results[backend.name] = await self.call(backend, "put", key, stored)
             except BackendError as exc:
                 errors.append(exc)
                 log.error("put of chunk %s to backend %s failed: %s", key[:16], backend.name, exc)
@@ -272,7 +272,7 @@ class ChunkStore:
                 failures.append(f"{name}: not configured")
                 continue
             try:
-                stored = await self._call(backend, "get", key, loc.locator)
+                stored = await self.call(backend, "get", key, loc.locator)
                 data = await trio.to_thread.run_sync(codec.decode, stored, digest,
                                                      limiter=self._limiter)
             except (ObjectMissing, codec.CorruptChunk) as exc:
@@ -355,7 +355,7 @@ class ChunkStore:
             stored = await self._stored_copy(digest, rec)
             for name in missing:
                 try:
-                    locator = await self._call(self.backends[name], "put", digest.hex(), stored)
+                    locator = await self.call(self.backends[name], "put", digest.hex(), stored)
                 except BackendError as exc:
                     log.warning("repair of chunk %s on %s failed: %s", digest.hex()[:16], name, exc)
                     continue
@@ -377,7 +377,7 @@ class ChunkStore:
             if backend is None:
                 continue
             try:
-                stored = await self._call(backend, "get", digest.hex(), loc.locator)
+                stored = await self.call(backend, "get", digest.hex(), loc.locator)
                 await trio.to_thread.run_sync(codec.decode, stored, digest, limiter=self._limiter)
                 return stored
             except (BackendError, codec.CorruptChunk):
@@ -413,7 +413,7 @@ class ChunkStore:
                 if backend is None:
                     continue  # a removed backend: nothing we can delete there
                 try:
-                    await self._call(backend, "delete_many", items)
+                    await self.call(backend, "delete_many", items)
                 except BackendError as exc:
                     log.warning("garbage deletion on backend %s failed, will retry: %s", name, exc)
                     failed.update(key for key, _ in items)
@@ -443,7 +443,7 @@ class ChunkStore:
         self._deleting.update(events)
         try:
             if doomed:
-                await self._call(backend, "delete_many", [(d.hex(), "") for d in doomed])
+                await self.call(backend, "delete_many", [(d.hex(), "") for d in doomed])
         finally:
             for d, ev in events.items():
                 del self._deleting[d]
@@ -454,14 +454,14 @@ class ChunkStore:
         """(total, free) bytes over the backends that know theirs and answer in time.
 
         statfs must never hang on a backend that is down: each is asked through
-        :meth:`_call` (timeout, health) and skipped when unavailable.
+        :meth:`call` (timeout, health) and skipped when unavailable.
         """
         total = free = 0
         for backend in self.backends.values():
             if not self.health.available(backend.name):
                 continue
             try:
-                cap = await self._call(backend, "capacity")
+                cap = await self.call(backend, "capacity")
             except BackendError:
                 continue
             if cap is not None:

@@ -96,7 +96,7 @@ class BackendCheck:
         if backend.name in self.dead:
             raise BackendUnavailable(self.dead[backend.name])
         try:
-            return await self.store.chunks._call(backend, op, *args)
+            return await self.store.chunks.call(backend, op, *args)
         except BackendUnavailable as exc:
             self.mark_dead(backend.name, str(exc))
             raise

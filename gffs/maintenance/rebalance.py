@@ -144,7 +144,7 @@ async def check_space(store: Store, plan: Plan) -> None:
     """Refuse a plan that would fill a destination (where the backend knows its space)."""
     for name, needed in sorted(plan.bytes_to().items()):
         try:
-            cap = await store.chunks._call(store.backends[name], "capacity")
+            cap = await store.chunks.call(store.backends[name], "capacity")
         except BackendError as exc:
             raise JobRefused(f"cannot ask {name} for its free space: {exc}") from None
         if cap is None or not cap.total:
