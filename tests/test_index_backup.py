@@ -38,9 +38,11 @@ from gffs_backends.local import LocalBackend
 USER = Caller(1000, 1000)
 
 
-def write_config(tmp_path: Path, keep: int = 10, scratch: bool = False) -> Path:
+def write_config(tmp_path: Path, keep: int = 10, scratch: bool = False, remote: str = "",
+                 backup_to: str = "disk") -> Path:
     """A store in tmp/data whose chunks and backups go to tmp/disk (outside data_dir);
-    with *scratch*, a second copy of every chunk also goes to a local disk inside data_dir."""
+    with *scratch*, a second copy of every chunk also goes to a local disk inside data_dir;
+    *remote* adds a backend table (named *backup_to* to send the backups there)."""
     cfg = tmp_path / "gffs.toml"
     second = f"""
 [backends.scratch]
@@ -52,15 +54,17 @@ path = "{tmp_path / 'data' / 'scratch'}"
 data_dir = "{tmp_path / 'data'}"
 analyze_images = false
 index_backup_keep = {keep}
-index_backup_to = ["disk"]
+index_backup_to = ["{backup_to}"]
 
 [backends.disk]
 type = "local"
 path = "{tmp_path / 'disk'}"
-{second}
+{second}{remote}
 [placement]
 copies = {2 if scratch else 1}
+backends = {json.dumps(["disk", "scratch"] if scratch else ["disk"])}
 """)
+    os.chmod(cfg, 0o600)
     return cfg
 
 
@@ -325,3 +329,47 @@ def test_pieces_hold_whole_records_in_key_order(tmp_path, cfg, store):
         by_table.setdefault(p["table"], []).extend(k for k, _v in records(plain))
     for table, keys in by_table.items():
         assert keys == sorted(keys) and len(keys) == m["tables"][table]
+
+
+@pytest.mark.parametrize("kind", ["ipfs", "gdrive"])
+def test_backup_and_restore_through_ipfs_and_drive(tmp_path, request, kind):
+    """The same pipeline over the other backends' metadata objects (a real Kubo node,
+    the loopback Drive endpoint), configured as a user would."""
+    if kind == "ipfs":
+        server = request.getfixturevalue("kubo")
+        table = f"""
+[backends.remote]
+type = "ipfs"
+api = "{server.multiaddr}"
+mfs_dir = "/gffs/restore-{tmp_path.name[-20:]}"
+"""
+    else:
+        from fixtures_gdrive import token_file
+        server = request.getfixturevalue("drive")
+        cred = token_file(server, tmp_path / "drive-token.json")
+        table = f"""
+[backends.remote]
+type = "gdrive"
+folder = "restore-{tmp_path.name[-20:]}"
+credentials = "{cred}"
+api_endpoint = "{server.url}"
+max_creates_per_s = 0
+"""
+    cfg = load_config(write_config(tmp_path, remote=table, backup_to="remote"))
+    backup_mod._STATES.clear()
+    store = Store(cfg, "test")
+    try:
+        populate(store, 200)
+        before = dump(store.index)
+        first = backup(store)
+        assert first["exit_code"] == 0, first
+        populate(store, 3, seed=4)
+        after = dump(store.index)
+        assert backup(store)["exit_code"] == 0
+    finally:
+        store.close()
+    wipe_data_dir(cfg)
+    versions = restore(cfg, "remote", version=first["backends"][0]["version"])
+    assert dump(cfg.index_dir) == before and versions["check"]["lost"] == 0
+    restore(cfg, "remote", force=True)
+    assert dump(cfg.index_dir) == after

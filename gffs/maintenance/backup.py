@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from gffs.chunks import codec
+from gffs.errors import ConfigError
 from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRef, encode_manifest,
                                             manifest, new_version_id, parse_manifest, piece_name,
                                             snapshot, version_name, version_of)
@@ -254,7 +255,11 @@ async def final_backup(store: Store) -> None:
     from gffs.store import open_backends
     if store.cfg.index_backup_interval <= 0:
         return
-    backends = open_backends(store.cfg)
+    try:
+        backends = open_backends(store.cfg)
+    except ConfigError as exc:       # e.g. a credentials file gone meanwhile
+        log.warning("no index backup at unmount: %s", exc)
+        return
     try:
         await backup_if_changed(store, backup_targets(store.cfg, backends))
     finally:
