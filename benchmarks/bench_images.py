@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Image-facts benchmark: what background image analysis costs at ingest and at listing.
+"""Image benchmark: what background analysis costs at ingest, and listing and browsing with it.
 
 Run as root from the repository root::
 
-    python benchmarks/bench_images.py            # full size (about two minutes)
-    python benchmarks/bench_images.py --quick    # smoke run (about 10-15 s)
+    python benchmarks/bench_images.py            # full size (about 15 minutes, 15 GB)
+    python benchmarks/bench_images.py --quick    # smoke run (about a minute)
     python benchmarks/bench_images.py --json results.json
 
 Everything lives in one temporary work directory (``--workdir``, default /tmp):
@@ -46,6 +46,19 @@ mount and file helpers are imported from bench_core.py. MB = 10^6 bytes.
    the first run after a remount of gffs, with the page cache dropped before
    each side; "warm" is the run right after it. The attribute counts of both
    sides are checked. Ratio gffs/plain, informational.
+
+3. Browsing with thumbnails: N distinct camera-like JPEGs (N = 10,000, 300
+   with --quick, or ``--browse N``) are written into a new flow of the ON
+   store, untimed: the 3000x2000 JPEGs of step 1, each with a comment segment
+   naming its number (distinct bytes, so each is analysed and thumbnailed on
+   its own; 10,000 are about 15 GB and take about 10 minutes to analyse on two
+   cores). The script waits until each has its ``x-large`` thumbnail. Then, after a
+   remount and a page-cache drop each time, two timed passes over the flow:
+   what a file manager does with thumbnails (``os.scandir``, ``stat``, then
+   read ``.sh_thumbnails/large/<md5 of name>.png``), and what it does without
+   them (``stat``, then read every original). Ratio thumbnails/originals; the
+   daemon's ``user.gf.stats.file_block_loads`` after the thumbnail pass is
+   printed (it must be 0: no original read).
 
 The peak RSS (VmHWM) of each daemon is printed after every phase, as in
 bench_core.py; VmHWM only grows, so the values show when the peak was reached.
@@ -91,8 +104,11 @@ class Sizes:
     n_png: int
 
 
-FULL = Sizes(n_jpeg=80, n_png=10_000)
-QUICK = Sizes(n_jpeg=12, n_png=1000)
+    n_browse: int
+
+
+FULL = Sizes(n_jpeg=80, n_png=10_000, n_browse=10_000)
+QUICK = Sizes(n_jpeg=12, n_png=1000, n_browse=300)
 
 
 @dataclass
@@ -204,6 +220,77 @@ def copy_samples(samples: Path, directory: Path) -> int:
             shutil.copyfile(p, dest)
             total += dest.stat().st_size
     return total
+
+
+def jpeg_variant(base: bytes, i: int) -> bytes:
+    """*base* with a comment segment naming *i*: same pixels, distinct bytes (its own content
+    id, so analysed and thumbnailed on its own), made in microseconds."""
+    text = f"gffs bench variant {i}".encode()
+    return base[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + base[2:]
+
+
+def thumbnail_path(path: str, size: str = "large") -> str:
+    """Where the freedesktop spec has a file manager look for a shared thumbnail."""
+    import hashlib
+    from urllib.parse import quote
+
+    directory, name = os.path.split(path)
+    md5 = hashlib.md5(quote(name, safe="!$&'()*+,;=:@~").encode()).hexdigest()
+    return os.path.join(directory, ".sh_thumbnails", size, md5 + ".png")
+
+
+def browse(directory: Path, thumbnails: bool) -> tuple[float, int]:
+    """A file manager opening a folder: stat every file, then read its thumbnail or itself."""
+    t0 = time.perf_counter()
+    n = 0
+    for entry in os.scandir(directory):
+        entry.stat()
+        with open(thumbnail_path(entry.path) if thumbnails else entry.path, "rb") as f:
+            n += len(f.read())
+    return time.perf_counter() - t0, n
+
+
+def browse_phase(on: GffsMount, work: Path, n: int, results: ImageResults,
+                 log: Callable[[str], None]) -> None:
+    log(f"4/4 browsing: writing {n} camera-like JPEGs (untimed), waiting for their thumbnails")
+    bases = [p.read_bytes() for p in sorted((work / "src" / "jpeg").iterdir())]
+    flow = on.path / "browse"
+    flow.mkdir()
+    total = 0
+    for i in range(n):
+        data = jpeg_variant(bases[i % len(bases)], i)
+        (flow / f"IMG_{i:05d}.jpg").write_bytes(data)
+        total += len(data)
+    t0 = time.perf_counter()
+    pending = deque(sorted(os.listdir(flow)))
+    last = time.monotonic()
+    while pending:
+        if os.path.exists(thumbnail_path(str(flow / pending[0]), "x-large")):
+            pending.popleft()
+            last = time.monotonic()
+        elif time.monotonic() - last > STALL_S:
+            raise RuntimeError(f"{len(pending)} images got no thumbnail")
+        else:
+            time.sleep(POLL_S)
+    ready = time.perf_counter() - t0
+    results.notes.append(f"{n} browse JPEGs ({total / MB:.0f} MB): every thumbnail ready "
+                         f"{ready:.1f} s after cp ({n / ready:.0f} images/s)")
+    on.remount()
+    drop_caches(results)
+    t_thumbs, thumb_bytes = browse(flow, thumbnails=True)
+    loads = int(os.getxattr(on.path, "user.gf.stats.file_block_loads"))
+    on.remount()
+    drop_caches(results)
+    t_orig, orig_bytes = browse(flow, thumbnails=False)
+    results.rows.append(Row(f"browse {n} JPEGs: thumbnails vs originals", "s", t_thumbs,
+                            t_orig, False, "info"))
+    results.notes.append(f"browse: read {thumb_bytes / MB:.1f} MB of large thumbnails vs "
+                         f"{orig_bytes / MB:.1f} MB of originals; original blocks loaded "
+                         f"while showing thumbnails: {loads}")
+    results.details["browse"] = {"files": n, "bytes": total, "ready_s": round(ready, 2),
+                                 "thumbs_s": t_thumbs, "originals_s": t_orig,
+                                 "original_loads_during_thumbs": loads}
+    record_rss(on, results, "ON after browsing")
 
 
 def png_bytes(i: int) -> bytes:
@@ -340,18 +427,18 @@ def run(work: Path, sizes: Sizes, samples: Path | None, results: ImageResults,
         on.mount()
         off.mount()
 
-        log("1/3 ingest of the generated JPEGs, analysis ON vs OFF")
+        log("1/4 ingest of the generated JPEGs, analysis ON vs OFF")
         ingest_pair(on, off, work / "src" / "jpeg", jpeg_total, sizes.n_jpeg,
                     f"{sizes.n_jpeg} JPEGs 3000x2000", "photos", results, log)
         if samples is not None and sample_total:
-            log("2/3 ingest of the real camera samples, analysis ON vs OFF")
+            log("2/4 ingest of the real camera samples, analysis ON vs OFF")
             ingest_pair(on, off, work / "src" / "samples", sample_total,
                         results.sizes["sample_files"],
                         f"{results.sizes['sample_files']} exif-samples", "samples", results, log)
         off.unmount()
 
         n = sizes.n_png
-        log(f"3/3 writing {n} distinct 8x8 PNGs (untimed), waiting for their facts")
+        log(f"3/4 writing {n} distinct 8x8 PNGs (untimed), waiting for their facts")
         flow = on.path / "pngs"
         flow.mkdir()
         (plain / "pngs").mkdir()
@@ -398,6 +485,7 @@ def run(work: Path, sizes: Sizes, samples: Path | None, results: ImageResults,
         results.rows.append(Row(f"getfattr -d of {n} PNGs, warm", "s", g_warm, p_warm,
                                 False, "info"))
         record_rss(on, results, "ON after listing (new daemon)")
+        browse_phase(on, work, sizes.n_browse, results, log)
         on.unmount()
     finally:
         on.cleanup()
@@ -420,8 +508,8 @@ def print_table(results: ImageResults) -> None:
         verdict = "-" if r.passed is None else ("PASS" if r.passed else "MISS")
         print(f"{r.name:<44} {r.unit:>4} {r.gffs:9.2f} {r.plain:9.2f} {r.ratio:6.2f}  "
               f"{r.target:<12} {verdict}")
-    print("reference: the analysis-OFF store (ingest: its MB/s; facts: its cp time) or the "
-          "plain directory (getfattr)")
+    print("reference: the analysis-OFF store (ingest: its MB/s; facts: its cp time), the "
+          "plain directory (getfattr) or reading the originals (browse)")
     if results.rss_by_phase_mb:
         print("peak RSS per daemon: " + ", ".join(f"{k}: {v:.1f} MB"
                                                    for k, v in results.rss_by_phase_mb.items()))
@@ -439,8 +527,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"real camera samples to measure too (default {DEFAULT_SAMPLES}; "
                         "skipped when missing)")
     p.add_argument("--no-samples", action="store_true", help="skip the real camera samples")
+    p.add_argument("--browse", type=int, metavar="N", help="images in the browsing step")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.browse is not None:
+        sizes = Sizes(sizes.n_jpeg, sizes.n_png, args.browse)
     samples = None if args.no_samples or not Path(args.samples).is_dir() else Path(args.samples)
 
     def log(msg: str) -> None:
