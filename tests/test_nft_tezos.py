@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from test_nft_evm import image_file, nft_attrs
+from test_nft_evm import admin, image_file, nft_attrs
 from tezos_server import TzktServer, tezos_address
 
 CONTRACT = tezos_address("KT1", 1)
@@ -30,12 +28,6 @@ def tezos_mount(mount_factory, tzkt, tmp_path):
     config = tmp_path / "gffs.toml"
     config.write_text(f'[nft]\ntezos_api = "{tzkt.url}"\ntimeout = 3\n')
     return mount_factory(config=config), config
-
-
-def admin(m, config, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gffs.cli.admin", "--config", str(config),
-                           "--data-dir", str(m.data_dir), "nft", *args],
-                          capture_output=True, text=True, timeout=120)
 
 
 def tzip21(name: str, artifact: str) -> dict:

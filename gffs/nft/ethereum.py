@@ -81,8 +81,8 @@ class EvmClient:
             raise NftError(f"{what}: cannot reach {self.chain} RPC at {self.url} "
                            f"({type(exc).__name__})") from None
         except (Web3Exception, ValueError, TypeError, OverflowError) as exc:
-            raise NftError(f"{what}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") \
-                from None
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise NftError(f"{what}: {detail}") from None
 
     def _contract(self, address: str) -> Any:
         addr = Web3.to_checksum_address(address)
