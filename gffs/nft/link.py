@@ -107,18 +107,19 @@ def resolve(ref: TokenRef, cfg: Config, fetcher: Fetcher) -> Linked:
 # the file side ---------------------------------------------------------------------------
 
 def gffs_file(path: str) -> str:
-    """*path* if it is a regular file on a gffs mount; NftError otherwise."""
+    """The real path of *path* if it is a regular file on a gffs mount; NftError otherwise
+    (the caller names the path)."""
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
     except OSError as exc:
-        raise NftError(f"{path}: {exc.strerror}") from None
+        raise NftError(str(exc.strerror)) from None
     on = [m for m in mounts() if real == m.mountpoint or real.startswith(m.mountpoint.rstrip("/") + "/")]
     top = max(on, key=lambda m: len(m.mountpoint), default=None)
     if top is None or not top.fstype.endswith("gffs"):
-        raise NftError(f"{path} is not on a gffs mount")
+        raise NftError("not on a gffs mount")
     if not stat.S_ISREG(st.st_mode):
-        raise NftError(f"{path} is not a regular file")
+        raise NftError("not a regular file")
     return real
 
 
@@ -145,7 +146,7 @@ def write_nft(path: str, values: dict[str, str]) -> None:
             if key in values and (current.get(key) != values[key] or key in doomed):
                 os.setxattr(path, PREFIX + key, values[key].encode())
     except OSError as exc:
-        raise NftError(f"{path}: the filesystem refused user.nft.{key}: {exc.strerror}") from None
+        raise NftError(f"the filesystem refused user.nft.{key}: {exc.strerror}") from None
 
 
 def link_file(path: str, ref: TokenRef, cfg: Config, fetcher: Fetcher) -> Linked:

@@ -128,7 +128,10 @@ def _link_one(path: str, linked: Linked) -> str | None:
     if nft.get("chain") and mine != (linked.ref.chain, linked.ref.contract.lower(),
                                      str(linked.ref.token_id)):
         return f"{path} is linked to {':'.join(str(x) for x in mine)}"
-    write_nft(path, linked.values)
+    try:
+        write_nft(path, linked.values)
+    except NftError as exc:
+        raise NftError(f"{path}: {exc}") from None
     return None
 
 
