@@ -61,13 +61,9 @@ def job(name: str, *, writes: bool = True) -> Callable[[JobFn], JobFn]:
 def load_jobs() -> dict[str, Job]:
     """Import every module that registers jobs, then return the registry."""
     import importlib
-    for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.fsck",
-                   "gffs.maintenance.gc", "gffs.maintenance.backup", "gffs.nft.jobs"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.gc",
+                   "gffs.maintenance.fsck", "gffs.maintenance.backup"):
+        importlib.import_module(module)
     return JOBS
 
 
