@@ -66,7 +66,8 @@ async def restore_index(cfg: Config, source: str, progress: Progress, *, version
             pdir.mkdir(parents=True)
             try:
                 await _fetch(backends[source], m["pieces"], pdir, progress)
-                progress.begin("index rebuild", total_items=len(m["pieces"]))
+                progress.begin("index rebuild", total_items=len(m["pieces"]),
+                               total_bytes=sum(p.size for p in m["pieces"]))
                 await trio.to_thread.run_sync(_build, tmp, m, pdir, progress)
                 progress.finish_phase()
                 replaced = _swap(cfg, tmp)
@@ -180,7 +181,7 @@ def _build(tmp: Path, m: dict[str, Any], pdir: Path, progress: Progress) -> None
             if added != len(items):
                 raise BadBackup(f"piece {ref.sha256[:16]} holds records out of order")
             counts[ref.table] += added
-            trio.from_thread.run_sync(progress.advance, 1, len(items))
+            trio.from_thread.run_sync(progress.advance, 1, ref.size)
         index.sync()
     finally:
         index.close()
