@@ -156,7 +156,7 @@ def test_no_daemon_is_a_connection_error(tmp_path):
 
 
 def test_progress_displays():
-    s = {"what": "rebalance", "items": 5, "total_items": 10, "bytes": 5 << 20,
+    s = {"what": "rebalance", "unit": "chunks", "items": 5, "total_items": 10, "bytes": 5 << 20,
          "total_bytes": 10 << 20, "rate": 1 << 20, "elapsed": 5.0, "eta": 5.0}
     assert describe(s) == "rebalance: 5/10 chunks, 5.0 MiB/10.0 MiB, 1.0 MiB/s ETA 0:00:05"
     out = io.StringIO()
@@ -164,7 +164,7 @@ def test_progress_displays():
     assert out.getvalue() == "\r\033[K[#####.....] " + describe(s) + "\n"
     lines: list[str] = []
     p = LineProgress(lines.append)
-    p.begin("gc", 2)
+    p.begin("gc", 2, unit="chunks")
     p.advance(items=1)          # within the interval: no line yet
     p.finish_phase()
     assert len(lines) == 1 and lines[0].startswith("gc: 1/2 chunks")

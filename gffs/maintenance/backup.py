@@ -115,7 +115,7 @@ async def backup_index(store: Store, progress: Progress,
                 except BackendError as exc:
                     failed[name] = str(exc)
         live = {n: b for n, b in targets.items() if n not in failed}
-        progress.begin("index backup")
+        progress.begin("index backup", unit="pieces")
         refs, info = await _upload_snapshot(store, live, state, progress, failed)
         progress.finish_phase()
         vid = new_version_id()

@@ -123,7 +123,7 @@ async def _unknown_chunks(ccheck: ChunkCheck, bcheck: BackendCheck,
 async def _name_files(store: Store, report: Report, progress: Progress,
                       lost: dict[bytes, Finding]) -> None:
     """Fill in the paths of every file (and thumbnail) using a chunk with no good copy."""
-    progress.begin("naming files with lost data")
+    progress.begin("naming files with lost data", unit="files")
     users, thumbs = await trio.to_thread.run_sync(users_of, store, set(lost))
     inos = set().union(*users.values()) if users else set()
     paths = await trio.to_thread.run_sync(paths_of, store.index, inos)

@@ -119,7 +119,7 @@ class BackendCheck:
     async def list_backends(self) -> None:
         self.present = None if self.opts.verify else {}
         for name, backend in self.store.backends.items():
-            self.progress.begin(f"listing {name}")
+            self.progress.begin(f"listing {name}", unit="objects")
             try:
                 await self._list_one(backend)
             except BackendError as exc:
@@ -216,7 +216,7 @@ class BackendCheck:
         sl = Slice(start=start, end=start)
         limit = min(total, self.opts.max_chunks) if self.opts.incremental else total
         what = "verifying copies" if self.opts.verify else "checking copies"
-        self.progress.begin(what, total_items=limit)
+        self.progress.begin(what, total_items=limit, unit="chunks")
         deadline = (time.monotonic() + self.opts.time_limit
                     if self.opts.incremental and self.opts.time_limit else None)
         after = start
@@ -350,7 +350,7 @@ class BackendCheck:
         with self.store.index.read() as txn:
             if not self.cm.repair_count(txn):
                 return
-        self.progress.begin("repairing copies", total_items=len(self.queued))
+        self.progress.begin("repairing copies", total_items=len(self.queued), unit="chunks")
         while True:
             repaired, _pending = await self.store.chunks.repair(limit=500)
             self.progress.advance(repaired)

@@ -40,7 +40,7 @@ class Ticker:
 async def scan(progress: Progress, what: str, total: int | None,
                fn: Callable[[Ticker], T]) -> T:
     """Run ``fn(tick)`` in a worker thread as one progress phase; return its result."""
-    progress.begin(what, total_items=total)
+    progress.begin(what, total_items=total, unit="rows")
 
     def run() -> T:
         tick = Ticker(progress)

@@ -28,7 +28,7 @@ SWEEP_BATCH = 500
 async def gc(store: Store, args: dict, progress: Progress) -> dict:
     """args: min_age (seconds, default one hour)."""
     min_age = float(args.get("min_age", GC_MIN_AGE))
-    progress.begin("gc: garbage queue")
+    progress.begin("gc: garbage queue", unit="chunks")
     queued = 0
     while n := await store.chunks.delete_garbage():
         queued += n
@@ -48,7 +48,7 @@ async def gc(store: Store, args: dict, progress: Progress) -> dict:
 async def _sweep_backends(store: Store, cutoff: float, progress: Progress) -> tuple[int, list[str]]:
     deleted, failed = 0, []
     for backend in store.backends.values():
-        progress.begin(f"gc: unreferenced objects on {backend.name}")
+        progress.begin(f"gc: unreferenced objects on {backend.name}", unit="objects")
         batch: list[bytes] = []
         try:
             async for info in backend.list():

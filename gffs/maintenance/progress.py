@@ -35,6 +35,7 @@ class Progress:
 
     def __init__(self) -> None:
         self.what = ""
+        self.unit = "items"
         self.total_items: int | None = None
         self.total_bytes: int | None = None
         self.items = 0
@@ -43,9 +44,11 @@ class Progress:
         self._shown = 0.0
 
     def begin(self, what: str, total_items: int | None = None,
-              total_bytes: int | None = None) -> None:
+              total_bytes: int | None = None, unit: str = "items") -> None:
+        """Start a phase; *unit* names what the items are (chunks, objects, pieces, rows)."""
         self.finish_phase()
         self.what, self.total_items, self.total_bytes = what, total_items, total_bytes
+        self.unit = unit
         self.items = self.nbytes = 0
         self.started = self._shown = time.monotonic()
         self.show(final=False)
@@ -74,7 +77,7 @@ class Progress:
             eta = max(self.total_bytes - self.nbytes, 0) / rate
         elif self.total_items and self.items:
             eta = (self.total_items - self.items) * elapsed / self.items
-        return {"what": self.what, "items": self.items, "total_items": self.total_items,
+        return {"what": self.what, "unit": self.unit, "items": self.items, "total_items": self.total_items,
                 "bytes": self.nbytes, "total_bytes": self.total_bytes,
                 "rate": rate, "elapsed": elapsed, "eta": eta}
 
@@ -91,7 +94,7 @@ def describe(s: dict[str, Any]) -> str:
     size = human_bytes(s["bytes"]) + (f"/{human_bytes(s['total_bytes'])}"
                                       if s["total_bytes"] else "")
     eta = f" ETA {_clock(s['eta'])}" if s.get("eta") is not None else ""
-    return f"{s['what']}: {items} chunks, {size}, {human_bytes(s['rate'])}/s{eta}"
+    return f"{s['what']}: {items} {s.get('unit', 'items')}, {size}, {human_bytes(s['rate'])}/s{eta}"
 
 
 class TerminalProgress(Progress):

@@ -175,7 +175,7 @@ async def execute(store: Store, plan: Plan, progress: Progress, *, time_limit: f
     done = {"chunks": 0, "copied_bytes": 0, "copies_added": 0, "copies_removed": 0}
     failures: list[str] = []
     stopped = None
-    progress.begin("rebalance", len(todo), plan.copy_bytes)
+    progress.begin("rebalance", len(todo), plan.copy_bytes, unit="chunks")
 
     async def one(move: ChunkMove) -> None:
         store.chunks.pin([move.digest])

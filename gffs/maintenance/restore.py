@@ -67,7 +67,7 @@ async def restore_index(cfg: Config, source: str, progress: Progress, *, version
             try:
                 await _fetch(backends[source], m["pieces"], pdir, progress)
                 progress.begin("index rebuild", total_items=len(m["pieces"]),
-                               total_bytes=sum(p.size for p in m["pieces"]))
+                               total_bytes=sum(p.size for p in m["pieces"]), unit="pieces")
                 await trio.to_thread.run_sync(_build, tmp, m, pdir, progress)
                 progress.finish_phase()
                 replaced = _swap(cfg, tmp)
@@ -131,7 +131,7 @@ async def _fetch(backend: Backend, refs: list[PieceRef], pdir: Path, progress: P
     """Download every piece, verify it against its name, keep its plaintext in *pdir*."""
     wanted = {p.sha256: p.stored for p in refs}
     progress.begin(f"index restore from {backend.name}", total_items=len(wanted),
-                   total_bytes=sum(wanted.values()))
+                   total_bytes=sum(wanted.values()), unit="pieces")
     limiter = trio.CapacityLimiter(FETCHES)
     errors: list[BaseException] = []
 
@@ -228,7 +228,7 @@ async def check_locations(cfg: Config, backends: dict[str, Backend],
         present: dict[str, set[str]] = {}
         unreachable: dict[str, str] = {}
         for name in sorted(named & set(backends)):
-            progress.begin(f"listing {name}")
+            progress.begin(f"listing {name}", unit="objects")
             try:
                 keys = set()
                 async for info in backends[name].list():
