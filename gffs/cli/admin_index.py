@@ -19,10 +19,10 @@ import trio
 from gffs.config import Config
 from gffs.maintenance.backup import backup_targets, list_versions
 from gffs.maintenance.backup_format import BadBackup
-from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, JobRefused
-from gffs.maintenance.progress import for_stream, human_bytes
+from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK
+from gffs.maintenance.progress import human_bytes
 from gffs.maintenance.restore import restore_index
-from gffs.maintenance.runner import cli_run
+from gffs.maintenance.runner import cli_report, cli_run
 from gffs.store import open_backends
 from gffs_backends.base import BackendError
 
@@ -115,25 +115,11 @@ def render_restore(r: dict[str, Any]) -> None:
 
 
 def _restore(cfg: Config, args: argparse.Namespace) -> int:
-    progress = for_stream(sys.stderr, quiet=args.json)
-    try:
-        result = trio.run(lambda: restore_index(cfg, args.source, progress, version=args.version,
-                                                force=args.force, check=not args.no_check))
-    except JobRefused as exc:
-        print(f"gffs-admin index restore: refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (BadBackup, BackendError) as exc:
-        print(f"gffs-admin index restore: {exc}; the store is unchanged", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("\ngffs-admin index restore: interrupted; the store is unchanged",
-              file=sys.stderr)
-        return 130
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        render_restore(result)
-    return EXIT_OK
+    def work(progress):
+        return trio.run(lambda: restore_index(cfg, args.source, progress, version=args.version,
+                                              force=args.force, check=not args.no_check))
+    return cli_report("index restore", work, json_output=args.json, render=render_restore,
+                      failures=(BadBackup, BackendError), interrupted="the store is unchanged")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -73,19 +73,31 @@ async def _run_here(store: Store, fn, args: dict[str, Any], progress: Progress) 
 
 def cli_run(cfg: Config, name: str, args: dict[str, Any], *, json_output: bool,
             render: Callable[[dict[str, Any]], None]) -> int:
-    """`gffs-admin` side: progress on stderr, result as text or JSON, exit code."""
+    """`gffs-admin` side of a job: progress on stderr, result as text or JSON, exit code."""
+    return cli_report(name, lambda progress: run_job(cfg, name, args, progress),
+                      json_output=json_output, render=render)
+
+
+def cli_report(label: str, work: Callable[[Progress], dict[str, Any]], *, json_output: bool,
+               render: Callable[[dict[str, Any]], None],
+               failures: tuple[type[BaseException], ...] = (),
+               interrupted: str = "what was done is kept, run it again to continue") -> int:
+    """Run *work* with a progress display and turn its outcome into output and an exit code.
+
+    *failures* are more exception types that mean "failed, one line"; refusals
+    exit 4, Ctrl-C 130.
+    """
     progress = for_stream(sys.stderr)
     try:
-        result = run_job(cfg, name, args, progress)
+        result = work(progress)
     except KeyboardInterrupt:
-        print(f"\ngffs-admin {name}: interrupted; what was done is kept, run it again to "
-              "continue", file=sys.stderr)
+        print(f"\ngffs-admin {label}: interrupted; {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except JobRefused as exc:
-        print(f"gffs-admin {name}: refused: {exc}", file=sys.stderr)
+        print(f"gffs-admin {label}: refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    except (JobBusy, JobFailed) as exc:
-        print(f"gffs-admin {name}: {exc}", file=sys.stderr)
+    except (JobBusy, JobFailed, *failures) as exc:
+        print(f"gffs-admin {label}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if json_output:
         print(json.dumps(result, indent=2, default=str))
