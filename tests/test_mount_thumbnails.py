@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,8 +17,8 @@ from PIL import Image
 from gffs.index import Index
 from gffs.index.chunkmap import ChunkMap
 from gffs.index.images import ImageIndex
-from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
-from test_mount_permissions import NOBODY, _as_nobody
+from mountutil import Mount
+from test_mount_permissions import NOBODY, _as_nobody, shared_mount  # noqa: F401 (fixture)
 
 SIZES = {"normal": 128, "large": 256, "x-large": 512}
 
@@ -212,31 +211,21 @@ def test_writes_are_refused_with_eacces(mounted):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-def test_thumbnails_are_readable_by_exactly_who_may_read_the_original():
-    if not FUSE_AVAILABLE:
-        pytest.skip(SKIP_REASON)
-    root = Path(tempfile.mkdtemp(prefix="gffs-thumbperm-"))
-    os.chmod(root, 0o755)
-    m = Mount(root, opts=["allow_other"])
-    try:
-        m.mount()
-        flow = m.path / "f"
-        flow.mkdir(mode=0o755)
-        p = flow / "x.jpg"
-        p.write_bytes(jpeg(5))
-        t = wait_thumbnail(p)
-        os.chmod(p, 0o600)
-        time.sleep(1.1)   # attribute cache
-        assert _as_nobody(lambda: t.read_bytes()) == errno.EACCES
-        os.chmod(p, 0o644)
-        time.sleep(1.1)
-        assert _as_nobody(lambda: t.read_bytes()) == 0
-        assert _as_nobody(lambda: open(t.parent / "n.png", "wb")) == errno.EACCES
-        assert _as_nobody(lambda: os.unlink(t)) == errno.EACCES
-        assert os.stat(t).st_uid == os.stat(p).st_uid and NOBODY != os.stat(t).st_uid
-    finally:
-        m.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
+def test_thumbnails_are_readable_by_exactly_who_may_read_the_original(shared_mount):
+    flow = shared_mount.path / "f"
+    flow.mkdir(mode=0o755)
+    p = flow / "x.jpg"
+    p.write_bytes(jpeg(5))
+    t = wait_thumbnail(p)
+    os.chmod(p, 0o600)
+    time.sleep(1.1)   # attribute cache
+    assert _as_nobody(lambda: t.read_bytes()) == errno.EACCES
+    os.chmod(p, 0o644)
+    time.sleep(1.1)
+    assert _as_nobody(lambda: t.read_bytes()) == 0
+    assert _as_nobody(lambda: open(t.parent / "n.png", "wb")) == errno.EACCES
+    assert _as_nobody(lambda: os.unlink(t)) == errno.EACCES
+    assert os.stat(t).st_uid == os.stat(p).st_uid != NOBODY
 
 
 def test_kill9_during_analysis_loses_nothing(mounted):

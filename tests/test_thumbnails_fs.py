@@ -14,7 +14,7 @@ from PIL import Image
 from gffs.errors import FsError
 from gffs.fs.sharedthumbs import VIRTUAL_BASE, thumbnail_name, uri_forms
 from gffs.images.thumbnails import SIZE_NAMES
-from gffs.index import ROOT_INO, ChunkMap
+from gffs.index import ROOT_INO
 from gffs.index.images import ImageIndex
 from gffs.index.records import ChunkRecord, Location
 from test_filesystem import RW, USER, Env

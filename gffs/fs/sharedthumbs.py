@@ -25,6 +25,7 @@ import re
 import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Iterator
 from urllib.parse import quote
 
 from gffs.chunks.store import ChunkStore
@@ -158,8 +159,9 @@ class SharedThumbnails:
     def _name_map(self, txn, dir_ino: int, dir_rec: InodeRecord) -> _NameMap:
         m = self._maps.get(dir_ino)
         if m is not None and (m.pending or m.ctime_ns == dir_rec.ctime_ns):
+            for name in m.pending:   # all removals first: a rename within the directory
+                m.remove(name)       # must not drop the new name's reverse entry
             for name in m.pending:
-                m.remove(name)
                 ino = self.ns.lookup(txn, dir_ino, name)
                 if ino is not None:
                     m.add(name, ino)
@@ -246,37 +248,40 @@ class SharedThumbnails:
         return InodeRecord(stat.S_IFREG | (t.rec.mode & 0o444), t.rec.uid, t.rec.gid, 1, t.length,
                            t.rec.atime_ns, t.rec.mtime_ns, t.rec.ctime_ns, 0, node.dir_ino)
 
-    def readdir(self, ino: int, after: int) -> list[tuple[bytes, int, InodeRecord, int]]:
-        """Entries after cookie *after*: the size directories, or the thumbnails that exist."""
+    def readdir(self, ino: int, after: int) -> Iterator[tuple[bytes, int, InodeRecord, int]]:
+        """Entries after cookie *after*: the size directories, or the thumbnails that exist.
+
+        A generator, like the real readdir: the kernel takes a few dozen entries
+        per call, so a directory of 10,000 images is not resolved for each call.
+        """
         node = self.node(ino)
-        out: list[tuple[Node, bytes, int]] = []
+        if node.kind == THUMB:
+            raise FsError(errno.ENOTDIR)
         with self.index.read() as txn:
-            if node.kind == REPO:
-                for i, size in enumerate(SIZE_NAMES, 1):
-                    if i > after:
-                        out.append((Node(SIZE_DIR, node.dir_ino, size), size.encode(), i))
-            elif node.kind == SIZE_DIR:
-                self._real_dir(txn, node.dir_ino)
-                # cookie = 2 * the entry's own cookie + which URI form (stable offsets)
-                first, skip = after >> 1, after & 1
-                for cookie, name, child in self.ns.entries(txn, node.dir_ino, max(first - 1, 0)):
-                    if self._row(txn, child, node.size) is None:
-                        continue
-                    for form, uri in enumerate(uri_forms(name)):
-                        if cookie == first and form <= skip and after:
-                            continue
-                        thumb = hashlib.md5(uri).hexdigest().encode() + b".png"
-                        out.append((Node(THUMB, node.dir_ino, node.size, thumb), thumb,
-                                    2 * cookie + form))
-            else:
-                raise FsError(errno.ENOTDIR)
-            result = []
-            for child, name, cookie in out:
+            self._real_dir(txn, node.dir_ino)
+            for child, name, cookie in self._children(txn, node, after):
                 try:
-                    result.append((name, self._ino(child), self._attr(txn, child), cookie))
+                    attr = self._attr(txn, child)
                 except FsError:  # two names with the same MD5, or gone meanwhile
                     continue
-        return result
+                yield name, self._ino(child), attr, cookie
+
+    def _children(self, txn, node: Node, after: int) -> Iterator[tuple[Node, bytes, int]]:
+        if node.kind == REPO:
+            for i, size in enumerate(SIZE_NAMES, 1):
+                if i > after:
+                    yield Node(SIZE_DIR, node.dir_ino, size), size.encode(), i
+            return
+        # cookie = 2 * the entry's own cookie + which spelling of its name (stable offsets)
+        first, skip = after >> 1, after & 1
+        for cookie, name, child in self.ns.entries(txn, node.dir_ino, max(first - 1, 0)):
+            if self._row(txn, child, node.size) is None:
+                continue
+            for form, uri in enumerate(uri_forms(name)):
+                if after and cookie == first and form <= skip:
+                    continue
+                thumb = hashlib.md5(uri).hexdigest().encode() + b".png"
+                yield Node(THUMB, node.dir_ino, node.size, thumb), thumb, 2 * cookie + form
 
     def opendir(self, ino: int) -> None:
         if self.node(ino).kind == THUMB:
