@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
+from dataclasses import dataclass
 from typing import Iterable
 
 import lmdb
 
 from gffs.index.chunkmap import ChunkMap
 from gffs.index.env import Index
-from gffs.index.records import from_u64, u64
+from gffs.index.records import ChunkRecord, from_u64, u64
+
+# `thumbnails` row value: chunk digest first (fsck and gc read only that), then the
+# thumbnail's width, height and PNG length (without the per-file text chunks)
+_THUMB_ROW = struct.Struct(">32sIIQ")
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailRow:
+    digest: bytes
+    width: int
+    height: int
+    length: int
 
 
 def content_id_from_blocks(size: int, blocks: Iterable[tuple[int, bytes]]) -> bytes:
@@ -46,6 +60,7 @@ class ImageIndex:
         self._cids = index.db["contentids"]
         self._facts = index.db["imagefacts"]
         self._queue = index.db["imagequeue"]
+        self._thumbs = index.db["thumbnails"]
         self._cm = ChunkMap(index)
 
     def compute_content_id(self, txn: lmdb.Transaction, ino: int, size: int) -> bytes:
@@ -86,3 +101,33 @@ class ImageIndex:
     def facts_of(self, txn: lmdb.Transaction, ino: int) -> dict[str, str] | None:
         cid = self.content_id(txn, ino)
         return self.facts(txn, cid) if cid is not None else None
+
+    # thumbnails: content id + size name -> chunk; each row holds one chunk reference -------
+    def thumbnail(self, txn: lmdb.Transaction, cid: bytes, size: str) -> ThumbnailRow | None:
+        raw = txn.get(cid + size.encode(), db=self._thumbs)
+        return ThumbnailRow(*_THUMB_ROW.unpack_from(raw)) if raw is not None else None
+
+    def thumbnails(self, txn: lmdb.Transaction, cid: bytes) -> dict[str, ThumbnailRow]:
+        out = {}
+        cur = txn.cursor(db=self._thumbs)
+        if cur.set_range(cid):
+            for key, value in cur:
+                if key[:32] != cid:
+                    break
+                out[bytes(key[32:]).decode()] = ThumbnailRow(*_THUMB_ROW.unpack_from(value))
+        return out
+
+    def set_thumbnail(self, txn: lmdb.Transaction, cid: bytes, size: str, digest: bytes,
+                      record: ChunkRecord | None, width: int, height: int, length: int) -> None:
+        """Point the row at *digest* (referencing it) and drop the reference of a replaced chunk.
+
+        *record* describes the chunk in case the chunk table does not know it yet.
+        """
+        key = cid + size.encode()
+        old = txn.get(key, db=self._thumbs)
+        old_digest = bytes(old[:32]) if old is not None else None
+        if old_digest != digest:
+            self._cm.ref(txn, digest, record)
+        txn.put(key, _THUMB_ROW.pack(digest, width, height, length), db=self._thumbs)
+        if old_digest is not None and old_digest != digest:
+            self._cm.unref(txn, old_digest)
