@@ -1059,3 +1059,25 @@ def test_utimens_before_close_keeps_the_set_time(env):
         assert fs.attr(ino).atime_ns == old
         assert fs.attr(ino).size == 7000
     env.run(main)
+
+
+def test_hard_link_outliving_its_first_directory_stays_writable_with_flow_policies(env):
+    """The file's parent field names a removed directory; with per-flow placement the
+    write path looks the flow up through it (it used to fail with ENOENT)."""
+    from gffs.placement import FlowPolicy
+    env.chunks.placement.flows = {"b": FlowPolicy(1, ["local"])}
+
+    async def main(fs):
+        a, _ = fs.mkdir(ROOT_INO, b"a", 0o755, USER)
+        sub, _ = fs.mkdir(a, b"sub", 0o755, USER)
+        b, _ = fs.mkdir(ROOT_INO, b"b", 0o755, USER)
+        ino = await put_file(fs, sub, b"x.jpg", b"one")
+        fs.link(ino, b, b"x.jpg")
+        fs.unlink(sub, b"x.jpg")
+        fs.rmdir(a, b"sub")
+        fh = await fs.open(ino, RW)
+        assert await fs.write(fh, 3, b" two") == 4
+        await fs.flush(fh)
+        await fs.release(fh)
+        assert await read_file(fs, ino) == b"one two"
+    env.run(main)

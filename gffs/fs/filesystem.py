@@ -577,7 +577,10 @@ class Filesystem:
         for _ in range(4096):
             if rec.parent in (0, ROOT_INO):
                 break
-            ino, rec = rec.parent, self.ns.get(txn, rec.parent)
+            try:
+                ino, rec = rec.parent, self.ns.get(txn, rec.parent)
+            except FsError:  # the directory it was created in is gone (it lives on as a link)
+                return None
         if rec.parent != ROOT_INO:
             return None
         for _cookie, name, child in self.ns.entries(txn, ROOT_INO):
@@ -751,6 +754,8 @@ class Filesystem:
         """A block just became full: store it now so close() has less to do."""
         if self._background is None or idx in buf.storing:
             return
+        if buf.dirty[idx] == self._zero_block:
+            return  # the flush records it as a hole, like any all-zero block
         done = buf.storing[idx] = trio.Event()
         version, data = buf.versions[idx], bytes(buf.dirty[idx])
         buf.dirty[idx] = data  # frozen: the flush snapshot shares it, no copy
