@@ -236,3 +236,26 @@ def test_small_block_store_random_io(mount_factory, tmp_path):
             ref[off:off + n] = chunk
     m.remount()
     assert (d / "x").read_bytes() == ref
+
+
+def test_sequential_zero_blocks_are_holes_not_chunks(mounted):
+    """Write-behind (full blocks stored while the file is still being written) must treat
+    an all-zero block as the flush does: a hole, so the same bytes get one content id."""
+    from gffs.index import ChunkMap, Index
+    from gffs.index.images import ImageIndex, content_id_of_bytes
+    (mounted.path / "f").mkdir()
+    data = bytes(3 << 20) + b"tail"
+    with open(mounted.path / "f" / "zeros.raw", "wb") as out:
+        for start in range(0, len(data), 128 << 10):
+            out.write(data[start:start + (128 << 10)])
+    assert (mounted.path / "f" / "zeros.raw").read_bytes() == data
+    ino = os.stat(mounted.path / "f" / "zeros.raw").st_ino
+    mounted.unmount()
+    index = Index(mounted.data_dir / "index", readonly=True)
+    try:
+        with index.read() as txn:
+            assert sum(1 for _ in ChunkMap(index).all_chunks(txn)) == 1  # only the tail
+            cid = ImageIndex(index).content_id(txn, ino)
+        assert cid == content_id_of_bytes(data, index.block_size)
+    finally:
+        index.close()

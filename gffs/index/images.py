@@ -43,9 +43,9 @@ def content_id_from_blocks(size: int, blocks: Iterable[tuple[int, bytes]]) -> by
 def content_id_of_bytes(data: bytes, block_size: int, zero_blocks_stored: bool = False) -> bytes:
     """The content id a file holding exactly *data* gets in a store of *block_size* blocks.
 
-    A flush stores all-zero blocks as holes (absent), but a full block stored early by
-    write-behind is kept as a chunk even when it is all zeros: *zero_blocks_stored*
-    gives the id of that second case."""
+    All-zero blocks are holes (absent). Stores written before write-behind learnt that
+    kept a full all-zero block written sequentially as a chunk: *zero_blocks_stored*
+    gives the id such a file got."""
     blocks = []
     for idx, start in enumerate(range(0, len(data), block_size)):
         block = data[start:start + block_size]
