@@ -57,14 +57,15 @@ def test_clean_store_is_clean(store):
 def test_refcounts_and_garbage(store):
     cfg, inos = store
     with Damage(cfg) as d:
-        (c1, r1), (c2, r2) = d.chunks()[:2]
+        # three different chunks get three different kinds of damage
+        c_digest = d.digests_of(inos["f2/c.txt"])[0]
+        (c1, r1), (c2, r2) = [(c, r) for c, r in d.chunks() if c != c_digest][:2]
         with d.index.write() as txn:
             r1.refcount += 3
             txn.put(c1, r1.pack(), db=d.db["chunks"])
             # a live chunk also queued as garbage: gc would delete its copies
             txn.put(c2, u64(time.time_ns()) + r2.pack(), db=d.db["garbage"])
         # an unreferenced chunk kept as live: its file's blocks vanish
-        c_digest = d.digests_of(inos["f2/c.txt"])[0]
         with d.index.write() as txn:
             txn.delete(u64(inos["f2/c.txt"]) + u64(0), db=d.db["blocks"])
     repair_fixes_all(cfg, {"refcount_wrong": 2, "garbage_also_live": 1})
