@@ -113,16 +113,18 @@ class Results:
 class GffsMount:
     """One store under ``root``: ``mount()``, ``unmount()``, ``cleanup()``, ``peak_rss_mb()``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, config: Path | None = None) -> None:
         self.path = root / "mnt"
         self.data_dir = root / "data"
+        self.config = config
 
     def _cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gffs.cli.main", *args],
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def mount(self) -> None:
-        res = self._cli("mount", str(self.path), "--data-dir", str(self.data_dir))
+        extra = ["--config", str(self.config)] if self.config else []
+        res = self._cli("mount", str(self.path), "--data-dir", str(self.data_dir), *extra)
         if res.returncode != 0:
             raise RuntimeError(f"gffs mount failed: {res.stderr.strip()}")
 
@@ -338,16 +340,21 @@ def judge(rows: list[Row]) -> None:
             r.passed = r.gffs < 200
 
 
-def print_table(results: Results) -> None:
-    head = f"{'measurement':<34} {'unit':>7} {'gffs':>10} {'plain':>10} {'gffs/plain':>10}  " \
-           f"{'target':<13} result"
+def print_table(results: Results, reference: str = "plain", name_width: int = 34,
+                footer: str | None = None) -> None:
+    """One row per measurement: gffs, the reference, their ratio, the target, PASS/MISS."""
+    head = f"{'measurement':<{name_width}} {'unit':>7} {'gffs':>10} {reference:>10} " \
+           f"{'ratio':>7}  {'target':<13} result"
     print(head)
     print("-" * len(head))
     for r in results.rows:
-        plain = f"{r.plain:10.3f}" if r.plain is not None else f"{'-':>10}"
-        ratio = f"{r.ratio:10.2f}" if r.ratio is not None else f"{'-':>10}"
-        print(f"{r.name:<34} {r.unit:>7} {r.gffs:10.3f} {plain} {ratio}  {r.target:<13} "
-              f"{'PASS' if r.passed else 'MISS'}")
+        ref = f"{r.plain:10.3f}" if r.plain is not None else f"{'-':>10}"
+        ratio = f"{r.ratio:7.2f}" if r.ratio is not None else f"{'-':>7}"
+        verdict = "-" if r.passed is None else ("PASS" if r.passed else "MISS")
+        print(f"{r.name:<{name_width}} {r.unit:>7} {r.gffs:10.3f} {ref} {ratio}  "
+              f"{r.target:<13} {verdict}")
+    if footer:
+        print(footer)
     if results.rss_by_phase_mb:
         print("peak RSS per daemon: " + ", ".join(f"{k}: {v:.1f} MB"
                                                    for k, v in results.rss_by_phase_mb.items()))
@@ -355,42 +362,68 @@ def print_table(results: Results) -> None:
         print(f"note: {note}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# ---------------------------------------------------------------------------
+# what every benchmark script's main() does
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """--quick, --json FILE, --workdir DIR; scripts add their own options."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--workdir", metavar="DIR", default="/tmp",
                    help="where the temporary work directory is created (default /tmp)")
-    args = p.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    return p
 
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+def new_results(sizes: Any, cls: type[Results] = Results) -> Results:
+    results = cls(sizes=asdict(sizes) if hasattr(sizes, "__dataclass_fields__") else dict(sizes),
+                  host={"kernel": platform.release(), "python": platform.python_version(),
+                        "cpus": str(os.cpu_count())})
+    if os.geteuid() != 0:
+        results.notes.append("not root: page cache cannot be dropped")
+    return results
+
+
+def run_benchmark(results: Results, args: argparse.Namespace, prefix: str,
+                  body: Callable[[Path], None], judge: Callable[[list[Row]], None],
+                  show: Callable[[Results], None]) -> int:
+    """Run *body* in a fresh work directory that is always removed; report; exit 0.
+
+    A benchmark measures, it does not test: an interruption or an error becomes a
+    note on the results, never a failure.
+    """
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    results = Results(sizes=asdict(sizes),
-                      host={"kernel": platform.release(), "python": platform.python_version(),
-                            "cpus": str(os.cpu_count())})
-    if os.geteuid() != 0:
-        results.notes.append("not root: page cache cannot be dropped")
-    work = Path(tempfile.mkdtemp(prefix="gffs-bench-", dir=args.workdir))
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
     log(f"work directory {work}")
     try:
-        run(work, sizes, results, log)
+        body(work)
     except KeyboardInterrupt:
         results.notes.append("interrupted: results incomplete")
-    except Exception as exc:  # a benchmark reports, it does not fail
+    except Exception as exc:  # noqa: BLE001
         results.notes.append(f"aborted: {type(exc).__name__}: {exc}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     judge(results.rows)
-    print_table(results)
+    show(results)
     if args.json:
         Path(args.json).write_text(json.dumps(asdict(results), indent=2) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = bench_parser(__doc__).parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    results = new_results(sizes)
+    return run_benchmark(results, args, "gffs-bench-", lambda work: run(work, sizes, results, log),
+                         judge, print_table)
 
 
 if __name__ == "__main__":

@@ -67,27 +67,22 @@ The ON daemon is replaced by the remount before the listing.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import io
-import json
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import MB, GffsMount, Results, Row, drop_caches, read_tree, record_rss
+from bench_core import (MB, GffsMount, Results, Row, bench_parser, drop_caches, log,
+                        new_results, print_table, read_tree, record_rss, run_benchmark)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SAMPLES = REPO.parent / "shared" / "testdata" / "exif-samples"
@@ -118,20 +113,6 @@ class ImageResults(Results):
 
 # ---------------------------------------------------------------------------
 # mounts, CPU accounting
-
-
-class ConfiguredMount(GffsMount):
-    """bench_core's CLI-driven mount, with a ``--config`` file."""
-
-    def __init__(self, root: Path, config: Path) -> None:
-        super().__init__(root)
-        self.config = config
-
-    def mount(self) -> None:
-        res = self._cli("mount", str(self.path), "--data-dir", str(self.data_dir),
-                        "--config", str(self.config))
-        if res.returncode != 0:
-            raise RuntimeError(f"gffs mount failed: {res.stderr.strip()}")
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -420,7 +401,7 @@ def run(work: Path, sizes: Sizes, samples: Path | None, results: ImageResults,
     config.parent.mkdir()
     config.write_text("[store]\nanalyze_images = false\n")
     on = GffsMount(work / "on")
-    off = ConfiguredMount(work / "off", config)
+    off = GffsMount(work / "off", config)
     plain = work / "plain"
     plain.mkdir()
     try:
@@ -499,30 +480,8 @@ def judge(rows: list[Row]) -> None:
             r.passed = r.ratio >= float(r.target.split()[-1])
 
 
-def print_table(results: ImageResults) -> None:
-    head = f"{'measurement':<44} {'unit':>4} {'gffs':>9} {'reference':>9} {'ratio':>6}  " \
-           f"{'target':<12} result"
-    print(head)
-    print("-" * len(head))
-    for r in results.rows:
-        verdict = "-" if r.passed is None else ("PASS" if r.passed else "MISS")
-        print(f"{r.name:<44} {r.unit:>4} {r.gffs:9.2f} {r.plain:9.2f} {r.ratio:6.2f}  "
-              f"{r.target:<12} {verdict}")
-    print("reference: the analysis-OFF store (ingest: its MB/s; facts: its cp time), the "
-          "plain directory (getfattr) or reading the originals (browse)")
-    if results.rss_by_phase_mb:
-        print("peak RSS per daemon: " + ", ".join(f"{k}: {v:.1f} MB"
-                                                   for k, v in results.rss_by_phase_mb.items()))
-    for note in results.notes:
-        print(f"note: {note}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--workdir", metavar="DIR", default="/tmp",
-                   help="where the temporary work directory is created (default /tmp)")
+    p = bench_parser(__doc__)
     p.add_argument("--samples", metavar="DIR", default=str(DEFAULT_SAMPLES),
                    help=f"real camera samples to measure too (default {DEFAULT_SAMPLES}; "
                         "skipped when missing)")
@@ -533,35 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.browse is not None:
         sizes = Sizes(sizes.n_jpeg, sizes.n_png, args.browse)
     samples = None if args.no_samples or not Path(args.samples).is_dir() else Path(args.samples)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    results = ImageResults(sizes=asdict(sizes),
-                           host={"kernel": platform.release(),
-                                 "python": platform.python_version(),
-                                 "cpus": str(os.cpu_count())})
-    if os.geteuid() != 0:
-        results.notes.append("not root: page cache cannot be dropped")
-    work = Path(tempfile.mkdtemp(prefix="gffs-bench-img-", dir=args.workdir))
-    log(f"work directory {work}")
-    try:
-        run(work, sizes, samples, results, log)
-    except KeyboardInterrupt:
-        results.notes.append("interrupted: results incomplete")
-    except Exception as exc:  # noqa: BLE001 (a benchmark reports, it does not fail)
-        results.notes.append(f"aborted: {type(exc).__name__}: {exc}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    judge(results.rows)
-    print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(results), indent=2) + "\n")
-    return 0
+    results = new_results(sizes, ImageResults)
+    footer = ("reference: the analysis-OFF store (ingest: its MB/s; facts: its cp time), the "
+              "plain directory (getfattr) or reading the originals (browse)")
+    return run_benchmark(results, args, "gffs-bench-img-",
+                         lambda work: run(work, sizes, samples, results, log), judge,
+                         lambda r: print_table(r, reference="reference", name_width=44,
+                                               footer=footer))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Rebalance throughput against a plain copy of the same bytes, in the same run.
 
-    python benchmarks/bench_rebalance.py [--quick] [--mb 500] [--workdir DIR]
+    python benchmarks/bench_rebalance.py [--quick] [--mb 500] [--json FILE] [--workdir DIR]
 
 A store is filled through a real mount with incompressible 2 MiB files on
 local backend `a` (unmounted afterwards). Then:
@@ -19,23 +19,21 @@ does not test: it always exits 0. Everything is removed afterwards.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import MB, Results, Row, make_files  # noqa: E402
-from bench_s3 import (ConfiguredMount, MotoServer, dummy_aws_env, new_buckets,  # noqa: E402
-                      restore_env, s3_client, REGION)
-
-import random  # noqa: E402
+from bench_core import (MB, GffsMount, Results, Row, bench_parser, log,  # noqa: E402
+                        make_files, new_results, print_table, run_benchmark)
+from bench_s3 import (REGION, MotoServer, dummy_aws_env, new_buckets, restore_env,  # noqa: E402
+                      s3_client)
 
 TARGET_RATIO = 0.5
 
@@ -70,7 +68,7 @@ def chunk_files(backend_dir: Path) -> list[Path]:
     return [p for p in (backend_dir / "chunks").rglob("*") if p.is_file() and len(p.name) == 64]
 
 
-def rebalance(mount: ConfiguredMount) -> tuple[float, dict]:
+def rebalance(mount: GffsMount) -> tuple[float, dict]:
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "gffs.cli.admin", "--config", str(mount.config),
                           "--data-dir", str(mount.data_dir), "rebalance", "--json"],
@@ -99,7 +97,7 @@ def boto3_upload(client, bucket: str, files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def run(work: Path, total_mb: int, results: Results, log) -> None:
+def run(work: Path, total_mb: int, results: Results) -> None:
     saved_env = dummy_aws_env(work)
     moto = MotoServer(work / "moto.log")
     mount = None
@@ -114,7 +112,7 @@ def run(work: Path, total_mb: int, results: Results, log) -> None:
         n = max(1, total_mb * MB // (2 << 20))
         total = make_files(src, n, 2 << 20, random.Random(1), "img")
         log(f"filling the store with {n} files, {total / MB:.0f} MB, on backend a")
-        mount = ConfiguredMount(root, write_config(root, moto.endpoint, buckets, "a"))
+        mount = GffsMount(root, write_config(root, moto.endpoint, buckets, "a"))
         mount.mount()
         (mount.path / "flow").mkdir()
         subprocess.run(["cp", "-r", str(src), str(mount.path / "flow")], check=True)
@@ -151,33 +149,21 @@ def run(work: Path, total_mb: int, results: Results, log) -> None:
         restore_env(saved_env)
 
 
+def judge(rows: list[Row]) -> None:
+    for r in rows:
+        r.ratio = r.gffs / r.plain if r.plain else float("nan")
+        r.passed = r.ratio >= TARGET_RATIO
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="100 MB instead of 500 MB")
-    p.add_argument("--mb", type=int, help="how much data to move (default 500)")
-    p.add_argument("--workdir", default="/tmp")
+    p = bench_parser(__doc__)
+    p.add_argument("--mb", type=int, help="how much data to move (default 500; --quick 100)")
     args = p.parse_args(argv)
     total_mb = args.mb or (100 if args.quick else 500)
-    results = Results(sizes={"mb": total_mb})
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    work = Path(tempfile.mkdtemp(prefix="gffs-bench-rebalance-", dir=args.workdir))
-    try:
-        run(work, total_mb, results, log)
-    except KeyboardInterrupt:
-        log("interrupted")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    print(f"{'measurement':<30} {'unit':>5} {'gffs':>8} {'plain':>8} {'ratio':>6}  target")
-    for r in results.rows:
-        ratio = r.gffs / r.plain if r.plain else float("nan")
-        print(f"{r.name:<30} {r.unit:>5} {r.gffs:8.1f} {r.plain:8.1f} {ratio:6.2f}  {r.target} "
-              f"{'PASS' if ratio >= TARGET_RATIO else 'MISS'}")
-    for note in results.notes:
-        print(f"note: {note}")
-    return 0
+    results = new_results({"mb": total_mb})
+    return run_benchmark(results, args, "gffs-bench-rebalance-",
+                         lambda work: run(work, total_mb, results), judge,
+                         lambda r: print_table(r, reference="copy", name_width=30))
 
 
 if __name__ == "__main__":

@@ -50,27 +50,23 @@ bench_core.py; target < 200 MB.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import (
@@ -78,10 +74,15 @@ from bench_core import (
     GffsMount,
     Results,
     Row,
+    bench_parser,
     drop_caches,
+    log,
     make_files,
+    new_results,
+    print_table,
     read_tree,
     record_rss,
+    run_benchmark,
     timed_cp,
 )
 
@@ -216,20 +217,6 @@ def new_buckets(client, n: int) -> list[str]:
 # gffs
 
 
-class ConfiguredMount(GffsMount):
-    """bench_core's CLI-driven mount, with a ``--config`` file."""
-
-    def __init__(self, root: Path, config: Path) -> None:
-        super().__init__(root)
-        self.config = config
-
-    def mount(self) -> None:
-        res = self._cli("mount", str(self.path), "--data-dir", str(self.data_dir),
-                        "--config", str(self.config))
-        if res.returncode != 0:
-            raise RuntimeError(f"gffs mount failed: {res.stderr.strip()}")
-
-
 def write_config(path: Path, endpoint: str, buckets: list[str], copies: int,
                  local_dir: Path | None, block_kb: int = 1024) -> Path:
     local = f'[backends.local]\ntype = "local"\npath = "{local_dir}"\n' if local_dir else ""
@@ -346,7 +333,7 @@ def run(work: Path, sizes: Sizes, results: Results, log: Callable[[str], None]) 
         cfg = write_config(work / "s3only" / "gffs.toml", moto.endpoint,
                            new_buckets(client, 3), copies=1, local_dir=None,
                            block_kb=BLOCK_KB)
-        mounts.append(ConfiguredMount(work / "s3only", cfg))
+        mounts.append(GffsMount(work / "s3only", cfg))
         t_cp, t_read = gffs_ingest_and_read(mounts[-1], src, names, total, results, "S3 only")
         results.rows.append(Row(f"S3 only: ingest {what} (cp)", "MB/s", mb / t_cp, ref_in,
                                 True, f"ratio >= {TARGET_RATIO}"))
@@ -357,7 +344,7 @@ def run(work: Path, sizes: Sizes, results: Results, log: Callable[[str], None]) 
         root = work / "s3local"
         cfg = write_config(root / "gffs.toml", moto.endpoint, new_buckets(client, 3),
                            copies=2, local_dir=root / "local", block_kb=BLOCK_KB)
-        mounts.append(ConfiguredMount(root, cfg))
+        mounts.append(GffsMount(root, cfg))
         t_cp, t_read = gffs_ingest_and_read(mounts[-1], src, names, total, results,
                                             "S3+local")
         results.rows.append(Row(f"S3+local x2: ingest {what} (cp)", "MB/s", mb / t_cp, ref_in,
@@ -389,68 +376,23 @@ def judge(rows: list[Row]) -> None:
             r.passed = r.gffs < RSS_LIMIT_MB
 
 
-def print_table(results: Results) -> None:
-    head = f"{'measurement':<40} {'unit':>5} {'gffs':>9} {'boto3':>9} {'gffs/boto3':>10}  " \
-           f"{'target':<13} result"
-    print(head)
-    print("-" * len(head))
-    for r in results.rows:
-        ref = f"{r.plain:9.2f}" if r.plain is not None else f"{'-':>9}"
-        ratio = f"{r.ratio:10.2f}" if r.ratio is not None else f"{'-':>10}"
-        print(f"{r.name:<40} {r.unit:>5} {r.gffs:9.2f} {ref} {ratio}  {r.target:<13} "
-              f"{'PASS' if r.passed else 'MISS'}")
-    if results.rss_by_phase_mb:
-        print("peak RSS per daemon: " + ", ".join(f"{k}: {v:.1f} MB"
-                                                   for k, v in results.rss_by_phase_mb.items()))
-    for note in results.notes:
-        print(f"note: {note}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p = bench_parser(__doc__)
     p.add_argument("--block-size-kb", type=int, default=1024,
                    help="block size of the gffs stores (default: the gffs default, 1024)")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--workdir", metavar="DIR", default="/tmp",
-                   help="where the temporary work directory is created (default /tmp)")
     args = p.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     global BLOCK_KB
     BLOCK_KB = args.block_size_kb
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    results = Results(sizes=asdict(sizes),
-                      host={"kernel": platform.release(), "python": platform.python_version(),
-                            "cpus": str(os.cpu_count())})
+    results = new_results(sizes)
     for dist in ("moto", "boto3"):
         try:
             results.host[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             results.host[dist] = "not installed"
-    if os.geteuid() != 0:
-        results.notes.append("not root: page cache cannot be dropped")
-    work = Path(tempfile.mkdtemp(prefix="gffs-bench-s3-", dir=args.workdir))
-    log(f"work directory {work}")
-    try:
-        run(work, sizes, results, log)
-    except KeyboardInterrupt:
-        results.notes.append("interrupted: results incomplete")
-    except Exception as exc:  # noqa: BLE001 (a benchmark reports, it does not fail)
-        results.notes.append(f"aborted: {type(exc).__name__}: {exc}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    judge(results.rows)
-    print_table(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(results), indent=2) + "\n")
-    return 0
+    return run_benchmark(results, args, "gffs-bench-s3-",
+                         lambda work: run(work, sizes, results, log), judge,
+                         lambda r: print_table(r, reference="boto3", name_width=40))
 
 
 if __name__ == "__main__":
