@@ -481,10 +481,9 @@ def test_delete_garbage_on_down_backend_retries(tmp_path):
 
 # local backend specifics -----------------------------------------------------------------------
 
-def test_local_sync_fsyncs_file_and_every_new_directory(tmp_path, monkeypatch):
-    """After sync(), a chunk put into a fresh store must survive power loss: the file and
-    the directory entry of every directory the put created (chunks/ab and chunks/ab/cd,
-    whose entries live in chunks/ and chunks/ab) must have been fsynced."""
+@pytest.fixture
+def fsynced(monkeypatch) -> list[str]:
+    """Paths the local backend fsyncs, in order (the real fsync still runs)."""
     import gffs_backends.local as localmod
     synced: list[str] = []
     real_fsync = os.fsync
@@ -493,6 +492,14 @@ def test_local_sync_fsyncs_file_and_every_new_directory(tmp_path, monkeypatch):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         return real_fsync(fd)
     monkeypatch.setattr(localmod.os, "fsync", recording_fsync)
+    return synced
+
+
+def test_local_sync_fsyncs_file_and_every_new_directory(tmp_path, fsynced):
+    """After sync(), a chunk put into a fresh store must survive power loss: the file and
+    the directory entry of every directory the put created (chunks/ab and chunks/ab/cd,
+    whose entries live in chunks/ and chunks/ab) must have been fsynced."""
+    synced = fsynced
     b = LocalBackend("local", tmp_path / "b")
     data = b"durable"
     key = key_of(data)
@@ -507,17 +514,10 @@ def test_local_sync_fsyncs_file_and_every_new_directory(tmp_path, monkeypatch):
     assert not missing, f"not fsynced: {sorted(missing)}"
 
 
-def test_local_put_meta_is_durable_when_it_returns(tmp_path, monkeypatch):
+def test_local_put_meta_is_durable_when_it_returns(tmp_path, fsynced):
     """A backup's manifest is its commit point: once put_meta returns, the file and the
     entry of every directory the put created must have been fsynced."""
-    import gffs_backends.local as localmod
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd):
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return real_fsync(fd)
-    monkeypatch.setattr(localmod.os, "fsync", recording_fsync)
+    synced = fsynced
     b = LocalBackend("local", tmp_path / "b")
     run(b.put_meta, "index/versions/v1.json", b"manifest")
     path = b.meta / "index" / "versions" / "v1.json"
