@@ -16,6 +16,7 @@ import gffs.index.env as envmod
 from gffs.errors import ConfigError, FsError
 from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
 from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, N_INODES, SCHEMA_VERSION, STORED_BYTES
+from gffs.index.images import ImageIndex
 from gffs.index.records import ChunkRecord, InodeRecord, Location, u64
 
 
@@ -494,3 +495,23 @@ def test_repair_rows_continue_after_a_key_and_wrap_round(index, cm):
     assert first == digests[:2] and second == digests[2:4]
     assert wrapped == [digests[4], digests[0]]
     assert everything == digests[3:] + digests[:3]
+
+
+def test_image_rows_of_contents_no_file_has_are_dropped_with_their_thumbnail_refs(index, cm):
+    images = ImageIndex(index)
+    live, dead, thumb = h(1), h(2), h(3)
+    with index.write() as txn:
+        images.set_content_id(txn, 5, live)
+        images.set_facts(txn, live, {"width": "1"})
+        images.set_facts(txn, dead, {"width": "2"})
+        images.set_thumbnail(txn, dead, "normal", thumb, ChunkRecord(0, 10, 10, 0), 1, 1, 10)
+        images.queue(txn, dead, 6, 100)
+    with index.read() as txn:
+        assert list(images.thumbnail_chunks(txn)) == [thumb]
+        assert cm.chunk(txn, thumb).refcount == 1
+    with index.write() as txn:
+        assert images.drop_unused(txn) == 3
+    with index.read() as txn:
+        assert images.facts(txn, live) == {"width": "1"} and images.facts(txn, dead) is None
+        assert not images.thumbnails(txn, dead) and not images.queued(txn)
+        assert cm.chunk(txn, thumb) is None and thumb in [d for d, _ in cm.garbage(txn)]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import lmdb
 
@@ -131,3 +131,21 @@ class ImageIndex:
         txn.put(key, _THUMB_ROW.pack(digest, width, height, length), db=self._thumbs)
         if old_digest is not None and old_digest != digest:
             self._cm.unref(txn, old_digest)
+
+    def thumbnail_chunks(self, txn: lmdb.Transaction) -> Iterator[bytes]:
+        """The chunk digest of every thumbnail row (one reference each): fsck counts them."""
+        for _key, value in txn.cursor(db=self._thumbs):
+            yield bytes(value[:32])
+
+    def drop_unused(self, txn: lmdb.Transaction) -> int:
+        """Drop facts, thumbnails (unreferencing their chunks) and queue rows of content ids
+        no inode has any more; returns how many rows went. For gc: a full scan."""
+        live = {bytes(v) for _k, v in txn.cursor(db=self._cids)}
+        doomed = [(db, bytes(k), bytes(v)) for db in (self._facts, self._thumbs, self._queue)
+                  for k, v in txn.cursor(db=db) if bytes(k[:32]) not in live]
+        for db, key, value in doomed:
+            txn.delete(key, db=db)
+            if db == self._thumbs:
+                self._cm.unref(txn, value[:32])
+        return len(doomed)
+

@@ -49,6 +49,5 @@ async def drain(store: Store, args: dict, progress: Progress) -> dict:
     result.update(backend=name, copies_left=left,
                   drained=left == 0 and not args.get("dry_run"))
     if result["drained"]:
-        progress.note(f"{name} holds no chunks any more: remove it from the config "
-                      "(gffs-admin backend drain --cancel is not needed after that)")
+        progress.note(f"{name} holds no chunks any more: it can be removed from the config")
     return result

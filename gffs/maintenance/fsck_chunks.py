@@ -22,6 +22,7 @@ from typing import Callable
 from gffs.chunks.moves import ChunkMover
 from gffs.index import ChunkMap
 from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, STORED_BYTES
+from gffs.index.images import ImageIndex
 from gffs.index.records import ChunkRecord, from_u64
 from gffs.maintenance.fsck_report import Finding, Report
 from gffs.maintenance.fsck_worker import Ticker
@@ -92,8 +93,8 @@ class ChunkCheck:
                 if digest not in s.flows or copies(flow) > copies(s.flows[digest]):
                     s.flows[digest] = flow
         self.report.count("blocks", n)
-        for _key, value in txn.cursor(db=self.index.db["thumbnails"]):
-            refs[bytes(value[:32])] += 1
+        for digest in ImageIndex(self.index).thumbnail_chunks(txn):
+            refs[digest] += 1
         return refs
 
     def _check_rows(self, txn, s: ChunkScan, refs: Counter, tick: Ticker) -> None:
@@ -216,8 +217,7 @@ def users_of(store: Store, digests: set[bytes]) -> tuple[dict[bytes, set[int]], 
         for key, value in txn.cursor(db=store.index.db["blocks"]):
             if bytes(value) in files:
                 files[bytes(value)].add(from_u64(key[:8]))
-        for _key, value in txn.cursor(db=store.index.db["thumbnails"]):
-            d = bytes(value[:32])
+        for d in ImageIndex(store.index).thumbnail_chunks(txn):
             if d in files:
                 thumbs[d] = thumbs.get(d, 0) + 1
     return files, thumbs

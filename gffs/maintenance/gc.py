@@ -14,6 +14,7 @@ import time
 import trio
 
 from gffs.chunks.moves import ChunkMover
+from gffs.index.images import ImageIndex
 from gffs.maintenance.jobs import job
 from gffs.maintenance.progress import Progress
 from gffs.store import Store
@@ -74,21 +75,5 @@ async def _sweep_backends(store: Store, cutoff: float, progress: Progress) -> tu
 
 def _drop_dead_image_rows(store: Store) -> int:
     """Facts and thumbnails whose content no inode has any more (their chunks unref'd)."""
-    index, cm = store.index, store.chunks.chunkmap
-    db = index.db
-    with index.write() as txn:
-        live = {bytes(v) for _k, v in txn.cursor(db=db["contentids"])}
-        dropped = 0
-        for name in ("imagefacts", "thumbnails"):
-            doomed = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db[name])
-                      if bytes(k[:32]) not in live]
-            for key, value in doomed:
-                txn.delete(key, db=db[name])
-                if name == "thumbnails":
-                    cm.unref(txn, value[:32])
-            dropped += len(doomed)
-        queued = [bytes(k) for k, _v in txn.cursor(db=db["imagequeue"]) if bytes(k) not in live]
-        for key in queued:
-            txn.delete(key, db=db["imagequeue"])
-    return dropped + len(queued)
-
+    with store.index.write() as txn:
+        return ImageIndex(store.index).drop_unused(txn)

@@ -164,9 +164,8 @@ def _ordered(plan: Plan, cursor: str | None) -> list[ChunkMove]:
     return moves[start:] + moves[:start]
 
 
-async def execute(store: Store, plan: Plan, progress: Progress, *, time_limit: float | None,
-                  size_limit: int | None) -> dict:
-    mover = ChunkMover(store.chunks)
+async def execute(store: Store, plan: Plan, mover: ChunkMover, progress: Progress, *,
+                  time_limit: float | None, size_limit: int | None) -> dict:
     index = store.index
     with index.read() as txn:
         cursor = index.meta_json(txn, REBALANCE_CURSOR)
@@ -250,7 +249,8 @@ async def rebalance(store: Store, args: dict, progress: Progress) -> dict:
         return {**summary, "dry_run": True}
     await check_space(store, plan)
     time_limit, size_limit = _limits(args)
-    outcome = await execute(store, plan, progress, time_limit=time_limit, size_limit=size_limit)
+    outcome = await execute(store, plan, mover, progress, time_limit=time_limit,
+                            size_limit=size_limit)
     result = {**summary, **outcome}
     if outcome["stopped"]:
         result["exit_code"] = EXIT_LIMIT
