@@ -984,12 +984,14 @@ class Filesystem:
         if is_virtual(ino):
             self.thumbs.node(ino)
             return []
-        with self.index.read() as txn:
+        with self.index.read() as txn:  # one transaction, one content id lookup
             self.ns.get(txn, ino)
-            stored = list(self.ns.xattr_names(txn, ino))
+            names = list(self.ns.xattr_names(txn, ino))
+            cid = self.images.images.content_id(txn, ino)
+            names += self.images.names(txn, cid) + self.thumbs.xattr_names(txn, cid)
         if ino == ROOT_INO:
-            stored += [STATS_PREFIX + k.encode() for k in STATS]
-        return stored + self.images.names(ino) + self.thumbs.xattr_names(ino)
+            names += [STATS_PREFIX + k.encode() for k in STATS]
+        return names
 
     def removexattr(self, ino: int, name: bytes) -> None:
         self._writable()

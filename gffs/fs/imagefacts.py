@@ -247,9 +247,9 @@ class ImageFacts:
             raise FsError(errno.ENODATA)
         return value.encode()
 
-    def names(self, ino: int) -> list[bytes]:
-        with self.index.read() as txn:
-            facts = self.images.facts_of(txn, ino) or {}
+    def names(self, txn, cid: bytes | None) -> list[bytes]:
+        """Fact attribute names of a content (inside the caller's listxattr transaction)."""
+        facts = (self.images.facts(txn, cid) if cid is not None else None) or {}
         return [PREFIX + k.encode() for k in sorted(facts)]
 
     @staticmethod

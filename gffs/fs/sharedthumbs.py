@@ -305,10 +305,9 @@ class SharedThumbnails:
             raise FsError(errno.EIO, f"thumbnail chunk {t.row.digest.hex()[:16]}: {exc}") from None
 
     # xattrs of real files: where their thumbnails are ----------------------------------
-    def xattr_names(self, ino: int) -> list[bytes]:
-        with self.index.read() as txn:
-            cid = self.images.content_id(txn, ino)
-            rows = self.images.thumbnails(txn, cid) if cid is not None else {}
+    def xattr_names(self, txn, cid: bytes | None) -> list[bytes]:
+        """Thumbnail attribute names of a content (inside the caller's listxattr transaction)."""
+        rows = self.images.thumbnails(txn, cid) if cid is not None else {}
         return [XATTR_PREFIX + size.encode() for size in SIZE_NAMES if size in rows]
 
     def xattr(self, ino: int, name: bytes) -> bytes:
