@@ -297,6 +297,12 @@ class IpfsBackend(Backend):
             self._session.auth = (username, password or "")
         self._known_dirs: set[str] = set()
 
+    @property
+    def rpc_credentials(self) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
+        """Headers and basic auth the RPC calls carry (for another HTTP client of this node)."""
+        token = self._session.headers.get("Authorization")
+        return ({"Authorization": token} if token else None), self._session.auth
+
     def __repr__(self) -> str:   # no credentials
         return f"IpfsBackend({self.name!r}, {self.base_url!r}, mfs_dir={self.mfs_dir!r})"
 

@@ -74,3 +74,20 @@ def test_content_id_of_bytes_matches_block_hashing():
     blocks = [(0, hashlib.sha256(b"a" * bs).digest()), (2, hashlib.sha256(b"b" * 100).digest())]
     assert content_id_of_bytes(data, bs) == content_id_from_blocks(len(data), blocks)
     assert content_id_of_bytes(b"", bs) == content_id_from_blocks(0, [])
+
+
+@pytest.mark.parametrize("options, headers, auth", [
+    ('auth_token = "s3cret"', {"Authorization": "Bearer s3cret"}, None),
+    ('username = "ann"\npassword = "pw"', None, ("ann", "pw")),
+    ("", None, None),
+])
+def test_ipfs_fetches_carry_the_backends_credentials(tmp_path, options, headers, auth):
+    """ipfs:// URIs are read from the configured node with the same credentials its RPC uses."""
+    from gffs.config import load_config
+    cfg_file = tmp_path / "gffs.toml"
+    cfg_file.write_text(f'[backends.node]\ntype = "ipfs"\napi = "http://127.0.0.1:5001"\n{options}\n\n'
+                        f'[nft]\nipfs_backend = "node"\n')
+    cfg_file.chmod(0o600)
+    f = Fetcher.from_config(load_config(str(cfg_file), str(tmp_path / "data")))
+    assert f.ipfs_api.startswith("http://127.0.0.1:5001")
+    assert (f.ipfs_headers, f.ipfs_auth) == (headers, auth)

@@ -65,12 +65,7 @@ class Fetcher:
             except ValueError as exc:
                 raise NftError(str(exc)) from None
             f.ipfs_api = node.base_url
-            opts = backend.options
-            if opts.get("auth_token"):
-                token = opts["auth_token"].strip()
-                f.ipfs_headers = {"Authorization": token if " " in token else f"Bearer {token}"}
-            elif opts.get("username"):
-                f.ipfs_auth = (opts["username"], opts.get("password", ""))
+            f.ipfs_headers, f.ipfs_auth = node.rpc_credentials
         return f
 
     # one entry point ----------------------------------------------------------------
