@@ -27,7 +27,7 @@ LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk f
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
             "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts",
-            "imagequeue", "moves", "thumbnails")
+            "imagequeue", "moves", "thumbnails", "inodeblocks")
 
 # meta keys holding u64 counters
 NEXT_INO = b"next_ino"
