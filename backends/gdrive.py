@@ -50,8 +50,8 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
-                                in_thread)
+                                MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked_class,
+                                check_meta_name, check_meta_prefix, in_thread)
 from gffs_backends.gdrive_pack import (MAX_MEMBERS, Loc, build_pack, encode_dead, pack_props,
                                        parse_index, parse_locator, parse_pack_props, valid_id,
                                        valid_key)
@@ -74,6 +74,33 @@ FULL_REASONS = {"storageQuotaExceeded", "teamDriveFileLimitExceeded",
 CONFIG_KEYS = {"folder", "credentials", "api_endpoint", "pack_size_mb", "pack_wait", "timeout",
                "retry_time", "max_creates_per_s"}
 CREATE_BURST = 5                 # file creates allowed back to back before pacing starts
+
+def _camel(upper_snake: str) -> str:
+    head, *rest = upper_snake.lower().split("_")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+def error_reason(content: bytes) -> str:
+    """The reason of a Drive error body, in the classic camelCase spelling, from either
+    form Google answers: ``error.errors[0].reason`` (``userRateLimitExceeded``), or the
+    newer one without ``errors[]``: the ``reason`` of a google.rpc.ErrorInfo in
+    ``error.details`` (``USER_RATE_LIMIT_EXCEEDED``), else ``error.status``
+    (``RESOURCE_EXHAUSTED`` is a rate limit), else a message saying "rate limit"."""
+    try:
+        err = json.loads(content).get("error", {})
+        classic = (err.get("errors") or [{}])[0].get("reason")
+        if isinstance(classic, str) and classic:
+            return classic
+        for detail in err.get("details") or []:
+            if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+                return _camel(detail["reason"])
+        status = str(err.get("status") or "")
+        if status == "RESOURCE_EXHAUSTED" or "rate limit" in str(err.get("message", "")).lower():
+            return "rateLimitExceeded"
+        return status
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return ""
+
 
 async def _in_thread(fn: Callable[[], T]) -> T:
     return await in_thread(fn)
@@ -197,6 +224,7 @@ def load_credentials(path: Path, where: str):
                      f"nor an installed-app token file")
 
 
+@answers_checked_class
 class DriveBackend(Backend):
     def __init__(self, name: str, *, folder: str, credentials, api_endpoint: str | None = None,
                  pack_size: int = 8 << 20, pack_wait: float = 0.5, timeout: float = 30.0,
@@ -314,12 +342,7 @@ class DriveBackend(Backend):
         prefix = f"{self.name}: Drive {what}"
         if isinstance(exc, HttpError):
             status = exc.resp.status
-            reason = ""
-            try:
-                err = json.loads(exc.content).get("error", {})
-                reason = (err.get("errors") or [{}])[0].get("reason", "") or str(err.get("status", ""))
-            except (ValueError, AttributeError, TypeError):
-                pass
+            reason = error_reason(exc.content)
             text = f"{prefix} failed: HTTP {status}{' ' + reason if reason else ''}"
             if status == 404:
                 return ObjectMissing(f"{prefix}: not found (HTTP 404)"), False
@@ -346,7 +369,7 @@ class DriveBackend(Backend):
         if isinstance(exc, (OSError, httplib2.HttpLib2Error, http.client.HTTPException)):
             return BackendUnavailable(f"{prefix}: connection failed ({type(exc).__name__})"), True
         if isinstance(exc, (ValueError, KeyError, TypeError)):   # malformed answers
-            return BackendError(f"{prefix}: unexpected answer ({type(exc).__name__})"), False
+            return MalformedAnswer(f"{prefix}: unexpected answer ({type(exc).__name__})"), False
         raise exc
 
     async def _call(self, what: str, fn: Callable[[object], T]) -> T:
