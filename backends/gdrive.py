@@ -52,6 +52,7 @@ import trio
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
                                 MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked_class,
                                 check_meta_name, check_meta_prefix, in_thread)
+from gffs_backends.gdrive_fresh import RecentWrites
 from gffs_backends.gdrive_pack import (MAX_MEMBERS, Loc, build_pack, encode_dead, pack_props,
                                        parse_index, parse_locator, parse_pack_props, valid_id,
                                        valid_key)
@@ -264,6 +265,7 @@ class DriveBackend(Backend):
         self._pending: dict[str, _Batch] = {}
         self._flights: dict[str, _Flight] = {}
         self._recent: OrderedDict[str, list[str]] = OrderedDict()
+        self._written = RecentWrites()     # what a lagging files.list may not show yet
         self._packs: OrderedDict[str, _Pack] = OrderedDict()
         self._pack_locks: dict[str, trio.Lock] = {}
         self.stats: Counter[str] = Counter()   # retries, creates, ranged_reads, scans
@@ -484,6 +486,9 @@ class DriveBackend(Backend):
                                                    supportsAllDrives=True))
         info = await self._call(what, run)
         self.stats["creates"] += 1
+        if not isinstance(info, dict) or info.get("id") != fid:
+            raise MalformedAnswer(f"{self.name}: Drive {what}: the answer does not name the "
+                                  f"file created")
         if int(info.get("size", -1)) != len(body) or info.get("md5Checksum", md5) != md5:
             try:
                 await self._delete_file(fid)
@@ -508,6 +513,7 @@ class DriveBackend(Backend):
                                                          "appProperties": {"gffs": "chunk"}}, data)
             flight.locator = str(Loc("file", info["id"]))
             self._remember(key, flight.locator)
+            self._written.wrote(ObjectInfo(key, len(data), time.time()))
             return flight.locator
         except BackendError as exc:
             flight.error = exc
@@ -595,6 +601,7 @@ class DriveBackend(Backend):
         for key, off, n in entries:
             locs[key] = str(Loc("pack", pid, off, n))
             self._remember(key, locs[key])
+            self._written.wrote(ObjectInfo(key, n, time.time()))
         log.debug("%s: pack %s holds %d chunks, %d bytes", self.name, pid, len(entries), len(body))
         return locs
 
@@ -844,6 +851,7 @@ class DriveBackend(Backend):
         bare = await self._locate_many([k for k, loc in items if not loc])
         by_pack: dict[str, list[tuple[str, Loc]]] = {}
         for key, locator in items:
+            self._written.deleted(key)
             for loc in ([self._parse(locator)] if locator else bare[key]):
                 if loc.kind == "file":
                     await self._delete_single(key, loc.file_id)
@@ -905,6 +913,7 @@ class DriveBackend(Backend):
 
     async def list(self) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
         seen: set[bytes] = set()
+        listed: set[str] = set()
         async for page in self._pages():
             infos: list[ObjectInfo] = []
             packs = []
@@ -922,7 +931,10 @@ class DriveBackend(Backend):
                 raw = bytes.fromhex(info.key) if len(info.key) % 2 == 0 else info.key.encode()
                 if raw not in seen:
                     seen.add(raw)
+                    listed.add(info.key)
                     yield info
+        for info in self._written.unlisted(listed):     # not in Drive's list index yet
+            yield info
 
     # metadata objects -----------------------------------------------------------------------
     async def _meta_files(self, name: str) -> list[dict]:
@@ -935,14 +947,17 @@ class DriveBackend(Backend):
             includeItemsFromAllDrives=True)))
         found = [m for m in res.get("files", [])
                  if (m.get("appProperties") or {}).get("gffs") == "meta" and m.get("name") == name]
+        found = self._written.meta_files(name, found)
         return sorted(found, key=lambda m: _rfc3339(m.get("createdTime")), reverse=True)
 
     async def put_meta(self, name: str, data: bytes) -> None:
         check_meta_name(self.name, name)
         older = await self._meta_files(name)
         async with self._uploads:
-            await self._create("meta upload", {"name": name, "appProperties": {"gffs": "meta"}},
-                               bytes(data))
+            info = await self._create("meta upload", {"name": name,
+                                                      "appProperties": {"gffs": "meta"}},
+                                      bytes(data))
+        self._written.wrote_meta(name, dict(info, name=name, appProperties={"gffs": "meta"}))
         for meta in older:
             await self._delete_file(meta["id"])
 
@@ -963,12 +978,13 @@ class DriveBackend(Backend):
             names.update(m["name"] for m in page
                          if (m.get("appProperties") or {}).get("gffs") == "meta"
                          and isinstance(m.get("name"), str) and m["name"].startswith(prefix))
-        return sorted(names)
+        return sorted(names | self._written.meta_names(prefix))
 
     async def delete_meta(self, name: str) -> None:
         check_meta_name(self.name, name)
         for meta in await self._meta_files(name):
             await self._delete_file(meta["id"])
+        self._written.deleted_meta(name)
 
     async def capacity(self) -> Capacity | None:
         res = await self._call("about", lambda h: self._exec(h, self._svc.about().get(

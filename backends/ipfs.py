@@ -454,7 +454,10 @@ class IpfsBackend(Backend):
         found = []
         for e in listing:
             m = _ENTRY_RE.fullmatch(e["Name"])
-            if m and m.group(1) == key and isinstance(e.get("Hash"), str):
+            if m and m.group(1) == key:
+                if not isinstance(e.get("Hash"), str):
+                    raise MalformedAnswer(f"{self.name}: files/ls answered {e['Name']} "
+                                          "without its CID")
                 found.append((e["Name"], int(e.get("Size") or 0), int(m.group(2)), e["Hash"]))
         return sorted(found, key=lambda t: t[2])
 
