@@ -28,9 +28,9 @@ Real Drive's habits, off by default (the fixtures want a fast, predictable serve
 a while); ``unsorted = True`` answers listings in an arbitrary (but, across the pages
 of one listing, stable) order instead of by creation time; ``error_form = "aip193"``
 answers errors in the newer body without ``errors[]`` (``status`` and a
-google.rpc.ErrorInfo ``reason`` in ``details``); ``create_rate = r`` models Drive's
-create rate limit: more than r file creates per second (after a burst of
-``create_burst``) get 403 userRateLimitExceeded, or 429 with ``rate_answer = "429"``.
+google.rpc.ErrorInfo ``reason`` in ``details``); ``pace(r, burst)`` models Drive's
+create rate limit: more than r file creates per second (after a burst) get 403
+userRateLimitExceeded, or 429 with ``pace(r, burst, "429")``.
 
 ``counts`` counts requests per operation (``create`` counts files actually
 created with content), ``media_bytes`` the bytes served by downloads.
@@ -326,6 +326,12 @@ class DriveServer:
                     self.fault_answers[f.kind] += 1
                     return f
         return None
+
+    def pace(self, rate: float, burst: int = 3, answer: str = "user_rate") -> None:
+        """Model Drive's create rate limit from now on, starting with a full burst."""
+        with self.lock:
+            self.create_rate, self.create_burst, self.rate_answer = rate, burst, answer
+            self._bucket = (float(burst), time.monotonic())
 
     def take_create_token(self) -> None:
         """Drive's create rate limit (when ``create_rate`` is set): a token bucket."""
