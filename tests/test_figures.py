@@ -69,6 +69,28 @@ def test_index_from_before_the_table_counts_by_scan_then_keeps_up(tmp_path):
         index.close()
 
 
+def test_an_older_index_without_the_table_opens_read_only_and_counts(tmp_path):
+    index = Index(tmp_path / "index")
+    a, ra = chunk(b"a" * 1000, 300)
+    with index.write() as txn:
+        ChunkMap(index).set_block(txn, 9, 0, a, ra)
+        txn.drop(index.db["inodeblocks"], delete=True)        # as an older gffs made it
+    index.close()
+    ro = Index(tmp_path / "index", readonly=True)
+    try:
+        with ro.read() as txn:
+            assert ChunkMap(ro).stored_blocks(txn, 9) == (1, 300)
+    finally:
+        ro.close()
+    rw = Index(tmp_path / "index")                                # first mount: table made
+    try:
+        with rw.write() as txn:
+            ChunkMap(rw).set_block(txn, 9, 1, a, ra)
+            assert ChunkMap(rw).stored_blocks(txn, 9) == (2, 600)
+    finally:
+        rw.close()
+
+
 def test_statfs_figures_of_bounded_unbounded_and_unreachable_stores():
     bounded = statfs_figures(StoreCapacity(100 * BSIZE, 40 * BSIZE, 0), stored=5 * BSIZE,
                              logical=0, n_inodes=3)

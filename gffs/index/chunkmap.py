@@ -33,7 +33,7 @@ class ChunkMap:
         self._garbage = index.db["garbage"]
         self._repair = index.db["repair"]
         self._moves = index.db["moves"]
-        self._inode_blocks = index.db["inodeblocks"]
+        self._inode_blocks = index.db.get("inodeblocks")   # None: older index, read-only
 
     # file blocks ----------------------------------------------------------
     def block(self, txn: lmdb.Transaction, ino: int, idx: int) -> bytes | None:
@@ -89,7 +89,8 @@ class ChunkMap:
     # counted by a range read of the file's block list until its next write.
     def stored_blocks(self, txn: lmdb.Transaction, ino: int) -> tuple[int, int]:
         """(number of stored blocks, their stored bytes) of *ino*; holes count nothing."""
-        raw = txn.get(u64(ino), db=self._inode_blocks)
+        raw = (txn.get(u64(ino), db=self._inode_blocks)
+               if self._inode_blocks is not None else None)
         if raw is not None:
             return _INODE_BLOCKS.unpack(raw)
         count = stored = 0
