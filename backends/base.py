@@ -11,9 +11,10 @@ import functools
 import inspect
 import re
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import trio
 
@@ -176,3 +177,63 @@ def load_backend_class(type_name: str) -> type[Backend]:
         from gffs_backends.local import LocalBackend
         return LocalBackend
     raise LookupError(f"no storage backend of type {type_name!r} is installed")
+
+
+# Malformed answers -----------------------------------------------------------------------
+# A backend that answers what its protocol does not promise (a JSON without `id`, a
+# non-numeric quota, an XML that does not parse) is misbehaving: a proxy, a broken
+# gateway, a server bug. That is a BackendError like any other, and a temporary one
+# (health skips the backend for a while, writes go elsewhere, reads try other copies).
+
+class MalformedAnswer(BackendUnavailable):
+    """The backend answered something its protocol does not promise."""
+
+
+# what parsing an unexpected answer raises: a missing key, a wrong type, not a number
+PARSE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+@contextmanager
+def answers_checked(backend: str, what: str) -> Iterator[None]:
+    """Turn the exception of parsing a malformed answer into MalformedAnswer.
+
+    Wrap the code that reads a backend's answer (not the code that validates the
+    caller's arguments: those errors are the caller's, raised as BackendError)."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except PARSE_ERRORS as exc:
+        raise MalformedAnswer(f"{backend}: {what}: malformed answer "
+                              f"({type(exc).__name__}: {str(exc)[:120]})") from exc
+
+
+INTERFACE_METHODS = ("put", "get", "delete", "delete_many", "exists", "stat", "list", "put_meta",
+                     "get_meta", "list_meta", "delete_meta", "capacity")
+
+
+def answers_checked_class(cls: type) -> type:
+    """Class decorator: every interface method of *cls* reads its answers under
+    :func:`answers_checked`, so no KeyError/ValueError of a malformed answer leaves
+    the backend (it would reach the chunk store as an EIO that health never sees)."""
+    for name in INTERFACE_METHODS:
+        fn = cls.__dict__.get(name)
+        if fn is not None:
+            setattr(cls, name, _checked(fn))
+    return cls
+
+
+def _checked(fn: Callable) -> Callable:
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def listing(self, *args: Any, **kw: Any) -> AsyncIterator:
+            with answers_checked(self.name, fn.__name__):
+                async for item in fn(self, *args, **kw):
+                    yield item
+        return listing
+
+    @functools.wraps(fn)
+    async def call(self, *args: Any, **kw: Any) -> Any:
+        with answers_checked(self.name, fn.__name__):
+            return await fn(self, *args, **kw)
+    return call

@@ -50,8 +50,9 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
-                                in_thread)
+                                MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked_class,
+                                check_meta_name, check_meta_prefix, in_thread)
+from gffs_backends.gdrive_fresh import RecentWrites
 from gffs_backends.gdrive_pack import (MAX_MEMBERS, Loc, build_pack, encode_dead, pack_props,
                                        parse_index, parse_locator, parse_pack_props, valid_id,
                                        valid_key)
@@ -74,6 +75,33 @@ FULL_REASONS = {"storageQuotaExceeded", "teamDriveFileLimitExceeded",
 CONFIG_KEYS = {"folder", "credentials", "api_endpoint", "pack_size_mb", "pack_wait", "timeout",
                "retry_time", "max_creates_per_s"}
 CREATE_BURST = 5                 # file creates allowed back to back before pacing starts
+
+def _camel(upper_snake: str) -> str:
+    head, *rest = upper_snake.lower().split("_")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+def error_reason(content: bytes) -> str:
+    """The reason of a Drive error body, in the classic camelCase spelling, from either
+    form Google answers: ``error.errors[0].reason`` (``userRateLimitExceeded``), or the
+    newer one without ``errors[]``: the ``reason`` of a google.rpc.ErrorInfo in
+    ``error.details`` (``USER_RATE_LIMIT_EXCEEDED``), else ``error.status``
+    (``RESOURCE_EXHAUSTED`` is a rate limit), else a message saying "rate limit"."""
+    try:
+        err = json.loads(content).get("error", {})
+        classic = (err.get("errors") or [{}])[0].get("reason")
+        if isinstance(classic, str) and classic:
+            return classic
+        for detail in err.get("details") or []:
+            if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
+                return _camel(detail["reason"])
+        status = str(err.get("status") or "")
+        if status == "RESOURCE_EXHAUSTED" or "rate limit" in str(err.get("message", "")).lower():
+            return "rateLimitExceeded"
+        return status
+    except (ValueError, AttributeError, TypeError, IndexError):
+        return ""
+
 
 async def _in_thread(fn: Callable[[], T]) -> T:
     return await in_thread(fn)
@@ -197,6 +225,7 @@ def load_credentials(path: Path, where: str):
                      f"nor an installed-app token file")
 
 
+@answers_checked_class
 class DriveBackend(Backend):
     def __init__(self, name: str, *, folder: str, credentials, api_endpoint: str | None = None,
                  pack_size: int = 8 << 20, pack_wait: float = 0.5, timeout: float = 30.0,
@@ -236,6 +265,7 @@ class DriveBackend(Backend):
         self._pending: dict[str, _Batch] = {}
         self._flights: dict[str, _Flight] = {}
         self._recent: OrderedDict[str, list[str]] = OrderedDict()
+        self._written = RecentWrites()     # what a lagging files.list may not show yet
         self._packs: OrderedDict[str, _Pack] = OrderedDict()
         self._pack_locks: dict[str, trio.Lock] = {}
         self.stats: Counter[str] = Counter()   # retries, creates, ranged_reads, scans
@@ -314,12 +344,7 @@ class DriveBackend(Backend):
         prefix = f"{self.name}: Drive {what}"
         if isinstance(exc, HttpError):
             status = exc.resp.status
-            reason = ""
-            try:
-                err = json.loads(exc.content).get("error", {})
-                reason = (err.get("errors") or [{}])[0].get("reason", "") or str(err.get("status", ""))
-            except (ValueError, AttributeError, TypeError):
-                pass
+            reason = error_reason(exc.content)
             text = f"{prefix} failed: HTTP {status}{' ' + reason if reason else ''}"
             if status == 404:
                 return ObjectMissing(f"{prefix}: not found (HTTP 404)"), False
@@ -346,7 +371,7 @@ class DriveBackend(Backend):
         if isinstance(exc, (OSError, httplib2.HttpLib2Error, http.client.HTTPException)):
             return BackendUnavailable(f"{prefix}: connection failed ({type(exc).__name__})"), True
         if isinstance(exc, (ValueError, KeyError, TypeError)):   # malformed answers
-            return BackendError(f"{prefix}: unexpected answer ({type(exc).__name__})"), False
+            return MalformedAnswer(f"{prefix}: unexpected answer ({type(exc).__name__})"), False
         raise exc
 
     async def _call(self, what: str, fn: Callable[[object], T]) -> T:
@@ -461,6 +486,9 @@ class DriveBackend(Backend):
                                                    supportsAllDrives=True))
         info = await self._call(what, run)
         self.stats["creates"] += 1
+        if not isinstance(info, dict) or info.get("id") != fid:
+            raise MalformedAnswer(f"{self.name}: Drive {what}: the answer does not name the "
+                                  f"file created")
         if int(info.get("size", -1)) != len(body) or info.get("md5Checksum", md5) != md5:
             try:
                 await self._delete_file(fid)
@@ -485,6 +513,7 @@ class DriveBackend(Backend):
                                                          "appProperties": {"gffs": "chunk"}}, data)
             flight.locator = str(Loc("file", info["id"]))
             self._remember(key, flight.locator)
+            self._written.wrote(ObjectInfo(key, len(data), time.time()))
             return flight.locator
         except BackendError as exc:
             flight.error = exc
@@ -572,6 +601,7 @@ class DriveBackend(Backend):
         for key, off, n in entries:
             locs[key] = str(Loc("pack", pid, off, n))
             self._remember(key, locs[key])
+            self._written.wrote(ObjectInfo(key, n, time.time()))
         log.debug("%s: pack %s holds %d chunks, %d bytes", self.name, pid, len(entries), len(body))
         return locs
 
@@ -821,6 +851,7 @@ class DriveBackend(Backend):
         bare = await self._locate_many([k for k, loc in items if not loc])
         by_pack: dict[str, list[tuple[str, Loc]]] = {}
         for key, locator in items:
+            self._written.deleted(key)
             for loc in ([self._parse(locator)] if locator else bare[key]):
                 if loc.kind == "file":
                     await self._delete_single(key, loc.file_id)
@@ -882,6 +913,7 @@ class DriveBackend(Backend):
 
     async def list(self) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
         seen: set[bytes] = set()
+        listed: set[str] = set()
         async for page in self._pages():
             infos: list[ObjectInfo] = []
             packs = []
@@ -899,7 +931,10 @@ class DriveBackend(Backend):
                 raw = bytes.fromhex(info.key) if len(info.key) % 2 == 0 else info.key.encode()
                 if raw not in seen:
                     seen.add(raw)
+                    listed.add(info.key)
                     yield info
+        for info in self._written.unlisted(listed):     # not in Drive's list index yet
+            yield info
 
     # metadata objects -----------------------------------------------------------------------
     async def _meta_files(self, name: str) -> list[dict]:
@@ -912,14 +947,17 @@ class DriveBackend(Backend):
             includeItemsFromAllDrives=True)))
         found = [m for m in res.get("files", [])
                  if (m.get("appProperties") or {}).get("gffs") == "meta" and m.get("name") == name]
+        found = self._written.meta_files(name, found)
         return sorted(found, key=lambda m: _rfc3339(m.get("createdTime")), reverse=True)
 
     async def put_meta(self, name: str, data: bytes) -> None:
         check_meta_name(self.name, name)
         older = await self._meta_files(name)
         async with self._uploads:
-            await self._create("meta upload", {"name": name, "appProperties": {"gffs": "meta"}},
-                               bytes(data))
+            info = await self._create("meta upload", {"name": name,
+                                                      "appProperties": {"gffs": "meta"}},
+                                      bytes(data))
+        self._written.wrote_meta(name, dict(info, name=name, appProperties={"gffs": "meta"}))
         for meta in older:
             await self._delete_file(meta["id"])
 
@@ -940,12 +978,13 @@ class DriveBackend(Backend):
             names.update(m["name"] for m in page
                          if (m.get("appProperties") or {}).get("gffs") == "meta"
                          and isinstance(m.get("name"), str) and m["name"].startswith(prefix))
-        return sorted(names)
+        return sorted(names | self._written.meta_names(prefix))
 
     async def delete_meta(self, name: str) -> None:
         check_meta_name(self.name, name)
         for meta in await self._meta_files(name):
             await self._delete_file(meta["id"])
+        self._written.deleted_meta(name)
 
     async def capacity(self) -> Capacity | None:
         res = await self._call("about", lambda h: self._exec(h, self._svc.about().get(

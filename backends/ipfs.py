@@ -38,8 +38,9 @@ import requests
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
-                                in_thread)
+                                MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked,
+                                answers_checked_class,
+                                check_meta_name, check_meta_prefix, in_thread)
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"     # Kubo's default Addresses.API
 CHUNKER_SIZE = 262144                       # Kubo's default chunker, size-262144
@@ -261,6 +262,7 @@ def api_file() -> Path:
 
 # the backend ----------------------------------------------------------------------------
 
+@answers_checked_class
 class IpfsBackend(Backend):
     #: True when pinned objects on this node count as a trusted copy (a node you run).
     trusted: bool = True
@@ -418,12 +420,12 @@ class IpfsBackend(Backend):
         try:
             return json.loads(resp.content) if resp.content.strip() else {}
         except ValueError:
-            raise BackendError(f"{self.name}: {cmd} answered something that is not JSON") \
+            raise MalformedAnswer(f"{self.name}: {cmd} answered something that is not JSON") \
                 from None
 
     async def _run(self, fn: Callable, *args) -> Any:
         try:
-            with trio.fail_after(self.timeout):
+            with trio.fail_after(self.timeout), answers_checked(self.name, fn.__name__.strip("_")):
                 return await in_thread(fn, *args)
         except trio.TooSlowError:
             raise BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} gave no answer "
@@ -442,7 +444,7 @@ class IpfsBackend(Backend):
         if entries is None:
             return []
         if not isinstance(entries, list):
-            raise BackendError(f"{self.name}: files/ls answered an unexpected shape")
+            raise MalformedAnswer(f"{self.name}: files/ls answered an unexpected shape")
         return [e for e in entries if isinstance(e, dict) and isinstance(e.get("Name"), str)]
 
     def _entries(self, key: str, listing: list[dict] | None = None) -> list[tuple[str, int, int, str]]:
@@ -452,7 +454,10 @@ class IpfsBackend(Backend):
         found = []
         for e in listing:
             m = _ENTRY_RE.fullmatch(e["Name"])
-            if m and m.group(1) == key and isinstance(e.get("Hash"), str):
+            if m and m.group(1) == key:
+                if not isinstance(e.get("Hash"), str):
+                    raise MalformedAnswer(f"{self.name}: files/ls answered {e['Name']} "
+                                          "without its CID")
                 found.append((e["Name"], int(e.get("Size") or 0), int(m.group(2)), e["Hash"]))
         return sorted(found, key=lambda t: t[2])
 
@@ -484,7 +489,7 @@ class IpfsBackend(Backend):
             if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
                 cid = obj["Hash"]
         if cid is None:
-            raise BackendError(f"{self.name}: add answered no CID for {what}")
+            raise MalformedAnswer(f"{self.name}: add answered no CID for {what}")
         if cid != expected:
             if pin:
                 self._unpin_quietly(cid)
@@ -656,7 +661,7 @@ class IpfsBackend(Backend):
         try:
             used, total = int(out["RepoSize"]), int(out["StorageMax"])
         except (KeyError, TypeError, ValueError):
-            raise BackendError(f"{self.name}: repo/stat answered an unexpected shape") from None
+            raise MalformedAnswer(f"{self.name}: repo/stat answered an unexpected shape") from None
         if total <= 0:
             return None
         return Capacity(total, max(0, total - used))

@@ -35,8 +35,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable,
-                                ObjectInfo, ObjectMissing, check_meta_name, check_meta_prefix,
+from gffs_backends.base import (PARSE_ERRORS, Backend, BackendError, BackendFull,
+                                BackendUnavailable, MalformedAnswer, ObjectInfo, ObjectMissing,
+                                answers_checked_class, check_meta_name, check_meta_prefix,
                                 in_thread)
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ def _score(bucket: str, weight: float, key: str) -> float:
     return -weight / math.log(u)
 
 
+@answers_checked_class
 class S3Backend(Backend):
     def __init__(self, name: str, buckets: list[str] | dict[str, float], *,
                  endpoint_url: str | None = None, region: str | None = None,
@@ -321,6 +323,13 @@ class S3Backend(Backend):
             # connection refused/reset, DNS, TLS, connect/read timeouts, short reads
             return S3Unreachable(f"{self.name}: {what}: endpoint unreachable "
                                  f"({type(cause).__name__})")
+        from botocore.exceptions import FlexibleChecksumError
+        from botocore.parsers import ResponseParserError
+        if isinstance(cause, FlexibleChecksumError) or isinstance(exc, (ResponseParserError,
+                                                                        *PARSE_ERRORS)):
+            # an answer that does not parse, lacks what S3 promises or fails its checksum
+            return MalformedAnswer(f"{self.name}: {what}: malformed answer "
+                                   f"({type(exc).__name__})")
         if isinstance(cause, BotoCoreError):
             return BackendError(f"{self.name}: {what}: {type(cause).__name__}")
         return BackendError(f"{self.name}: {what}: {type(exc).__name__}")
@@ -385,7 +394,9 @@ class S3Backend(Backend):
         if len(data) >= self.multipart_threshold:
             self._client.upload_fileobj(io.BytesIO(data), bucket, okey, Config=self._transfer)
         else:
-            self._client.put_object(Bucket=bucket, Key=okey, Body=data)
+            resp = self._client.put_object(Bucket=bucket, Key=okey, Body=data)
+            if not isinstance(resp.get("ETag"), str) or not resp["ETag"].strip('"'):
+                raise KeyError("PutObject answered without an ETag")   # S3 always sends one
 
     def _delete_batch(self, bucket: str, okeys: list[str]) -> list[dict]:
         resp = self._client.delete_objects(

@@ -18,8 +18,19 @@ Faults, for the next *count* matching requests (``ops`` restricts them, e.g.
 ``"quota"`` 403 storageQuotaExceeded, ``"hang"`` (sleep ``seconds`` first),
 ``"drop"`` (close the connection without an answer), ``"drop_after"`` (carry the
 request out, then close the connection without an answer: the client cannot
-know it succeeded). ``corrupt_reads = n``
-flips one byte in each of the next n media downloads.
+know it succeeded), ``"garbage"`` (carry the request out, then answer 200 with a JSON
+that breaks the API's promises: no ``id``, non-numeric sizes and quota).
+``corrupt_reads = n`` flips one byte in each of the next n media downloads.
+
+Real Drive's habits, off by default (the fixtures want a fast, predictable server):
+``list_lag = n`` keeps a new file out of ``files.list`` for the next n list calls,
+``list_delay = s`` for s seconds (Drive's list index catches up with new files after
+a while); ``unsorted = True`` answers listings in an arbitrary (but, across the pages
+of one listing, stable) order instead of by creation time; ``error_form = "aip193"``
+answers errors in the newer body without ``errors[]`` (``status`` and a
+google.rpc.ErrorInfo ``reason`` in ``details``); ``pace(r, burst)`` models Drive's
+create rate limit: more than r file creates per second (after a burst) get 403
+userRateLimitExceeded, or 429 with ``pace(r, burst, "429")``.
 
 ``counts`` counts requests per operation (``create`` counts files actually
 created with content), ``media_bytes`` the bytes served by downloads.
@@ -83,6 +94,8 @@ class Fault:
 class StoredFile:
     meta: dict
     data: bytes | None = None
+    hidden_lists: int = 0        # list calls that still leave it out (index lag)
+    listed_from: float = 0.0     # monotonic time from which listings show it
 
 
 @dataclass
@@ -217,6 +230,15 @@ class DriveServer:
         self.media_bytes = 0
         self.ranges: list[str] = []
         self.quota_bytes = quota_bytes
+        self.list_lag = 0
+        self.list_delay = 0.0
+        self.unsorted = False
+        self.error_form = "classic"
+        self.create_rate = 0.0
+        self.create_burst = 3
+        self.rate_answer = "user_rate"
+        self._bucket = (0.0, 0.0)           # create tokens, when
+        self._order_salt = secrets.token_bytes(8)
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
@@ -254,15 +276,18 @@ class DriveServer:
 
     # test controls -------------------------------------------------------------------------------
     def inject(self, kind: str, count: int = 1, ops=None, seconds: float = 0.0) -> None:
-        if kind not in FAULTS and kind not in ("hang", "drop", "drop_after"):
+        if kind not in FAULTS and kind not in ("hang", "drop", "drop_after", "garbage"):
             raise ValueError(kind)
         with self.lock:
             self.faults.append(Fault(kind, count, frozenset(ops or API_OPS), seconds))
 
     def clear_faults(self) -> None:
+        """No faults, and none of real Drive's habits (lag, order, error form, pacing)."""
         with self.lock:
             self.faults.clear()
             self.corrupt_reads = 0
+            self.list_lag, self.list_delay, self.unsorted = 0, 0.0, False
+            self.error_form, self.create_rate, self.rate_answer = "classic", 0.0, "user_rate"
 
     def add_refresh_token(self, refresh_token: str, client_id: str, client_secret: str) -> None:
         with self.lock:
@@ -301,6 +326,26 @@ class DriveServer:
                     self.fault_answers[f.kind] += 1
                     return f
         return None
+
+    def pace(self, rate: float, burst: int = 3, answer: str = "user_rate") -> None:
+        """Model Drive's create rate limit from now on, starting with a full burst."""
+        with self.lock:
+            self.create_rate, self.create_burst, self.rate_answer = rate, burst, answer
+            self._bucket = (float(burst), time.monotonic())
+
+    def take_create_token(self) -> None:
+        """Drive's create rate limit (when ``create_rate`` is set): a token bucket."""
+        if self.create_rate <= 0:
+            return
+        with self.lock:
+            tokens, when = self._bucket
+            now = time.monotonic()
+            tokens = min(float(self.create_burst), tokens + (now - when) * self.create_rate)
+            if tokens < 1:
+                self._bucket = (tokens, now)
+                self.fault_answers["paced"] += 1
+                raise ApiError(*FAULTS[self.rate_answer])
+            self._bucket = (tokens - 1, now)
 
     def _used(self) -> int:
         return sum(len(f.data or b"") for f in self.files.values())
@@ -345,7 +390,8 @@ class DriveServer:
                 m["size"] = str(len(data))
                 m["md5Checksum"] = hashlib.md5(data).hexdigest()
                 self.counts["create"] += 1
-            self.files[fid] = StoredFile(m, data)
+            self.files[fid] = StoredFile(m, data, self.list_lag,
+                                         time.monotonic() + self.list_delay)
             return dict(m)
 
     def get(self, fid: str) -> StoredFile:
@@ -383,9 +429,20 @@ class DriveServer:
 
     def list(self, q: str | None, page_size: int, token: str | None) -> dict:
         pred = parse_q(q) if q else (lambda f: True)
+        now = time.monotonic()
         with self.lock:
-            found = sorted((dict(f.meta) for f in self.files.values() if pred(f.meta)),
-                           key=lambda m: (m["createdTime"], m["id"]))
+            visible = []
+            for f in self.files.values():
+                if f.hidden_lists > 0 or now < f.listed_from:
+                    f.hidden_lists = max(0, f.hidden_lists - 1)
+                    self.counts["unlisted"] += 1
+                elif pred(f.meta):
+                    visible.append(dict(f.meta))
+            if self.unsorted:
+                order = lambda m: hashlib.sha256(self._order_salt + m["id"].encode()).digest()
+            else:
+                order = lambda m: (m["createdTime"], m["id"])
+            found = sorted(visible, key=order)
         start = int(token) if token else 0
         page = found[start:start + page_size]
         out = {"kind": "drive#fileList", "incompleteSearch": False, "files": page}
@@ -421,6 +478,16 @@ class DriveServer:
                 "scope": "https://www.googleapis.com/auth/drive"}
 
 
+def _garbage(obj):
+    """*obj* with what the API promises broken: ids gone, numbers that are not numbers."""
+    if isinstance(obj, list):
+        return [_garbage(x) for x in obj]
+    if not isinstance(obj, dict):
+        return obj
+    return {k: ("unlimited" if k in ("size", "limit", "usage", "usageInDrive") else _garbage(v))
+            for k, v in obj.items() if k not in ("id", "ids")}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True      # headers and body go out in separate writes
@@ -443,11 +510,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj, headers: dict | None = None) -> None:
+        if getattr(self, "garbage", False) and status == 200:
+            obj = _garbage(obj)
         self._send(status, json.dumps(obj).encode(), headers=headers)
 
     def _error(self, err: ApiError) -> None:
         if self.path.split("?")[0].endswith("/token"):
             self._json(err.status, {"error": err.reason, "error_description": err.message})
+            return
+        if self.drive.error_form == "aip193":
+            status = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                      404: "NOT_FOUND", 409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED",
+                      500: "INTERNAL", 503: "UNAVAILABLE"}.get(err.status, "UNKNOWN")
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", err.reason).upper()
+            self._json(err.status, {"error": {
+                "code": err.status, "message": err.message, "status": status,
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": snake, "domain": "googleapis.com",
+                             "metadata": {"service": "drive.googleapis.com"}}]}})
             return
         self._json(err.status, {"error": {
             "code": err.status, "message": err.message,
@@ -460,6 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self): self._handle()    # noqa: E704
 
     def _handle(self) -> None:
+        self.garbage = False                # handlers live on across keep-alive requests
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
         parts = urlsplit(self.path)
@@ -481,7 +562,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(401, "authError", "Invalid Credentials")
             self.drive.counts["req:" + op] += 1
             fault = self.drive.take_fault(op)
-            if fault is not None:
+            if fault is not None and fault.kind == "garbage":
+                self.garbage = True
+            elif fault is not None:
                 if fault.kind == "drop":
                     self.close_connection = True
                     self.connection.shutdown(2)
@@ -535,6 +618,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _op_create(self, path, qs, body) -> None:
         d = self.drive
         kind = qs.get("uploadType")
+        if kind in ("multipart", "media", "resumable"):
+            d.take_create_token()
         ctype = self.headers.get("Content-Type", "")
         if kind == "multipart":
             m = re.search(r'boundary="?([^";]+)"?', ctype)

@@ -78,3 +78,55 @@ def s3_factory(request, tmp_path):
 
 
 BACKEND_FACTORIES = [pytest.param(s3_factory, id="s3")]
+
+
+class Mangler:
+    """WSGI middleware over moto's app: while ``methods`` names an HTTP method, answers
+    to it keep their status but lose what S3 promises: a body becomes garbage (not
+    XML), the ETag / Content-Length / Content-Type headers go. The request is still
+    carried out."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.methods: set[str] = set()
+        self.mangled = 0
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") not in self.methods:
+            return self.app(environ, start_response)
+        seen: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            seen["status"], seen["headers"] = status, headers
+            return lambda data: None
+        body = b"".join(self.app(environ, capture))
+        head = environ["REQUEST_METHOD"] == "HEAD"
+        headers = [(k, v) for k, v in seen["headers"]
+                   if k.lower() not in ("etag", "content-length", "content-type")]
+        if body and not head:
+            body = b"\x00<html>upstream proxy error</htm"
+        if not head:
+            headers.append(("Content-Length", str(len(body))))
+        self.mangled += 1
+        start_response(seen["status"], headers)
+        return [body]
+
+
+@pytest.fixture(scope="session")
+def mangling_s3(moto_server):
+    """(endpoint URL, Mangler) of a second S3 endpoint on the same moto state."""
+    import threading
+
+    from moto.moto_server.werkzeug_app import (DomainDispatcherApplication, MotoRequestHandler,
+                                               create_backend_app)
+    from werkzeug.serving import make_server
+    mangler = Mangler(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, mangler, threaded=True,
+                         request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="mangling-s3")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", mangler
+    finally:
+        server.shutdown()
+        thread.join(10)

@@ -21,7 +21,9 @@ The node runs offline in effect (no bootstrap peers, swarm on loopback, no mDNS)
 data this node never had is reported missing at once, as Kubo does for ``offline=true``.
 
 Fault injection for tests: ``corrupt_cat``, ``truncate_cat``, ``wrong_add_cid``,
-``hang`` (the server accepts and never answers until shut down).
+``hang`` (the server accepts and never answers until shut down), ``garbage`` (a set of
+commands, e.g. ``{"add"}``, carried out and then answered with JSON that breaks the
+RPC's promises: no ``Hash``, sizes that are not numbers).
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class KuboRpcServer:
         self.roots: set[str] = set()        # recursively pinned roots, client form
         self.mfs: dict = {"dir": {}}
         self.corrupt_cat = self.truncate_cat = self.wrong_add_cid = self.hang = False
+        self.garbage: set[str] = set()
         self._stop = threading.Event()
         self.requests: list[str] = []
         self.last_authorization: str | None = None
@@ -190,6 +193,8 @@ class KuboRpcServer:
                                json.dumps({"Message": str(exc), "Code": 0, "Type": "error"}).encode()
                                + b"\n")
                     return
+                if cmd in server.garbage and ctype == "application/json":
+                    payload = _garbage(payload)
                 self._send(200, ctype, payload)
 
             def _plain(self, status: int, text: bytes) -> None:
@@ -232,6 +237,7 @@ class KuboRpcServer:
 
     def reset_faults(self) -> None:
         self.corrupt_cat = self.truncate_cat = self.wrong_add_cid = self.hang = False
+        self.garbage = set()
 
     # CIDs -------------------------------------------------------------------------------
     def node_cid(self, cid: str) -> str:
@@ -277,6 +283,20 @@ class KuboRpcServer:
 
 
 # routes: (server, query, body, headers) -> (content type, payload) ------------------------
+
+def _garbage(payload: bytes) -> bytes:
+    """Each JSON line of an answer without its CIDs, its numbers not numbers."""
+    def mangle(obj):
+        if isinstance(obj, list):
+            return [mangle(x) for x in obj]
+        if not isinstance(obj, dict):
+            return obj
+        return {k: ("lots" if k in ("Size", "RepoSize", "StorageMax", "NumObjects")
+                    else mangle(v)) for k, v in obj.items() if k not in ("Hash", "Cid")}
+    lines = [json.dumps(mangle(json.loads(line))).encode()
+             for line in payload.splitlines() if line.strip()]
+    return b"\n".join(lines) + b"\n"
+
 
 def _args(query: list[tuple[str, str]]) -> list[str]:
     return [v for k, v in query if k == "arg"]

@@ -258,7 +258,7 @@ def test_capacity_skips_a_down_backend_instead_of_hanging(tmp_path):
     e = Env(tmp_path, timeout=0.3)
 
     async def main():
-        total, free = await e.store.capacity()
+        total, free, _unbounded = await e.store.capacity()
         assert total > 0 and 0 < free <= total
         e.disks["b"].delay = 5.0
         t = time.monotonic()

@@ -19,6 +19,7 @@ import errno
 import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import trio
 
@@ -34,6 +35,14 @@ log = logging.getLogger(__name__)
 
 INLINE_HASH_LIMIT = 64 * 1024  # smaller blocks are cheaper to hash than a thread hop
 REPAIR_PARALLEL = 8            # chunks repaired at once (lets packing backends batch)
+
+
+class StoreCapacity(NamedTuple):
+    """Sums over the backends that answered; *unbounded* of them know no limit."""
+
+    total: int
+    free: int
+    unbounded: int
 
 
 @dataclass(slots=True)
@@ -450,13 +459,14 @@ class ChunkStore:
                 ev.set()
         return len(doomed)
 
-    async def capacity(self) -> tuple[int, int]:
-        """(total, free) bytes over the backends that know theirs and answer in time.
+    async def capacity(self) -> StoreCapacity:
+        """Total and free bytes over the backends that know theirs and answer in time,
+        and how many answered that they have no known limit (S3, unlimited Drive).
 
         statfs must never hang on a backend that is down: each is asked through
         :meth:`call` (timeout, health) and skipped when unavailable.
         """
-        total = free = 0
+        total = free = unbounded = 0
         for backend in self.backends.values():
             if not self.health.available(backend.name):
                 continue
@@ -464,10 +474,12 @@ class ChunkStore:
                 cap = await self.call(backend, "capacity")
             except BackendError:
                 continue
-            if cap is not None:
+            if cap is None:
+                unbounded += 1
+            else:
                 total += cap.total
                 free += cap.free
-        return total, free
+        return StoreCapacity(total, free, unbounded)
 
     async def close(self) -> None:
         """Release the backends' connections (unmount)."""

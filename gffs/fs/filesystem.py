@@ -22,6 +22,7 @@ from gffs.chunks import codec
 from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
 from gffs.fs.imagefacts import ImageFacts
+from gffs.fs.statfs import statfs_figures
 from gffs.fs.openfiles import FileBuffer
 from gffs.fs import sharedthumbs
 from gffs.fs.sharedthumbs import DIRNAME as THUMB_DIR
@@ -188,6 +189,13 @@ class Filesystem:
         with self.index.read() as txn:
             rec = self.ns.get(txn, ino)
         return self._overlay(ino, rec)
+
+    def stored_bytes(self, ino: int) -> int | None:
+        """Bytes the inode's stored blocks cost (st_blocks); None for a virtual file."""
+        if is_virtual(ino):
+            return None
+        with self.index.read() as txn:
+            return self.cm.stored_blocks(txn, ino)[1]
 
     def _overlay(self, ino: int, rec: InodeRecord) -> InodeRecord:
         buf = self.buffers.get(ino)
@@ -1006,16 +1014,10 @@ class Filesystem:
 
     # statfs ----------------------------------------------------------------------------
     async def statfs(self) -> dict[str, int]:
-        total, free = await self.chunks.capacity()
+        """Figures for df: see gffs/fs/statfs.py for what an unbounded store shows."""
+        cap = await self.chunks.capacity()
         with self.index.read() as txn:
             n_inodes = self.index.counter(txn, N_INODES)
             logical = self.index.counter(txn, LOGICAL_BYTES)
             stored = self.index.counter(txn, STORED_BYTES)
-        bsize = 4096
-        if not total:
-            total = stored + (1 << 40)
-            free = 1 << 40
-        free_inodes = max(free // 4096, 1 << 20)
-        return {"bsize": bsize, "blocks": total // bsize, "bfree": free // bsize,
-                "bavail": free // bsize, "files": n_inodes + free_inodes,
-                "ffree": free_inodes, "namemax": 255, "logical": logical, "stored": stored}
+        return statfs_figures(cap, stored=stored, logical=logical, n_inodes=n_inodes)

@@ -41,7 +41,10 @@ def _guard(func: Callable) -> Callable:
     return wrapper
 
 
-def entry_attributes(ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+def entry_attributes(ino: int, rec: InodeRecord,
+                     stored: int | None = None) -> pyfuse3.EntryAttributes:
+    """*stored*: bytes the file's stored blocks cost (holes cost nothing), which
+    st_blocks reports; None (a virtual file) counts its size."""
     e = pyfuse3.EntryAttributes()
     e.st_ino = ino
     e.generation = 0
@@ -54,7 +57,7 @@ def entry_attributes(ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
     e.st_rdev = rec.rdev
     e.st_size = rec.size
     e.st_blksize = 128 * 1024
-    e.st_blocks = -(-rec.size // 512)
+    e.st_blocks = -(-(rec.size if stored is None else stored) // 512)
     e.st_atime_ns = rec.atime_ns
     e.st_mtime_ns = rec.mtime_ns
     e.st_ctime_ns = rec.ctime_ns
@@ -76,7 +79,10 @@ class Operations(pyfuse3.Operations):
 
     def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         self.fs.remember(ino)
-        return entry_attributes(ino, rec)
+        return self._attributes(ino, rec)
+
+    def _attributes(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
+        return entry_attributes(ino, rec, self.fs.stored_bytes(ino))
 
     @_guard
     async def lookup(self, parent_inode, name, ctx=None):
@@ -101,7 +107,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode, ctx=None):
-        return entry_attributes(inode, self.fs.attr(inode))
+        return self._attributes(inode, self.fs.attr(inode))
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -114,7 +120,7 @@ class Operations(pyfuse3.Operations):
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None)
-        return entry_attributes(inode, rec)
+        return self._attributes(inode, rec)
 
     @_guard
     async def readlink(self, inode, ctx):
@@ -185,7 +191,7 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def readdir(self, fh, start_id, token):
         for name, ino, rec, cookie in self.fs.readdir(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, entry_attributes(ino, rec), cookie):
+            if not pyfuse3.readdir_reply(token, name, self._attributes(ino, rec), cookie):
                 break
             self.fs.remember(ino)
 

@@ -20,6 +20,7 @@ from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, STORED_BYTES, Index
 from gffs.index.records import ChunkRecord, Location, from_u64, u64
 
 _GARBAGE_HDR = struct.Struct(">Q")
+_INODE_BLOCKS = struct.Struct(">QQ")  # stored blocks of one inode, their stored bytes
 
 
 class ChunkMap:
@@ -32,6 +33,7 @@ class ChunkMap:
         self._garbage = index.db["garbage"]
         self._repair = index.db["repair"]
         self._moves = index.db["moves"]
+        self._inode_blocks = index.db.get("inodeblocks")   # None: older index, read-only
 
     # file blocks ----------------------------------------------------------
     def block(self, txn: lmdb.Transaction, ino: int, idx: int) -> bytes | None:
@@ -59,19 +61,55 @@ class ChunkMap:
         old = bytes(old) if old is not None else None
         if old == digest:
             return
+        count, stored = self.stored_blocks(txn, ino)
         if digest is not None:
             self.ref(txn, digest, new_chunk)
             txn.put(key, digest, db=self._blocks)
+            count, stored = count + 1, stored + self._stored_size(txn, digest)
         else:
             txn.delete(key, db=self._blocks)
         if old is not None:
+            count, stored = count - 1, stored - self._stored_size(txn, old)
             self.unref(txn, old)
+        self._put_stored_blocks(txn, ino, count, stored)
 
     def drop_blocks(self, txn: lmdb.Transaction, ino: int, start: int = 0) -> None:
         """Remove blocks >= *start* of a file (truncate, or delete the file)."""
+        count, stored = self.stored_blocks(txn, ino)
         for idx, digest in list(self.blocks(txn, ino, start)):
             txn.delete(u64(ino) + u64(idx), db=self._blocks)
+            count, stored = count - 1, stored - self._stored_size(txn, digest)
             self.unref(txn, digest)
+        self._put_stored_blocks(txn, ino, count, stored)
+
+    # stored blocks per inode (st_blocks) ------------------------------------------
+    # `inodeblocks` keeps, per inode, how many blocks it has stored and their stored
+    # (compressed) bytes, so stat is one key read. An inode without a row has no
+    # blocks - or comes from an index older than the table: then its blocks are
+    # counted by a range read of the file's block list until its next write.
+    def stored_blocks(self, txn: lmdb.Transaction, ino: int) -> tuple[int, int]:
+        """(number of stored blocks, their stored bytes) of *ino*; holes count nothing."""
+        raw = (txn.get(u64(ino), db=self._inode_blocks)
+               if self._inode_blocks is not None else None)
+        if raw is not None:
+            return _INODE_BLOCKS.unpack(raw)
+        count = stored = 0
+        for _idx, digest in self.blocks(txn, ino):
+            count, stored = count + 1, stored + self._stored_size(txn, digest)
+        return count, stored
+
+    def _put_stored_blocks(self, txn: lmdb.Transaction, ino: int, count: int,
+                           stored: int) -> None:
+        if count <= 0:
+            txn.delete(u64(ino), db=self._inode_blocks)
+        else:
+            txn.put(u64(ino), _INODE_BLOCKS.pack(count, max(stored, 0)), db=self._inode_blocks)
+
+    def _stored_size(self, txn: lmdb.Transaction, digest: bytes) -> int:
+        """What one block costs: its stored bytes, never more than its plaintext (the
+        codec byte of an incompressible block is not the file's business)."""
+        rec = self.known(txn, digest)
+        return min(rec.stored_size, rec.size) if rec is not None else 0
 
     # chunks ---------------------------------------------------------------
     def chunk(self, txn: lmdb.Transaction, digest: bytes) -> ChunkRecord | None:

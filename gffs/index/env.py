@@ -27,7 +27,10 @@ LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk f
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
             "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts",
-            "imagequeue", "moves", "thumbnails")
+            "imagequeue", "moves", "thumbnails", "inodeblocks")
+# tables whose readers fall back when an older index lacks them (created by the
+# first read-write open): a read-only open goes on without them
+OPTIONAL_TABLES = frozenset({"inodeblocks"})
 
 # meta keys holding u64 counters
 NEXT_INO = b"next_ino"
@@ -66,6 +69,8 @@ class Index:
             try:
                 dbs[name] = self.env.open_db(name.encode(), create=False)
             except lmdb.NotFoundError:
+                if name in OPTIONAL_TABLES:
+                    continue
                 if not dbs:
                     raise ConfigError(f"{self.path} holds no gffs index") from None
                 raise ConfigError(f"index {self.path} lacks the {name!r} table of this gffs "
