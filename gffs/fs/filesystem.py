@@ -121,6 +121,7 @@ class Filesystem:
             nursery.start_soon(self._garbage_loop)
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._repair_loop)
+            nursery.start_soon(self.chunks.run_uploads)  # staged chunks -> remote backends
             self._background = self.images.nursery = nursery
             self.images.wake()  # images queued before a restart
             try:
