@@ -46,7 +46,7 @@ XATTR_NAMESPACES = (b"user.", b"trusted.")
 MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
 MAX_FILE_SIZE = 1 << 50
 SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
-READ_AHEAD_BLOCKS = 2           # blocks loaded ahead of a sequential reader
+READ_AHEAD_BLOCKS = 8           # blocks loaded ahead of a sequential reader, in parallel
 REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
 NFT_PREFIX = _NFT_PREFIX.encode()
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
@@ -677,11 +677,17 @@ class Filesystem:
         return b"".join(parts)
 
     def _read_ahead(self, ino: int, buf: FileBuffer, first: int) -> None:
-        """Sequential reader: start loading the next blocks before they are asked for."""
+        """Sequential reader: start loading the next blocks before they are asked for.
+
+        Each block is its own task, so a remote backend serves several at once (one
+        GET's latency no longer paces the reader); the window is at most a quarter
+        of the block cache, so read-ahead never evicts what it fetched.
+        """
         if self._background is None:
             return
+        window = min(READ_AHEAD_BLOCKS, max(1, self.chunks.cache.max_bytes // (4 * self.block_size)))
         with self.index.read() as txn:
-            for idx in range(first, first + READ_AHEAD_BLOCKS):
+            for idx in range(first, first + window):
                 if idx * self.block_size >= buf.committed_size:
                     break
                 digest = self.cm.block(txn, ino, idx)
