@@ -15,7 +15,7 @@ import pytest
 
 from fixtures_s3 import TEST_REGION
 from gffs.index import ChunkMap, Index
-from s3_fault_proxy import FaultProxy
+from gffs.placement.policy import STAGING as STAGED
 
 pytestmark = pytest.mark.usefixtures("s3_env")
 
@@ -72,58 +72,50 @@ def _wait_uploaded(data_dir: Path, mount, timeout: float = 90) -> dict[bytes, li
 
 
 def test_close_returns_while_s3_is_unreachable_and_uploads_resume_after_kill9(
-        tmp_path, mount_factory, moto_server, s3_buckets):
+        tmp_path, fault_proxy, mount_factory, s3_buckets):
     """Every connection to S3 is reset while the files are written: each close()
     still succeeds (the chunks are staged and recorded), reads are served from the
     staging area, and after a kill -9 the next mount uploads everything to S3 and
     drops the staged copies. Without staging an S3-only store gives EIO here."""
-    proxy = FaultProxy(moto_server, slowdown=0, reset=1.0, delay=0).start()
-    try:
-        m = mount_factory(config=_config(tmp_path / "gffs.toml", proxy.url, s3_buckets(2)))
-        files = _files(8, seed=2)
-        (m.path / "flow").mkdir()
-        for name, data in files.items():
-            with open(m.path / "flow" / name, "wb") as f:
-                f.write(data)
-            os.fsync(os.open(m.path / "flow" / name, os.O_RDONLY))
-        for name, data in files.items():
-            assert (m.path / "flow" / name).read_bytes() == data
-        assert all(STAGED in v for v in _locations(m.data_dir).values())
-        m.kill9()
-        proxy.rates["reset"] = 0.0                 # S3 is back
-        m.mount()
-        _wait_uploaded(m.data_dir, m)
-        m.remount()
-        for name, data in files.items():
-            assert (m.path / "flow" / name).read_bytes() == data
-        assert proxy.injected["reset"] > 0 and proxy.injected["forward"] > 0
-    finally:
-        proxy.stop()
+    proxy = fault_proxy(slowdown=0, reset=1.0, delay=0)
+    m = mount_factory(config=_config(tmp_path / "gffs.toml", proxy.url, s3_buckets(2)))
+    files = _files(8, seed=2)
+    (m.path / "flow").mkdir()
+    for name, data in files.items():
+        with open(m.path / "flow" / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())            # durable on local disk, S3 unreachable
+    for name, data in files.items():
+        assert (m.path / "flow" / name).read_bytes() == data
+    assert all(STAGED in v for v in _locations(m.data_dir).values())
+    m.kill9()
+    proxy.rates["reset"] = 0.0                 # S3 is back
+    m.mount()
+    _wait_uploaded(m.data_dir, m)
+    m.remount()
+    for name, data in files.items():
+        assert (m.path / "flow" / name).read_bytes() == data
+    assert proxy.injected["reset"] > 0 and proxy.injected["forward"] > 0
 
 
-STAGED = "~staging"
-
-
-def test_full_staging_area_slows_writers_instead_of_growing(tmp_path, mount_factory,
-                                                           moto_server, s3_buckets):
+def test_full_staging_area_slows_writers_instead_of_growing(tmp_path, fault_proxy,
+                                                           mount_factory, s3_buckets):
     """A 2 MiB staging area and an S3 that answers every request after 0.3 s: 12 files
     (up to 2.5 MiB each) are written without an error, the area never holds more than
     its bound plus one chunk, and everything ends up on S3."""
-    proxy = FaultProxy(moto_server, slowdown=0, reset=0, delay=1.0, delay_s=0.3).start()
-    try:
-        m = mount_factory(config=_config(tmp_path / "gffs.toml", proxy.url, s3_buckets(1),
-                                         staging_mb=2))
-        files = _files(12, seed=3)
-        (m.path / "flow").mkdir()
-        peak = 0
-        for name, data in files.items():
-            (m.path / "flow" / name).write_bytes(data)
-            peak = max(peak, _staged_bytes(m.data_dir))
-        assert peak <= (2 << 20) + (1 << 20) + 64, peak
-        _wait_uploaded(m.data_dir, m)
-        proxy.enabled = False
-        m.remount()
-        for name, data in files.items():
-            assert (m.path / "flow" / name).read_bytes() == data
-    finally:
-        proxy.stop()
+    proxy = fault_proxy(slowdown=0, reset=0, delay=1.0, delay_s=0.3)
+    m = mount_factory(config=_config(tmp_path / "gffs.toml", proxy.url, s3_buckets(1),
+                                     staging_mb=2))
+    files = _files(12, seed=3)
+    (m.path / "flow").mkdir()
+    peak = 0
+    for name, data in files.items():
+        (m.path / "flow" / name).write_bytes(data)
+        peak = max(peak, _staged_bytes(m.data_dir))
+    assert peak <= (2 << 20) + (1 << 20) + 64, peak
+    _wait_uploaded(m.data_dir, m)
+    proxy.enabled = False
+    m.remount()
+    for name, data in files.items():
+        assert (m.path / "flow" / name).read_bytes() == data

@@ -20,26 +20,11 @@ import pytest
 import trio
 
 from fixtures_s3 import TEST_REGION
-from s3_fault_proxy import FaultProxy
 
 pytest.importorskip("boto3")
 from gffs_backends.s3 import S3Backend  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("s3_env")
-
-
-@pytest.fixture
-def fault_proxy(moto_server):
-    """``fault_proxy(**rates)`` -> a started FaultProxy in front of the moto server."""
-    started: list[FaultProxy] = []
-
-    def make(**rates) -> FaultProxy:
-        proxy = FaultProxy(moto_server, **rates).start()
-        started.append(proxy)
-        return proxy
-    yield make
-    for p in started:
-        p.stop()
 
 
 def test_proxy_injects_each_fault_and_forwards_the_rest(fault_proxy, s3_buckets):
@@ -148,7 +133,7 @@ def _ingest(mount_factory, tmp_path: Path, name: str, proxy_url: str, buckets: l
 
 
 @pytest.mark.parametrize("local", [False, True], ids=["s3-only", "local+s3"])
-def test_ingest_through_faulty_s3_fails_nothing(tmp_path, mount_factory, fault_proxy,
+def test_ingest_through_faulty_s3_fails_nothing(tmp_path, fault_proxy, mount_factory,
                                                 s3_buckets, local):
     """The hardening issue's mix: 10 % SlowDown, 2 % resets, 3 % delayed by 2 s.
 
