@@ -119,3 +119,24 @@ def test_full_staging_area_slows_writers_instead_of_growing(tmp_path, fault_prox
     m.remount()
     for name, data in files.items():
         assert (m.path / "flow" / name).read_bytes() == data
+
+
+def test_duplicate_ingest_sends_no_request_to_s3(tmp_path, fault_proxy, mount_factory,
+                                                 s3_buckets):
+    """Dedup is decided from the index: copying files whose chunks are stored already
+    (into another flow) costs no PUT, no HEAD, no request to S3 at all."""
+    proxy = fault_proxy(slowdown=0, reset=0, delay=0)
+    m = mount_factory(config=_config(tmp_path / "gffs.toml", proxy.url, s3_buckets(1)))
+    files = _files(6, seed=4)
+    for flow in ("one", "two"):
+        (m.path / flow).mkdir()
+    for name, data in files.items():
+        (m.path / "one" / name).write_bytes(data)
+    _wait_uploaded(m.data_dir, m)
+    before = sum(proxy.injected.values())
+    for name, data in files.items():
+        (m.path / "two" / name).write_bytes(data)
+    time.sleep(2)        # an upload, had one been queued, starts at once
+    assert sum(proxy.injected.values()) == before, proxy.injected
+    for name, data in files.items():
+        assert (m.path / "two" / name).read_bytes() == data
