@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,6 +91,10 @@ def test_close_returns_while_s3_is_unreachable_and_uploads_resume_after_kill9(
     for name, data in files.items():
         assert (m.path / "flow" / name).read_bytes() == data
     assert all(STAGED in v for v in _locations(m.data_dir).values())
+    fsck = subprocess.run([sys.executable, "-m", "gffs.cli.admin", "--data-dir", str(m.data_dir),
+                           "fsck", "--json"], capture_output=True, text=True, timeout=300)
+    kinds = {f["kind"] for f in json.loads(fsck.stdout)["findings"]}
+    assert "location_unknown_backend" not in kinds, fsck.stdout   # a staged copy is no stray
     m.kill9()
     proxy.rates["reset"] = 0.0                 # S3 is back
     m.mount()
