@@ -382,18 +382,19 @@ class ChunkStore:
         await self._resume_staging()
         limiter = trio.CapacityLimiter(UPLOAD_PARALLEL)
 
-        async def upload(digest: bytes, flow: str | None) -> None:
+        async def upload(digest: bytes, flow: str | None, token: object) -> None:
             try:
                 await self._repair_guarded(digest, flow, [])
             finally:
-                limiter.release_on_behalf_of(digest)
+                limiter.release_on_behalf_of(token)
 
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
                 for digest, flow in await self.staging.take():
-                    await limiter.acquire_on_behalf_of(digest)
-                    nursery.start_soon(upload, digest, flow)
+                    token = object()     # (one digest may be queued again while in flight)
+                    await limiter.acquire_on_behalf_of(token)
+                    nursery.start_soon(upload, digest, flow, token)
 
     async def _resume_staging(self) -> None:
         """After a restart: count and queue the staged chunks on record; delete staged
