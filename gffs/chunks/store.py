@@ -396,6 +396,21 @@ class ChunkStore:
                     await limiter.acquire_on_behalf_of(token)
                     nursery.start_soon(upload, digest, flow, token)
 
+    async def drain_uploads(self, seconds: float) -> None:
+        """Unmount: make the copies still waiting (staged uploads first of all) for up
+        to *seconds*; what is left (a backend down, no time) continues at the next mount."""
+        if self.staging is None:
+            return
+        with trio.move_on_after(seconds):
+            while True:
+                repaired, pending = await self.repair()
+                if not pending:
+                    return
+                if not repaired:
+                    if not self._in_repair:
+                        return          # the rest waits for backends that are down
+                    await trio.sleep(0.1)
+
     async def _resume_staging(self) -> None:
         """After a restart: count and queue the staged chunks on record; delete staged
         files no record names (a crash between their write and the commit, or between

@@ -49,6 +49,7 @@ SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
 READ_AHEAD_BLOCKS = 8           # blocks loaded ahead of a sequential reader, in parallel
 LISTED_MAX = 20_000             # "next file in its directory" links kept for read-ahead
 REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
+UNMOUNT_UPLOAD_WAIT = 120.0     # seconds an unmount spends uploading staged chunks
 NFT_PREFIX = _NFT_PREFIX.encode()
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
@@ -177,6 +178,7 @@ class Filesystem:
             except FsError as exc:
                 log.error("could not flush inode %d at unmount: %s", ino, exc)
         if not self.read_only:
+            await self.chunks.drain_uploads(UNMOUNT_UPLOAD_WAIT)
             await self._finish_deletions()
             await self.chunks.sync()
         self.images.close()
