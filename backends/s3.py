@@ -19,8 +19,11 @@ rendezvous hashing picks for their name; list() filters on chunk keys, so it
 never returns them.
 
 Every boto3 call blocks, so it runs in a worker thread that is abandoned on
-cancellation, under ``trio.fail_after``; botocore's own connect/read timeouts and
-two attempts keep a dead endpoint from piling up threads for long.
+cancellation, under ``trio.fail_after`` (the operation's deadline). Inside it,
+botocore's *standard* retry mode retries throttling (503 SlowDown), 5xx answers,
+resets and timeouts with jittered exponential backoff, as S3's guidance asks, and
+each attempt has its own connect/read timeout, a fraction of the deadline, so one
+hung attempt leaves time for the next instead of eating the whole deadline.
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ DEFAULT_MULTIPART_THRESHOLD = 8 << 20
 MIN_PART_SIZE = 5 << 20          # S3's smallest part (but the last)
 MIN_RATE = 1 << 20               # bytes/s an upload or download may not go below
 DELETE_BATCH = 1000              # DeleteObjects limit
-MAX_CONNECT_TIMEOUT = 10.0
+MAX_CONNECT_TIMEOUT = 5.0
+ATTEMPTS = 10                    # per request, first one included (botocore standard mode)
+ATTEMPTS_PER_DEADLINE = 3        # an attempt may take a third of the operation's deadline
+MIN_ATTEMPT_TIMEOUT = 2.0
 POOL_CONNECTIONS = 50            # above trio's default of 40 worker threads
 
 OPTIONS = {"buckets", "endpoint_url", "region", "prefix", "timeout", "create_buckets",
@@ -141,6 +147,12 @@ def meta_prefix(prefix: str) -> str:
     return (prefix[:-1] if prefix.endswith("/") else prefix) + "-meta/"
 
 
+def attempt_timeout(deadline: float) -> float:
+    """Connect/read timeout of one attempt: a third of the operation's *deadline* (at
+    least 2 s, at most the deadline), so a hung attempt is retried in time."""
+    return min(deadline, max(MIN_ATTEMPT_TIMEOUT, deadline / ATTEMPTS_PER_DEADLINE))
+
+
 def _score(bucket: str, weight: float, key: str) -> float:
     """Weighted rendezvous score of *bucket* for *key* (higher wins)."""
     if weight <= 0:
@@ -174,10 +186,11 @@ class S3Backend(Backend):
         if addressing_style is None:
             # S3-compatible stores (MinIO, Ceph, moto) rarely have wildcard DNS
             addressing_style = "path" if endpoint_url else "auto"
+        attempt = attempt_timeout(self.timeout)
         config = Config(
-            connect_timeout=min(self.timeout, MAX_CONNECT_TIMEOUT),
-            read_timeout=self.timeout,
-            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=min(attempt, MAX_CONNECT_TIMEOUT),
+            read_timeout=attempt,
+            retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
             max_pool_connections=POOL_CONNECTIONS,
             s3={"addressing_style": addressing_style},
         )

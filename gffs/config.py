@@ -19,7 +19,7 @@ from gffs.nft.validate import CHAINS, TEZOS_CHAINS
 
 STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max",
               "block_size_kb", "analyze_images", "index_backup_interval", "index_backup_keep",
-              "index_backup_to"}
+              "index_backup_to", "staging_mb"}
 POLICY_KEYS = {"copies", "backends", "weights"}
 
 
@@ -66,6 +66,7 @@ class Config:
     block_size_kb: int = 1024     # for a new store only; a store keeps its own
     analyze_images: bool = True   # read image facts (user.gf.image.*) after each write
     cache_mb: int = 32
+    staging_mb: int = 1024        # bytes waiting for remote uploads (0: close() waits for them)
     log_file: Path | None = None
     nft: NftConfig = field(default_factory=NftConfig)
     index_backup_interval: float = 600.0   # seconds between index backups; 0 = off
@@ -76,6 +77,10 @@ class Config:
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
 
     @property
     def lock_file(self) -> Path:
@@ -137,7 +142,11 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
             f"{where} [store]", "block_size_kb must be a power of two between 64 and 16384")
     analyze = store.get("analyze_images", True)
     _expect(isinstance(analyze, bool), f"{where} [store]", "analyze_images must be true or false")
-    cfg = Config(data_dir=ddir, cache_mb=cache_mb, backend_timeout=float(timeout),
+    staging_mb = store.get("staging_mb", 1024)
+    _expect(isinstance(staging_mb, int) and not isinstance(staging_mb, bool)
+            and 0 <= staging_mb <= 1 << 24, f"{where} [store]",
+            "staging_mb must be an integer between 0 (no staging) and 16777216")
+    cfg = Config(data_dir=ddir, cache_mb=cache_mb, staging_mb=staging_mb, backend_timeout=float(timeout),
                  block_size_kb=block_kb, analyze_images=analyze,
                  backend_retry_max=float(retry_max),
                  log_file=Path(log_file).expanduser() if log_file else None, source=where)
@@ -147,6 +156,7 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
     for name, table in backends.items():
         bwhere = f"{where} [backends.{name}]"
         _expect(isinstance(table, dict), bwhere, "must be a table")
+        _expect(not name.startswith("~"), bwhere, "backend names cannot start with '~'")
         btype = table.get("type")
         _expect(isinstance(btype, str), bwhere, "'type' is required (for example \"local\")")
         opts = {k: v for k, v in table.items() if k not in ("type", "deferred")}

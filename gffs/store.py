@@ -9,6 +9,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from gffs.chunks.staging import Staging
 from gffs.chunks.store import ChunkStore
 from gffs.config import Config
 from gffs.errors import ConfigError, StoreLockedError
@@ -96,6 +97,14 @@ def build_placement(cfg: Config, backends: dict[str, Backend]) -> Placement:
         raise ConfigError(f"{cfg.source} [placement]: {exc}") from None
 
 
+def open_staging(cfg: Config, backends: dict[str, Backend]) -> Staging | None:
+    """The staging area, where a store has remote backends (or staged chunks from before)."""
+    remote = any(type(b).__name__ != "LocalBackend" for b in backends.values())
+    if not (remote and cfg.staging_mb) and not cfg.staging_dir.is_dir():
+        return None     # (staged chunks of an earlier config stay readable and are uploaded)
+    return Staging(cfg.staging_dir, cfg.staging_mb << 20)
+
+
 class Store:
     """Everything below the filesystem layer, opened under the store lock."""
 
@@ -111,7 +120,8 @@ class Store:
                 self.placement.draining = set(self.index.meta_json(txn, DRAINING, []))
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
                                      cache_bytes=cfg.cache_mb << 20,
-                                     backend_timeout=cfg.backend_timeout)
+                                     backend_timeout=cfg.backend_timeout,
+                                     staging=open_staging(cfg, self.backends))
         except BaseException:
             if hasattr(self, "index"):
                 self.index.close()

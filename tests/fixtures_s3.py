@@ -4,6 +4,9 @@
 port and stops it at the end. ``s3_env`` (per test) points the boto3 credential
 chain at dummy credentials and away from the user's ~/.aws, and restores the
 environment afterwards. ``s3_buckets(n)`` creates fresh, uniquely named buckets.
+``fault_proxy(**rates)`` puts a fault-injecting proxy (s3_fault_proxy.py) in front of
+the moto server; request it before ``mount_factory`` so that mounts are unmounted
+while the proxy still forwards.
 """
 
 from __future__ import annotations
@@ -67,6 +70,21 @@ def s3_buckets(s3_admin, s3_env):
             s3_admin.create_bucket(Bucket=b)
         return names
     return make
+
+
+@pytest.fixture
+def fault_proxy(moto_server):
+    """``fault_proxy(**rates)`` -> a started FaultProxy in front of the moto server."""
+    from s3_fault_proxy import FaultProxy
+    started: list[FaultProxy] = []
+
+    def make(**rates) -> FaultProxy:
+        proxy = FaultProxy(moto_server, **rates).start()
+        started.append(proxy)
+        return proxy
+    yield make
+    for p in started:
+        p.stop()
 
 
 def s3_factory(request, tmp_path):

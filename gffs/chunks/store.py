@@ -11,12 +11,17 @@ quickly instead of stalling writers and readers. A write that cannot reach all
 the copies its policy asks for completes once one copy is safe (on a fallback
 backend if needed) and queues the chunk for repair; reads fail over between
 copies and queue a bad copy for repair.
+
+A chunk bound only for remote backends (S3, IPFS, ...) is *staged* on local disk
+when the store has a staging area (gffs/chunks/staging.py): the writer returns
+once it is there, and :meth:`run_uploads` copies it to its backends in parallel.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -24,10 +29,12 @@ from typing import NamedTuple
 import trio
 
 from gffs.chunks import codec
+from gffs.chunks.staging import Staging
 from gffs.errors import FsError
 from gffs.index import ChunkMap, Index
 from gffs.index.records import ChunkRecord, Location
 from gffs.placement import Placement
+from gffs.placement.policy import STAGING
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable,
                                 ObjectMissing)
 
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 
 INLINE_HASH_LIMIT = 64 * 1024  # smaller blocks are cheaper to hash than a thread hop
 REPAIR_PARALLEL = 8            # chunks repaired at once (lets packing backends batch)
+UPLOAD_PARALLEL = 16           # staged chunks uploaded at once
 
 
 class StoreCapacity(NamedTuple):
@@ -53,6 +61,7 @@ class StoredChunk:
     record: ChunkRecord  # what the index must record if it does not know the chunk
     fresh: bool = False  # this call put the bytes (they are ours to delete if unused)
     short: bool = False  # fewer copies than the policy wants: queue for repair on commit
+    staged: bool = False  # its remote copies are made by the upload queue after the commit
 
 
 class BlockCache:
@@ -93,10 +102,13 @@ class BlockCache:
 class ChunkStore:
     def __init__(self, index: Index, backends: dict[str, Backend], placement: Placement,
                  cache_bytes: int = 32 << 20, io_threads: int = 4,
-                 backend_timeout: float = 60.0) -> None:
+                 backend_timeout: float = 60.0, staging: Staging | None = None) -> None:
         self.index = index
         self.chunkmap = ChunkMap(index)
-        self.backends = backends
+        self.staging = staging
+        # the staging area is a location like a backend's, but no configured backend
+        # (gc, fsck, backups and rebalance plans work on the configured ones only)
+        self.backends = dict(backends, **({STAGING: staging.backend} if staging else {}))
         self.placement = placement
         self.cache = BlockCache(cache_bytes)
         self._pins: Counter[bytes] = Counter()
@@ -104,6 +116,7 @@ class ChunkStore:
         self._loading: dict[bytes, trio.Event] = {}
         self._unused: list[StoredChunk] = []
         self._repair_after = b""  # where the next repair round starts in the queue
+        self._in_repair: set[bytes] = set()  # chunks the repair or upload queue works on
         self.repair_wakeup = trio.Event()
         self._limiter = trio.CapacityLimiter(io_threads)
         self.timeout = backend_timeout
@@ -149,20 +162,34 @@ class ChunkStore:
                 return StoredChunk(digest, known)
             record = ChunkRecord(0, len(data), len(stored), codec_id)
             targets = self.placement.targets(len(data), digest, flow)
+            staged = self._stage(digest, len(stored), flow, targets)
+            if staged:
+                targets = [b for b in targets if self.placement.is_local(b.name)]
             try:
-                record.locations = await self._put_safely(digest, stored, targets)
+                record.locations = await self._put_safely(
+                    digest, stored, targets or [self.backends[STAGING]])
             except BaseException:
                 # cancelled or failed midway: some backend may hold the bytes anyway
-                record.locations = [Location(b.name) for b in self.placement.backends]
+                record.locations = [Location(name) for name in self.backends]
                 self._unused.append(StoredChunk(digest, record, fresh=True))
+                if staged and self.staging is not None:
+                    self.staging.done(digest)
                 raise
             self.cache.put(digest, bytes(data))
             want = self.placement.policy_for(flow).copies
             trusted = sum(self.placement.trusted(loc.backend) for loc in record.locations)
-            return StoredChunk(digest, record, fresh=True, short=trusted < want)
+            return StoredChunk(digest, record, fresh=True, short=staged or trusted < want,
+                               staged=staged)
         except BaseException:
             self.unpin([digest])
             raise
+
+    def _stage(self, digest: bytes, size: int, flow: str | None, targets: list[Backend]) -> bool:
+        """Whether the remote copies of a new chunk are left to the upload queue: when
+        the policy names a remote target and the staging area has room for it."""
+        if self.staging is None or all(self.placement.is_local(b.name) for b in targets):
+            return False
+        return self.staging.reserve(digest, size, flow)
 
     async def _put_safely(self, digest: bytes, stored: bytes, targets: list[Backend]) -> list[Location]:
         """Put to the targets; if none took it, to a fallback (local first). ≥ 1 copy or raise."""
@@ -208,6 +235,10 @@ class ChunkStore:
         """
         self.unpin([sc.digest for sc in chunks])
         self._unused.extend(sc for sc in chunks if sc.fresh and sc.digest not in self._pins)
+        if self.staging is not None:
+            for sc in chunks:
+                if sc.staged:
+                    self.staging.ready(sc.digest)
 
     def pin(self, digests: list[bytes]) -> None:
         """Keep chunks from garbage deletion while something outside a write works on them."""
@@ -324,14 +355,7 @@ class ChunkStore:
 
         async def one(digest: bytes, flow: str | None, restore: list[str]) -> None:
             async with limiter:
-                self.pin([digest])  # a rebalance settling intents must not delete our put
-                try:
-                    done = await self._repair_one(digest, flow, restore)
-                except (BackendError, FsError, codec.CorruptChunk) as exc:
-                    log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
-                    done = False
-                finally:
-                    self.unpin([digest])
+                done = await self._repair_guarded(digest, flow, restore)
             outcome["repaired" if done else "pending"] += 1
 
         async with trio.open_nursery() as nursery:
@@ -339,12 +363,92 @@ class ChunkStore:
                 nursery.start_soon(one, *row)
         return outcome["repaired"], outcome["pending"]
 
+    async def _repair_guarded(self, digest: bytes, flow: str | None, restore: list[str]) -> bool:
+        """One chunk's repair, unless the repair or upload queue already works on it."""
+        if digest in self._in_repair:
+            return False
+        self._in_repair.add(digest)
+        self.pin([digest])  # a rebalance settling intents must not delete our put
+        try:
+            return await self._repair_one(digest, flow, restore)
+        except (BackendError, FsError, codec.CorruptChunk) as exc:
+            log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
+            return False
+        finally:
+            self.unpin([digest])
+            self._in_repair.discard(digest)
+
+    async def run_uploads(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The upload queue: copy staged chunks to their backends as soon as their
+        transaction has committed, UPLOAD_PARALLEL at a time; runs until cancelled.
+
+        A chunk whose upload fails stays in ``repair`` (it is in the index, so a
+        kill -9 and a remount resume it) and the repair loop retries it later.
+        """
+        if self.staging is None:
+            task_status.started()
+            return
+        await self._resume_staging()
+        limiter = trio.CapacityLimiter(UPLOAD_PARALLEL)
+
+        async def upload(digest: bytes, flow: str | None, token: object) -> None:
+            try:
+                await self._repair_guarded(digest, flow, [])
+            finally:
+                limiter.release_on_behalf_of(token)
+
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for digest, flow in await self.staging.take():
+                    token = object()     # (one digest may be queued again while in flight)
+                    await limiter.acquire_on_behalf_of(token)
+                    nursery.start_soon(upload, digest, flow, token)
+
+    async def drain_uploads(self, seconds: float) -> None:
+        """Unmount: make the copies still waiting (staged uploads first of all) for up
+        to *seconds*; what is left (a backend down, no time) continues at the next mount."""
+        if self.staging is None:
+            return
+        with trio.move_on_after(seconds):
+            while True:
+                repaired, pending = await self.repair()
+                if not pending:
+                    return
+                if not repaired:
+                    if not self._in_repair:
+                        return          # the rest waits for backends that are down
+                    await trio.sleep(0.1)
+
+    async def _resume_staging(self) -> None:
+        """After a restart: count and queue the staged chunks on record; delete staged
+        files no record names (a crash between their write and the commit, or between
+        dropping the staged location and deleting the file) that predate this process."""
+        assert self.staging is not None
+        started = time.time() - 1.0
+        stray: list[bytes] = []
+        async for info in self.staging.backend.list():
+            digest = bytes.fromhex(info.key)
+            with self.index.read() as txn:
+                rec = self.chunkmap.known(txn, digest)
+                flow = self.chunkmap.repair_flow(txn, digest)
+            if rec is not None and any(loc.backend == STAGING for loc in rec.locations):
+                self.staging.reserve(digest, info.size, flow)
+                self.staging.ready(digest)
+            elif info.mtime < started and not self.pinned(digest):
+                stray.append(digest)
+        if stray:
+            await self.call(self.staging.backend, "delete_many", [(d.hex(), "") for d in stray])
+            log.info("deleted %d staged chunks no record names", len(stray))
+
     async def _repair_one(self, digest: bytes, flow: str | None, restore: list[str]) -> bool:
         with self.index.read() as txn:
             rec = self.chunkmap.chunk(txn, digest)
-        if rec is None:  # deleted meanwhile
+        if rec is None:  # deleted meanwhile (or never committed: a staged chunk's flush failed)
             with self.index.write() as txn:
                 self.chunkmap.done_repair(txn, digest)
+            if self.staging is not None:
+                self.staging.done(digest)
             return True
         policy = self.placement.policy_for(flow)
         have = {loc.backend for loc in rec.locations}
@@ -376,7 +480,25 @@ class ChunkStore:
         if complete:
             with self.index.write() as txn:
                 self.chunkmap.done_repair(txn, digest)
+                staged = self._forget_staged_copy(txn, digest)
+            try:
+                if staged is not None:
+                    await self.call(self.backends[STAGING], "delete", digest.hex(), staged.locator)
+            except BackendError as exc:  # a stray file: deleted at the next start
+                log.warning("staged copy of chunk %s not deleted: %s", digest.hex()[:16], exc)
+            finally:  # after the delete: the area's files never exceed what is counted
+                if self.staging is not None:
+                    self.staging.done(digest)
         return complete
+
+    def _forget_staged_copy(self, txn, digest: bytes) -> Location | None:
+        """Drop the staged location of a chunk whose backends hold their copies now."""
+        rec = self.chunkmap.chunk(txn, digest)
+        staged = next((loc for loc in rec.locations if loc.backend == STAGING), None) if rec else None
+        if staged is None or len(rec.locations) < 2:
+            return None
+        self.chunkmap.set_locations(txn, digest, [l for l in rec.locations if l is not staged])
+        return staged
 
     async def _stored_copy(self, digest: bytes, rec: ChunkRecord) -> bytes:
         """The stored form of a chunk from a verified good copy."""
@@ -428,6 +550,8 @@ class ChunkStore:
                     failed.update(key for key, _ in items)
             for d, _ in rows:
                 self.cache.discard(d)
+                if self.staging is not None and d.hex() not in failed:
+                    self.staging.done(d)
             with self.index.write() as txn:
                 for d, _ in rows:
                     if d.hex() not in failed:
@@ -468,7 +592,7 @@ class ChunkStore:
         """
         total = free = unbounded = 0
         for backend in self.backends.values():
-            if not self.health.available(backend.name):
+            if backend.name == STAGING or not self.health.available(backend.name):
                 continue
             try:
                 cap = await self.call(backend, "capacity")

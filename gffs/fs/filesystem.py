@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -47,8 +47,10 @@ XATTR_NAMESPACES = (b"user.", b"trusted.")
 MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
 MAX_FILE_SIZE = 1 << 50
 SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
-READ_AHEAD_BLOCKS = 2           # blocks loaded ahead of a sequential reader
+READ_AHEAD_BLOCKS = 8           # blocks loaded ahead of a sequential reader, in parallel
+LISTED_MAX = 20_000             # "next file in its directory" links kept for read-ahead
 REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
+UNMOUNT_UPLOAD_WAIT = 120.0     # seconds an unmount spends uploading staged chunks
 NFT_PREFIX = _NFT_PREFIX.encode()
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
@@ -95,6 +97,9 @@ class Filesystem:
                                  enabled=analyze_images and not read_only)
         self.thumbs = SharedThumbnails(index, chunks)
         self.thumb_files: dict[int, bytes] = {}   # fh -> bytes of an open thumbnail
+        # file -> the file listed after it by the last readdir of its directory: a reader
+        # going through a flow in order gets the next file's first blocks ahead of time
+        self._next_listed: OrderedDict[int, int] = OrderedDict()
         # chunk loads by purpose since mount (user.gf.stats.* on the root): proves that
         # browsing thumbnails reads no original
         self.stats: Counter[str] = Counter()
@@ -122,6 +127,7 @@ class Filesystem:
             nursery.start_soon(self._garbage_loop)
             nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._repair_loop)
+            nursery.start_soon(self.chunks.run_uploads)  # staged chunks -> remote backends
             self._background = self.images.nursery = nursery
             self.images.wake()  # images queued before a restart
             try:
@@ -173,6 +179,7 @@ class Filesystem:
             except FsError as exc:
                 log.error("could not flush inode %d at unmount: %s", ino, exc)
         if not self.read_only:
+            await self.chunks.drain_uploads(UNMOUNT_UPLOAD_WAIT)
             await self._finish_deletions()
             await self.chunks.sync()
         self.images.close()
@@ -558,10 +565,21 @@ class Filesystem:
         if is_virtual(ino):
             yield from self.thumbs.readdir(ino, after_cookie)
             return
+        prev = None
         with self.index.read() as txn:
             for cookie, name, child in self.ns.entries(txn, ino, after_cookie):
                 rec = self.ns.get(txn, child)
+                if stat.S_ISREG(rec.mode):
+                    if prev is not None:
+                        self._remember_next(prev, child)
+                    prev = child
                 yield name, child, self._overlay(child, rec), cookie
+
+    def _remember_next(self, ino: int, following: int) -> None:
+        self._next_listed[ino] = following
+        self._next_listed.move_to_end(ino)
+        if len(self._next_listed) > LISTED_MAX:
+            self._next_listed.popitem(last=False)
 
     # open files ------------------------------------------------------------------------
     def _buffer(self, ino: int) -> FileBuffer:
@@ -684,16 +702,32 @@ class Filesystem:
         return b"".join(parts)
 
     def _read_ahead(self, ino: int, buf: FileBuffer, first: int) -> None:
-        """Sequential reader: start loading the next blocks before they are asked for."""
+        """Sequential reader: start loading the next blocks before they are asked for.
+
+        Each block is its own task, so a remote backend serves several at once (one
+        GET's latency no longer paces the reader); the window is at most a quarter
+        of the block cache, so read-ahead never evicts what it fetched.
+        """
         if self._background is None:
             return
+        window = min(READ_AHEAD_BLOCKS, max(1, self.chunks.cache.max_bytes // (4 * self.block_size)))
+        last = -(-buf.committed_size // self.block_size)      # blocks of the file
         with self.index.read() as txn:
-            for idx in range(first, first + READ_AHEAD_BLOCKS):
-                if idx * self.block_size >= buf.committed_size:
+            digests = [self.cm.block(txn, ino, idx)
+                       for idx in range(first, min(first + window, last)) if idx not in buf.dirty]
+            following = self._next_listed.get(ino) if first + window > last else None
+            for _hop in range(window):        # (empty files and renames may make a cycle)
+                if following is None or len(digests) >= window or following in self.buffers:
                     break
-                digest = self.cm.block(txn, ino, idx)
-                if digest is not None and idx not in buf.dirty and not self.chunks.cached(digest):
-                    self._background.start_soon(self._prefetch, digest)
+                # the reader reaches the end: the next listed files' first blocks too
+                for _, digest in self.cm.blocks(txn, following):
+                    if len(digests) >= window:
+                        break
+                    digests.append(digest)
+                following = self._next_listed.get(following)
+        for digest in digests:
+            if digest is not None and not self.chunks.cached(digest):
+                self._background.start_soon(self._prefetch, digest)
 
     async def _prefetch(self, digest: bytes) -> None:
         self.stats["file_block_loads"] += 1

@@ -208,6 +208,11 @@ class ChunkMap:
                 break
         return out
 
+    def repair_flow(self, txn: lmdb.Transaction, digest: bytes) -> str | None:
+        """The flow a queued chunk was queued for (None when not queued)."""
+        row = txn.get(digest, db=self._repair)
+        return json.loads(bytes(row)).get("flow") if row is not None else None
+
     def repair_count(self, txn: lmdb.Transaction) -> int:
         return txn.stat(self._repair)["entries"]
 

@@ -27,6 +27,7 @@ from gffs.index.records import ChunkRecord, from_u64
 from gffs.maintenance.fsck_report import Finding, Report
 from gffs.maintenance.fsck_worker import Ticker
 from gffs.maintenance.gc import GC_MIN_AGE
+from gffs.placement.policy import STAGING
 from gffs.store import Store
 
 
@@ -129,8 +130,8 @@ class ChunkCheck:
     def _check_locations(self, s: ChunkScan, digest: bytes, rec: ChunkRecord) -> None:
         configured = [loc.backend for loc in rec.locations if loc.backend in self.store.backends]
         for loc in rec.locations:
-            if loc.backend in self.store.backends:
-                continue
+            if loc.backend in self.store.backends or loc.backend == STAGING:
+                continue  # (a staged copy waits for its upload: the repair queue has it)
             obj = f"chunk {digest.hex()}"
             if configured:
                 self._add(s, "location_unknown_backend", obj, f"copy on {loc.backend!r} forgotten; "

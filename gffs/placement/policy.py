@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from gffs.placement.health import Health
 from gffs_backends.base import Backend
 
+# Name of the staging area's copies in chunk records (gffs/chunks/staging.py): a local
+# disk that is no configured backend (config names cannot start with "~").
+STAGING = "~staging"
+
 
 @dataclass
 class FlowPolicy:
@@ -128,12 +132,13 @@ class Placement:
         """Other writable, non-deferred backends, local first: where data goes when targets fail."""
         rest = [b for b in self.backends if b.name not in exclude and not self.deferred(b.name)
                 and self.health.writable(b.name)]
-        return sorted(rest, key=lambda b: type(b).__name__ != "LocalBackend")
+        return sorted(rest, key=lambda b: not self.is_local(b.name))
+
+    def is_local(self, name: str) -> bool:
+        """A local disk (a local backend or the staging area), as opposed to a remote store."""
+        b = self.by_name.get(name)
+        return name == STAGING or (b is not None and type(b).__name__ == "LocalBackend")
 
     def read_order(self, names: list[str]) -> list[str]:
         """Copies to try for a read: healthy first, local disks before remote stores."""
-        def key(name: str) -> tuple[bool, bool]:
-            b = self.by_name.get(name)
-            return (not self.health.available(name),
-                    b is None or type(b).__name__ != "LocalBackend")
-        return sorted(names, key=key)
+        return sorted(names, key=lambda n: (not self.health.available(n), not self.is_local(n)))
