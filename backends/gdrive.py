@@ -947,6 +947,10 @@ class DriveBackend(Backend):
         for meta in await self._meta_files(name):
             await self._delete_file(meta["id"])
 
+    async def check(self) -> None:
+        """The folder can be found (or created under its name, as the first put would)."""
+        await self._folder()
+
     async def capacity(self) -> Capacity | None:
         res = await self._call("about", lambda h: self._exec(h, self._svc.about().get(
             fields="storageQuota")))
