@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from gffs.cli.mounts import find_mount, gffs_data_dir
-from gffs.config import load_config
-from gffs.errors import ConfigError, StoreLockedError
 from gffs.exitcodes import EXIT_FAILED, EXIT_USAGE, run_cli
+
+# gffs modules are imported inside the commands: a Ctrl-C while they load is then
+# caught by run_cli (one line, exit 130) instead of printing a traceback
 
 DEFAULT_MOUNTPOINT = "~/gloflow"
 READY_TIMEOUT = 120.0
@@ -37,6 +37,9 @@ def _split_opts(values: list[str] | None) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from gffs.cli.mounts import find_mount
+    from gffs.config import load_config
+    from gffs.errors import ConfigError
     try:
         cfg = load_config(args.config, args.data_dir)
     except ConfigError as exc:
@@ -67,6 +70,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _run_foreground(cfg, mountpoint: str, opts: list[str], args: argparse.Namespace) -> int:
     from gffs import daemon
+    from gffs.errors import ConfigError, StoreLockedError
     daemon.setup_logging(cfg, foreground=args.ready_fd is None, debug=args.debug)
     try:
         return daemon.run(cfg, mountpoint, opts, args.ready_fd)
@@ -128,12 +132,14 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
 
 def _is_dead_gffs_mount(entry) -> bool:
     """A gffs mount whose store lock nobody holds: its daemon is gone."""
+    from gffs.cli.mounts import gffs_data_dir
     from gffs.store import StoreLock
     data_dir = gffs_data_dir(entry)
     return data_dir is not None and StoreLock.wait_free(Path(data_dir) / "gffs.lock", 0)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from gffs.cli.mounts import find_mount, gffs_data_dir
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))
     entry = find_mount(mountpoint)
     if entry is None:
