@@ -18,6 +18,7 @@ import pytest
 from fixtures_s3 import TEST_REGION
 from gffs.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TABLE
 from gffs.index import Index
+from gffs.cli.mounts import find_mount
 from mountutil import FUSE_AVAILABLE, SKIP_REASON, gffs_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,15 @@ def one_line(res: subprocess.CompletedProcess, prog: str) -> str:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: "), res.stderr
     return lines[0]
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    """A mount point for mounts that must fail; unmounted should one succeed after all."""
+    path = tmp_path / "mnt"
+    yield str(path)
+    if find_mount(str(path)) is not None:
+        gffs_cli("umount", str(path), "--timeout", "30")
 
 
 def nothing_listens() -> str:
@@ -74,10 +84,10 @@ def test_readme_documents_the_table():
 
 @needs_fuse
 @pytest.mark.parametrize("case", CONFIG_MISTAKES)
-def test_config_mistake_found_when_backends_open_exits_2_for_both(tmp_path, case, s3_env):
+def test_config_mistake_found_when_backends_open_exits_2_for_both(tmp_path, mnt, case, s3_env):
     table, says = CONFIG_MISTAKES[case]
     cfg = config(tmp_path, table)
-    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+    res = gffs_cli("mount", mnt, "--config", str(cfg))
     assert res.returncode == EXIT_USAGE and says in one_line(res, "gffs")
     assert "key:pass" not in res.stderr
     res = admin("--config", str(cfg), "status")
@@ -85,11 +95,11 @@ def test_config_mistake_found_when_backends_open_exits_2_for_both(tmp_path, case
 
 
 @needs_fuse
-def test_mount_of_a_bucket_that_does_not_exist_exits_2_in_one_line(tmp_path, moto_server,
+def test_mount_of_a_bucket_that_does_not_exist_exits_2_in_one_line(tmp_path, mnt, moto_server,
                                                                    s3_buckets):
     real = s3_buckets(1)
     cfg = config(tmp_path, s3([*real, "gf-not-created"], moto_server))
-    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+    res = gffs_cli("mount", mnt, "--config", str(cfg))
     assert res.returncode == EXIT_USAGE
     assert "bucket 'gf-not-created' does not exist" in one_line(res, "gffs")
     status = admin("--config", str(cfg), "status", "--json")
@@ -99,9 +109,9 @@ def test_mount_of_a_bucket_that_does_not_exist_exits_2_in_one_line(tmp_path, mot
 
 
 @needs_fuse
-def test_mount_with_nothing_listening_at_endpoint_url_exits_2_in_one_line(tmp_path, s3_env):
+def test_mount_with_nothing_listening_at_endpoint_url_exits_2_in_one_line(tmp_path, mnt, s3_env):
     cfg = config(tmp_path, s3(["gf-any"], nothing_listens()))
-    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+    res = gffs_cli("mount", mnt, "--config", str(cfg))
     assert res.returncode == EXIT_USAGE
     assert "unreachable" in one_line(res, "gffs") and "optional = true" in res.stderr
     status = admin("--config", str(cfg), "status")
@@ -122,16 +132,16 @@ def test_optional_backend_may_be_down_at_mount(tmp_path, mount_factory, s3_env):
 
 
 @needs_fuse
-def test_second_mount_of_a_store_exits_1(mount_factory, tmp_path):
+def test_second_mount_of_a_store_exits_1(mount_factory, mnt):
     m = mount_factory()
-    res = gffs_cli("mount", str(tmp_path / "other"), "--data-dir", str(m.data_dir))
+    res = gffs_cli("mount", mnt, "--data-dir", str(m.data_dir))
     assert res.returncode == EXIT_FAILED and "in use" in one_line(res, "gffs")
 
 
-def test_bad_toml_exits_2_for_both(tmp_path):
+def test_bad_toml_exits_2_for_both(tmp_path, mnt):
     cfg = tmp_path / "gffs.toml"
     cfg.write_text("[store\n")
     res = admin("--config", str(cfg), "status")
     assert res.returncode == EXIT_USAGE and "not valid TOML" in one_line(res, "gffs-admin")
-    res = gffs_cli("mount", str(tmp_path / "mnt"), "--config", str(cfg))
+    res = gffs_cli("mount", mnt, "--config", str(cfg))
     assert res.returncode == EXIT_USAGE and "not valid TOML" in one_line(res, "gffs")
