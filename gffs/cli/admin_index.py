@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from gffs.cli.admin_jobs import cli_run
 from gffs.exitcodes import EXIT_FAILED, EXIT_OK
-from gffs.maintenance.progress import human_bytes
 
 if TYPE_CHECKING:
     from gffs.config import Config
 
 
 def render_backup(r: dict[str, Any]) -> None:
+    from gffs.maintenance.progress import human_bytes
     s = r["summary"]
     print(f"index: {s['inodes']} inodes, {s['chunks']} chunks; {r['pieces']} pieces, "
           f"{human_bytes(r['bytes'])}")
@@ -44,6 +44,7 @@ def _list(cfg: Config, args: argparse.Namespace) -> int:
     import trio
 
     from gffs.maintenance.backup import backup_targets, list_versions
+    from gffs.maintenance.progress import human_bytes
     from gffs.store import open_backends
     from gffs_backends.base import BackendError
     backends = open_backends(cfg)

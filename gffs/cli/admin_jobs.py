@@ -6,8 +6,6 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Any
 
-from gffs.maintenance.progress import human_bytes
-
 if TYPE_CHECKING:
     from gffs.config import Config
 
@@ -45,6 +43,7 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def render_rebalance(r: dict[str, Any]) -> None:
+    from gffs.maintenance.progress import human_bytes
     verb = "would move" if r.get("dry_run") else "to move"
     print(f"checked {r['chunks_checked']} chunks; {r['chunks_to_move']} {verb}, "
           f"{human_bytes(r['bytes_to_copy'])} to copy")
