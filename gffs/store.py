@@ -114,8 +114,8 @@ def require_backends(cfg: Config, problems: dict[str, str]) -> None:
         log.warning("optional backend unusable, mounting without it: %s", problems[name])
     required = sorted(set(problems) - optional)
     if required:
-        raise ConfigError(f"{cfg.source}: {'; '.join(problems[n] for n in required)} "
-                          f"(or set optional = true in [backends.{required[0]}])")
+        what = "; ".join(f"[backends.{n}] {problems[n].removeprefix(n + ': ')}" for n in required)
+        raise ConfigError(f"{cfg.source} {what}; with optional = true the store mounts without it")
 
 
 def build_placement(cfg: Config, backends: dict[str, Backend]) -> Placement:
