@@ -157,6 +157,15 @@ class Backend(ABC):
     async def delete_meta(self, name: str) -> None:
         """Delete a metadata object; deleting a missing one is not an error."""
 
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise BackendError (one line, no credentials) unless the backend is usable now.
+
+        Called when a store is mounted (and by `gffs-admin status`) so that a missing
+        bucket or folder, or an endpoint where nothing listens, is reported at once
+        instead of as EIO on the first write. Cheap: one or two requests, no listing.
+        """
+
     async def capacity(self) -> Capacity | None:
         """Total and free bytes where the store knows them."""
         return None

@@ -986,6 +986,10 @@ class DriveBackend(Backend):
             await self._delete_file(meta["id"])
         self._written.deleted_meta(name)
 
+    async def check(self) -> None:
+        """The folder can be found (or created under its name, as the first put would)."""
+        await self._folder()
+
     async def capacity(self) -> Capacity | None:
         res = await self._call("about", lambda h: self._exec(h, self._svc.about().get(
             fields="storageQuota")))

@@ -716,6 +716,10 @@ class IpfsBackend(Backend):
         check_meta_name(self.name, name)
         await self._run(self._delete_meta, name)
 
+    async def check(self) -> None:
+        """The node answers `version` (RPC API reachable, credentials accepted)."""
+        await self._run(self._json, "version", [])
+
     async def capacity(self) -> Capacity | None:
         return await self._run(self._capacity)
 

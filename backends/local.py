@@ -227,6 +227,18 @@ class LocalBackend(Backend):
     async def delete_meta(self, name: str) -> None:
         await trio.to_thread.run_sync(self._delete_meta, name)
 
+    def _check(self) -> None:
+        if not self.objects.is_dir():
+            raise BackendError(f"{self.name}: {self.objects} is not a directory (deleted, or "
+                               f"the disk holding it is not mounted)")
+        if (not os.access(self.objects, os.W_OK | os.X_OK)
+                or os.statvfs(self.objects).f_flag & os.ST_RDONLY):
+            raise BackendError(f"{self.name}: {self.objects} is not writable")
+
+    async def check(self) -> None:
+        """The chunk directory exists and is writable."""
+        await trio.to_thread.run_sync(self._check)
+
     async def capacity(self) -> Capacity:
         st = await trio.to_thread.run_sync(os.statvfs, self.objects)
         return Capacity(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)

@@ -562,6 +562,16 @@ class S3Backend(Backend):
                 raise BackendError(f"{self.name}: delete {bucket}/{okey}: "
                                    f"{errors[0].get('Code')}")
 
+    async def check(self) -> None:
+        """head_bucket on every bucket: each must exist and answer to our credentials."""
+        for bucket in self.buckets:
+            what = f"bucket {bucket!r}"
+            try:
+                await self._call(self.timeout, what, self._client.head_bucket, Bucket=bucket)
+            except ObjectMissing:
+                raise BackendError(f"{self.name}: {what} does not exist (create it, or set "
+                                   f"create_buckets = true)") from None
+
     async def capacity(self) -> None:
         return None     # S3 does not know (quotas are not visible through the API)
 

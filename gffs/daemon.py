@@ -57,6 +57,7 @@ def _notify(ready_fd: int | None, message: str) -> None:
 
 async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
                  ready_fd: int | None) -> None:
+    await store.check_backends()   # a missing bucket is one line and exit 2 now, not EIO later
     await fs.start(os.getuid(), os.getgid())
     pyfuse3.init(Operations(fs), mountpoint, opts)
     kernel_unmounted = False
@@ -117,7 +118,7 @@ def run(cfg: Config, mountpoint: str, extra_opts: list[str], ready_fd: int | Non
     """Mount and serve in this process; returns the exit code."""
     opts, read_only = mount_options(cfg, extra_opts)
     try:
-        store = Store(cfg, f"mounted at {os.path.abspath(mountpoint)}")
+        store = Store(cfg, f"mounted at {os.path.abspath(mountpoint)}", read_only=read_only)
     except Exception as exc:
         _notify(ready_fd, f"error: {exc}")
         raise

@@ -6,8 +6,11 @@ Shared by the mount daemon and gffs-admin so both see the same store the same wa
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
+
+import trio
 
 from gffs.chunks.staging import Staging
 from gffs.chunks.store import ChunkStore
@@ -16,7 +19,9 @@ from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import Index
 from gffs.index.env import DRAINING
 from gffs.placement import FlowPolicy, Health, Placement
-from gffs_backends.base import Backend, load_backend_class
+from gffs_backends.base import Backend, BackendError, load_backend_class
+
+log = logging.getLogger("gffs.store")
 
 
 class StoreLock:
@@ -82,6 +87,38 @@ def open_backends(cfg: Config) -> dict[str, Backend]:
     return backends
 
 
+async def check_backends(backends: dict[str, Backend], timeout: float) -> dict[str, str]:
+    """Backend.check() of all *backends* at once, each bounded by *timeout*: name -> problem."""
+    problems: dict[str, str] = {}
+
+    async def one(name: str, backend: Backend) -> None:
+        try:
+            with trio.fail_after(timeout):
+                await backend.check()
+        except trio.TooSlowError:
+            problems[name] = f"{name}: no answer within {timeout:g} s"
+        except BackendError as exc:
+            problems[name] = str(exc) or type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 (a backend's bug: still one line, not a hang)
+            problems[name] = f"{name}: check failed: {type(exc).__name__}: {exc}"
+
+    async with trio.open_nursery() as nursery:
+        for name, backend in backends.items():
+            nursery.start_soon(one, name, backend)
+    return problems
+
+
+def require_backends(cfg: Config, problems: dict[str, str]) -> None:
+    """ConfigError naming every failed backend the config does not mark optional; log the rest."""
+    optional = {bc.name for bc in cfg.backends if bc.optional}
+    for name in sorted(set(problems) & optional):
+        log.warning("optional backend unusable, mounting without it: %s", problems[name])
+    required = sorted(set(problems) - optional)
+    if required:
+        what = "; ".join(f"[backends.{n}] {problems[n].removeprefix(n + ': ')}" for n in required)
+        raise ConfigError(f"{cfg.source} {what}; with optional = true the store mounts without it")
+
+
 def build_placement(cfg: Config, backends: dict[str, Backend]) -> Placement:
     """The placement policy of the config over opened backends (drains not applied)."""
     pol = cfg.placement
@@ -108,12 +145,14 @@ def open_staging(cfg: Config, backends: dict[str, Backend]) -> Staging | None:
 class Store:
     """Everything below the filesystem layer, opened under the store lock."""
 
-    def __init__(self, cfg: Config, purpose: str) -> None:
+    def __init__(self, cfg: Config, purpose: str, *, read_only: bool = False) -> None:
+        """*read_only*: the index is opened read-only, so nothing can change it (-o ro)."""
         self.cfg = cfg
         self.lock = StoreLock(cfg.lock_file)
         self.lock.acquire(purpose)
         try:
-            self.index = Index(cfg.index_dir, block_size=cfg.block_size_kb << 10)
+            self.index = Index(cfg.index_dir, readonly=read_only,
+                               block_size=cfg.block_size_kb << 10)
             self.backends = open_backends(cfg)
             self.placement = build_placement(cfg, self.backends)
             with self.index.read() as txn:
@@ -127,6 +166,14 @@ class Store:
                 self.index.close()
             self.lock.release()
             raise
+
+    @property
+    def read_only(self) -> bool:
+        return self.index.readonly
+
+    async def check_backends(self) -> None:
+        """Fail early: ConfigError (exit 2) when a backend the config needs is not usable."""
+        require_backends(self.cfg, await check_backends(self.backends, self.cfg.backend_timeout))
 
     def close(self) -> None:
         try:

@@ -24,7 +24,7 @@ import trio
 
 from gffs_backends.base import Backend, BackendFull, BackendUnavailable, Capacity, ObjectInfo
 
-ALL_OPS = frozenset({"put", "get", "delete", "delete_many", "stat", "list", "capacity", "sync",
+ALL_OPS = frozenset({"put", "get", "delete", "delete_many", "stat", "list", "capacity", "sync", "check",
                      "put_meta", "get_meta", "list_meta", "delete_meta"})
 
 
@@ -111,6 +111,10 @@ class FaultyBackend(Backend):
     async def delete_meta(self, name: str) -> None:
         await self._enter("delete_meta")
         await self.inner.delete_meta(name)
+
+    async def check(self) -> None:
+        await self._enter("check")
+        await self.inner.check()
 
     async def capacity(self) -> Capacity | None:
         await self._enter("capacity")

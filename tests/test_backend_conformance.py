@@ -13,6 +13,8 @@ import errno
 import hashlib
 import importlib
 import os
+import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -232,6 +234,78 @@ def test_local_list_hides_temp_files(tmp_path):
         (d / f"{key}.123.tmp").write_bytes(b"half")
         assert [i.key async for i in b.list()] == [key]
     run(main)
+
+
+# check(): usable now, or one clear line -----------------------------------------------------
+
+def test_check_passes_on_a_working_backend(backend):
+    run(backend.check)
+
+
+def _nothing_listens() -> str:
+    """An http URL on loopback where (right now) nothing accepts connections."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def down_local(request, tmp_path) -> Backend:
+    b = LocalBackend("local", tmp_path / "gone")
+    shutil.rmtree(tmp_path / "gone")        # e.g. the disk holding it is not mounted
+    return b
+
+
+def down_faulty(request, tmp_path) -> Backend:
+    return FaultyBackend(LocalBackend("local", tmp_path / "wrapped"), down=True)
+
+
+def down_s3_missing_bucket(request, tmp_path) -> Backend:
+    from gffs_backends.s3 import S3Backend
+    request.getfixturevalue("s3_env")
+    real = request.getfixturevalue("s3_buckets")(1)
+    return S3Backend.from_config("s3", {"buckets": [*real, "gf-never-created"], "timeout": 10,
+                                        "endpoint_url": request.getfixturevalue("moto_server"),
+                                        "region": "us-east-1"})
+
+
+def down_s3_refused(request, tmp_path) -> Backend:
+    from gffs_backends.s3 import S3Backend
+    request.getfixturevalue("s3_env")
+    return S3Backend.from_config("s3", {"buckets": ["gf-any"], "endpoint_url": _nothing_listens(),
+                                        "region": "us-east-1", "timeout": 5})
+
+
+def down_ipfs_refused(request, tmp_path) -> Backend:
+    from gffs_backends.ipfs import IpfsBackend
+    return IpfsBackend("ipfs", _nothing_listens(), timeout=5)
+
+
+def down_gdrive_refused(request, tmp_path) -> Backend:
+    from fixtures_gdrive import make_backend
+    return make_backend(request.getfixturevalue("drive"), tmp_path, api_endpoint=_nothing_listens())
+
+
+@pytest.mark.parametrize("factory, says", [
+    (down_local, "is not a directory"),
+    (down_faulty, "down"),
+    (down_s3_missing_bucket, "'gf-never-created' does not exist"),
+    (down_s3_refused, "unreachable"),
+    (down_ipfs_refused, "unreachable"),
+    (down_gdrive_refused, ""),
+], ids=["local-dir-gone", "faulty-down", "s3-missing-bucket", "s3-refused", "ipfs-refused",
+        "gdrive-refused"])
+def test_check_of_a_down_backend_is_one_clear_line(request, tmp_path, factory, says):
+    b = factory(request, tmp_path)
+
+    async def main():
+        with trio.fail_after(60):
+            with pytest.raises(BackendError) as err:
+                await b.check()
+        await b.close()
+        return str(err.value)
+    message = run(main)
+    assert message.startswith(f"{b.name}: ") and says in message and "\n" not in message
 
 
 # metadata objects (index backups) ---------------------------------------------------------

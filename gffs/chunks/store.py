@@ -328,6 +328,8 @@ class ChunkStore:
 
     def _drop_bad_copies(self, digest: bytes, bad: list[str]) -> None:
         """Forget copies that proved missing or corrupt and queue their re-creation."""
+        if self.index.readonly:     # -o ro changes nothing; fsck --repair fixes it later
+            return
         with self.index.write() as txn:
             rec = self.chunkmap.chunk(txn, digest)
             if rec is None:
@@ -345,8 +347,11 @@ class ChunkStore:
         """Bring queued chunks back to their copy count; returns (repaired, still pending).
 
         A chunk whose wanted backends are down stays queued (the queue is in the
-        index, so it survives restarts) and is retried on the next call.
+        index, so it survives restarts) and is retried on the next call. A read-only
+        store (-o ro) repairs nothing: that would write to the backends and the index.
         """
+        if self.index.readonly:
+            return 0, 0
         with self.index.read() as txn:
             rows = self.chunkmap.repair_rows(txn, limit, self._repair_after)
         self._repair_after = rows[-1][0] if len(rows) >= limit else b""
@@ -385,7 +390,7 @@ class ChunkStore:
         A chunk whose upload fails stays in ``repair`` (it is in the index, so a
         kill -9 and a remount resume it) and the repair loop retries it later.
         """
-        if self.staging is None:
+        if self.staging is None or self.index.readonly:  # -o ro uploads nothing
             task_status.started()
             return
         await self._resume_staging()
@@ -517,7 +522,9 @@ class ChunkStore:
 
     # deleting -------------------------------------------------------------------
     async def delete_garbage(self, limit: int = 1000) -> int:
-        """Delete unreferenced chunks from their backends; return how many went."""
+        """Delete unreferenced chunks from their backends; return how many went (none if read-only)."""
+        if self.index.readonly:
+            return 0
         with self.index.read() as txn:
             rows = [(d, r) for d, r in self.chunkmap.garbage(txn, limit)
                     if d not in self._pins and d not in self._deleting]

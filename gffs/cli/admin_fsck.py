@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from gffs.cli.admin_jobs import parse_duration
-from gffs.config import Config
-from gffs.maintenance.fsck_backends import Options
-from gffs.maintenance.fsck_report import render
+from gffs.cli.admin_jobs import cli_run, parse_duration
 
-DEFAULTS = Options()
+if TYPE_CHECKING:
+    from gffs.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,22 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--incremental", action="store_true",
                    help="check the next slice of chunks against the backends (resumes "
                         "where the last incremental run stopped, wraps around)")
-    p.add_argument("--chunks", type=int, default=DEFAULTS.max_chunks,
-                   help=f"chunks per incremental run (default {DEFAULTS.max_chunks})")
+    p.add_argument("--chunks", type=int,
+                   help="chunks per incremental run (default 10000)")
     p.add_argument("--time-limit", type=parse_duration,
                    help="time an incremental run may spend on the backends (90, 30m, 2h)")
-    p.add_argument("--min-age", type=parse_duration, default=DEFAULTS.min_age,
+    p.add_argument("--min-age", type=parse_duration,
                    help="report (and with --repair delete) unrecorded objects only when "
-                        f"older than this (default {DEFAULTS.min_age:.0f} s; 90, 30m, 2h)")
+                        "older than this (default 1 h; 90, 30m, 2h)")
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     p.set_defaults(handler=run)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from gffs.maintenance.fsck import options
-    from gffs.maintenance.runner import cli_run
+    from gffs.maintenance.fsck_backends import Options
+    from gffs.maintenance.fsck_report import render
+    defaults = Options()
     job_args = {"verify_data": args.verify_data, "incremental": args.incremental,
-                "chunks": args.chunks, "time_limit": args.time_limit, "min_age": args.min_age}
+                "chunks": defaults.max_chunks if args.chunks is None else args.chunks,
+                "time_limit": args.time_limit,
+                "min_age": defaults.min_age if args.min_age is None else args.min_age}
     try:
         options(job_args, args.repair)
     except ValueError as exc:

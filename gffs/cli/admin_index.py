@@ -12,22 +12,17 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+from gffs.cli.admin_jobs import cli_run
+from gffs.exitcodes import EXIT_FAILED, EXIT_OK
 
-from gffs.config import Config
-from gffs.maintenance.backup import backup_targets, list_versions
-from gffs.maintenance.backup_format import BadBackup
-from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK
-from gffs.maintenance.progress import human_bytes
-from gffs.maintenance.restore import restore_index
-from gffs.maintenance.runner import cli_report, cli_run
-from gffs.store import open_backends
-from gffs_backends.base import BackendError
+if TYPE_CHECKING:
+    from gffs.config import Config
 
 
 def render_backup(r: dict[str, Any]) -> None:
+    from gffs.maintenance.progress import human_bytes
     s = r["summary"]
     print(f"index: {s['inodes']} inodes, {s['chunks']} chunks; {r['pieces']} pieces, "
           f"{human_bytes(r['bytes'])}")
@@ -46,6 +41,12 @@ def _backup(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _list(cfg: Config, args: argparse.Namespace) -> int:
+    import trio
+
+    from gffs.maintenance.backup import backup_targets, list_versions
+    from gffs.maintenance.progress import human_bytes
+    from gffs.store import open_backends
+    from gffs_backends.base import BackendError
     backends = open_backends(cfg)
 
     async def run() -> dict[str, Any]:
@@ -115,6 +116,13 @@ def render_restore(r: dict[str, Any]) -> None:
 
 
 def _restore(cfg: Config, args: argparse.Namespace) -> int:
+    import trio
+
+    from gffs.maintenance.backup_format import BadBackup
+    from gffs.maintenance.restore import restore_index
+    from gffs.maintenance.runner import cli_report
+    from gffs_backends.base import BackendError
+
     def work(progress):
         return trio.run(lambda: restore_index(cfg, args.source, progress, version=args.version,
                                               force=args.force, check=not args.no_check))

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gffs.config import Config
-from gffs.maintenance.gc import GC_MIN_AGE
-from gffs.maintenance.progress import human_bytes
-from gffs.maintenance.runner import cli_run
+if TYPE_CHECKING:
+    from gffs.config import Config
+
+
+def cli_run(*args: Any, **kw: Any) -> int:
+    """gffs.maintenance.runner.cli_run, imported when a job runs (it loads trio and LMDB)."""
+    from gffs.maintenance.runner import cli_run as run
+    return run(*args, **kw)
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -39,6 +43,7 @@ def _limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def render_rebalance(r: dict[str, Any]) -> None:
+    from gffs.maintenance.progress import human_bytes
     verb = "would move" if r.get("dry_run") else "to move"
     print(f"checked {r['chunks_checked']} chunks; {r['chunks_to_move']} {verb}, "
           f"{human_bytes(r['bytes_to_copy'])} to copy")
@@ -76,12 +81,14 @@ def _drain(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _gc(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.maintenance.gc import GC_MIN_AGE
     def render(r: dict[str, Any]) -> None:
         print(f"deleted {r['garbage_deleted']} queued and {r['unreferenced_deleted']} "
               f"unreferenced chunks; {r['image_rows_dropped']} stale image rows")
         for name in r["backends_failed"]:
             print(f"  {name}: could not be listed; run gc again when it is back")
-    return cli_run(cfg, "gc", {"min_age": args.min_age}, json_output=args.json, render=render)
+    min_age = GC_MIN_AGE if args.min_age is None else args.min_age
+    return cli_run(cfg, "gc", {"min_age": min_age}, json_output=args.json, render=render)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(handler=_drain)
 
     g = sub.add_parser("gc", help="delete chunks nothing references")
-    g.add_argument("--min-age", type=float, default=GC_MIN_AGE,
-                   help="only delete unreferenced objects older than this many seconds")
+    g.add_argument("--min-age", type=float,
+                   help="only delete unreferenced objects older than this many seconds "
+                        "(default: an hour)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(handler=_gc)

@@ -2,6 +2,10 @@
 
     gffs mount [MOUNTPOINT] [--config FILE] [--data-dir DIR] [-o OPT,...] [--foreground]
     gffs umount MOUNTPOINT
+
+Exit codes: gffs/exitcodes.py (the same table as gffs-admin). Imports stay
+light until a command needs more: the daemon loads pyfuse3 and only the
+backends its config names.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from gffs.cli.mounts import find_mount, gffs_data_dir
-from gffs.config import load_config
-from gffs.errors import ConfigError, StoreLockedError
+from gffs.exitcodes import EXIT_FAILED, EXIT_USAGE, run_cli
+
+# gffs modules are imported inside the commands: a Ctrl-C while they load is then
+# caught by run_cli (one line, exit 130) instead of printing a traceback
 
 DEFAULT_MOUNTPOINT = "~/gloflow"
 READY_TIMEOUT = 120.0
 
 
-def _fail(message: str, code: int = 1) -> int:
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
     print(f"gffs: {message}", file=sys.stderr)
     return code
 
@@ -32,10 +37,13 @@ def _split_opts(values: list[str] | None) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    from gffs.cli.mounts import find_mount
+    from gffs.config import load_config
+    from gffs.errors import ConfigError
     try:
         cfg = load_config(args.config, args.data_dir)
     except ConfigError as exc:
-        return _fail(str(exc), 2)
+        return _fail(str(exc), EXIT_USAGE)
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))
     existing = find_mount(mountpoint)
     if existing is not None and _is_dead_gffs_mount(existing):
@@ -62,11 +70,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _run_foreground(cfg, mountpoint: str, opts: list[str], args: argparse.Namespace) -> int:
     from gffs import daemon
+    from gffs.errors import ConfigError, StoreLockedError
     daemon.setup_logging(cfg, foreground=args.ready_fd is None, debug=args.debug)
     try:
         return daemon.run(cfg, mountpoint, opts, args.ready_fd)
     except (ConfigError, StoreLockedError) as exc:
-        return _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
+        return _fail(str(exc), EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED)
     except Exception as exc:
         import logging
         logging.getLogger("gffs").exception("mount failed")
@@ -106,27 +115,31 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
     if message == "ok":
         proc.stderr.close()
         return 0
-    if not message:
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    try:
+        code = proc.wait(timeout=5 if not message else 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        if not message:
             return _fail(f"mount did not become ready within {READY_TIMEOUT:.0f}s")
+        code = EXIT_FAILED
+    if not message:
         err = proc.stderr.read().decode(errors="replace").strip().splitlines()
         message = err[-1] if err else f"daemon exited with status {proc.returncode}"
-        return _fail(message.removeprefix("gffs: "))
-    proc.wait(timeout=30)
-    return _fail(message.removeprefix("error: "))
+    # the daemon's own exit code says which kind of failure (a config mistake is 2)
+    return _fail(message.removeprefix("gffs: ").removeprefix("error: "),
+                 code if code == EXIT_USAGE else EXIT_FAILED)
 
 
 def _is_dead_gffs_mount(entry) -> bool:
     """A gffs mount whose store lock nobody holds: its daemon is gone."""
+    from gffs.cli.mounts import gffs_data_dir
     from gffs.store import StoreLock
     data_dir = gffs_data_dir(entry)
     return data_dir is not None and StoreLock.wait_free(Path(data_dir) / "gffs.lock", 0)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
+    from gffs.cli.mounts import find_mount, gffs_data_dir
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))
     entry = find_mount(mountpoint)
     if entry is None:
@@ -164,11 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    def body() -> int:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("gffs", body)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gffs.control")
 
 SOCKET_NAME = "control.sock"
+READ_ONLY_JOBS = {"fsck"}   # change nothing anywhere: the only jobs a read-only mount runs
 MAX_REQUEST = 64 << 10
 
 
@@ -106,12 +107,27 @@ class ControlServer:
         _pid, uid, _gid = struct.unpack("3i", creds)
         return uid in (0, os.getuid())
 
+    def _read_only_refusal(self, name: str, args: dict[str, Any]) -> str | None:
+        """Why a read-only mount (-o ro) will not run this job, or None."""
+        if not self.store.read_only:
+            return None
+        if name not in READ_ONLY_JOBS:
+            return f"{name} would write, and the store is mounted read-only (-o ro)"
+        if args.get("incremental"):
+            return (f"{name} --incremental saves its place in the index, and the store is "
+                    f"mounted read-only (-o ro)")
+        return None
+
     async def _run(self, stream: trio.SocketStream, request: dict[str, Any]) -> None:
         name = request.get("job")
         job = JOBS.get(name) if isinstance(name, str) else None
         if job is None:
             await _send(stream, {"event": "error", "kind": "unknown",
                                  "message": f"no maintenance job named {name!r}"})
+            return
+        refusal = self._read_only_refusal(job.name, request.get("args") or {})
+        if refusal:
+            await _send(stream, {"event": "error", "kind": "refused", "message": refusal})
             return
         if job.writes and self.writer is not None:
             await _send(stream, {"event": "error", "kind": "busy",

@@ -17,17 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from gffs.exitcodes import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LIMIT,  # noqa: F401 (re-exported)
+                            EXIT_OK, EXIT_REFUSED, EXIT_USAGE)
 from gffs.maintenance.progress import Progress
 
 if TYPE_CHECKING:
     from gffs.store import Store
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_LIMIT = 3      # stopped at --time-limit/--size-limit: run again to continue
-EXIT_REFUSED = 4    # the plan was refused; nothing changed
-EXIT_INTERRUPTED = 130
 
 JobFn = Callable[["Store", dict, Progress], Awaitable[dict]]
 

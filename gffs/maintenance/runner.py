@@ -15,6 +15,7 @@ import trio
 
 from gffs.config import Config
 from gffs.errors import ConfigError, StoreLockedError
+from gffs.exitcodes import is_interrupt
 from gffs.maintenance.control import JobFailed, request_job
 from gffs.maintenance.jobs import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_REFUSED, JobBusy,
                                    JobRefused, load_jobs, result_exit_code)
@@ -46,7 +47,7 @@ def run_job(cfg: Config, name: str, args: dict[str, Any], progress: Progress) ->
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
     """Ctrl-C wins; a group of one is that one exception."""
-    if group.subgroup(lambda e: isinstance(e, KeyboardInterrupt)) is not None:
+    if is_interrupt(group):
         return KeyboardInterrupt()
     leaves = list(_leaves(group))
     return leaves[0] if len(leaves) == 1 else group
