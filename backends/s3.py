@@ -201,6 +201,11 @@ class S3Backend(Backend):
                                    f"{profile!r} cannot be used") from None
         self._client = session.client("s3", endpoint_url=endpoint_url, region_name=region,
                                       config=config)
+        # check() asks once (and once more): a refused endpoint is "unreachable" at once,
+        # not after the ten jittered attempts that data requests get
+        self._probe_client = lambda: session.client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            config=config.merge(Config(retries={"total_max_attempts": 2, "mode": "standard"})))
         self.region = self._client.meta.region_name
         self._transfer = TransferConfig(
             multipart_threshold=self.multipart_threshold,
@@ -564,13 +569,17 @@ class S3Backend(Backend):
 
     async def check(self) -> None:
         """head_bucket on every bucket: each must exist and answer to our credentials."""
-        for bucket in self.buckets:
-            what = f"bucket {bucket!r}"
-            try:
-                await self._call(self.timeout, what, self._client.head_bucket, Bucket=bucket)
-            except ObjectMissing:
-                raise BackendError(f"{self.name}: {what} does not exist (create it, or set "
-                                   f"create_buckets = true)") from None
+        probe = await trio.to_thread.run_sync(self._probe_client)
+        try:
+            for bucket in self.buckets:
+                what = f"bucket {bucket!r}"
+                try:
+                    await self._call(self.timeout, what, probe.head_bucket, Bucket=bucket)
+                except ObjectMissing:
+                    raise BackendError(f"{self.name}: {what} does not exist (create it, or "
+                                       f"set create_buckets = true)") from None
+        finally:
+            probe.close()
 
     async def capacity(self) -> None:
         return None     # S3 does not know (quotas are not visible through the API)
