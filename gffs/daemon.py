@@ -58,7 +58,7 @@ def _notify(ready_fd: int | None, message: str) -> None:
 async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
                  ready_fd: int | None) -> None:
     await fs.start(os.getuid(), os.getgid())
-    pyfuse3.init(Operations(fs), mountpoint, opts)
+    pyfuse3.init(Operations(fs, os.path.abspath(mountpoint)), mountpoint, opts)
     kernel_unmounted = False
     try:
         async with trio.open_nursery() as nursery:
