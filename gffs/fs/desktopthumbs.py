@@ -127,7 +127,7 @@ class DesktopThumbnails:
 
     async def _warm(self, dir_ino: int, files: list[tuple[bytes, int, InodeRecord]],
                     viewer: Viewer) -> None:
-        wanted: list[tuple[str, bytes, int]] = []
+        wanted: list[tuple[str, bytes, str]] = []
         rows = []
         with self.index.read() as txn:
             dir_path = self._dir_path(txn, dir_ino)
@@ -139,10 +139,10 @@ class DesktopThumbnails:
                 cid = self.images.content_id(txn, ino)
                 thumbs = self.images.thumbnails(txn, cid) if cid is not None else {}
                 uri = usercache.file_uri(os.path.join(dir_path, name))
-                mtime_s = rec.mtime_ns // 1_000_000_000
+                mtime = usercache.mtime_text(rec.mtime_ns)
                 for size in SIZES:
                     if size in thumbs:
-                        wanted.append((size, uri, mtime_s))
+                        wanted.append((size, uri, mtime))
                         rows.append(thumbs[size])
         if not wanted:
             return
@@ -150,10 +150,10 @@ class DesktopThumbnails:
         todo = todo[:self._allow(viewer.uid, len(todo))]
         items = []
         for i in todo:
-            size, uri, mtime_s = wanted[i]
+            size, uri, mtime = wanted[i]
             png = await self.chunks.load(rows[i].digest)
             if len(png) == rows[i].length:
-                items.append((size, uri, with_file_text(bytes(png), uri, mtime_s)))
+                items.append((size, uri, with_file_text(bytes(png), uri, mtime)))
         if items:
             self.stats["user_cache_writes"] += await trio.to_thread.run_sync(
                 usercache.write, viewer, items)

@@ -56,6 +56,14 @@ class Viewer:
         return bool(mode & 0o004)
 
 
+def mtime_text(mtime_ns: int) -> str:
+    """``Thumb::MTime`` as Tumbler (Thunar's thumbnailer) writes and compares it: seconds
+    with microseconds. Readers that want whole seconds (GLib, libfm, KDE) parse the
+    integer part; with whole seconds only, Tumbler would remake every thumbnail it is
+    asked for from the original."""
+    return "%d.%06d" % divmod(mtime_ns // 1000, 1_000_000)
+
+
 def file_uri(path: bytes) -> bytes:
     """``file://`` URI of an absolute path, escaped as GLib does (the thumbnail's key)."""
     return b"file://" + quote(path, safe=URI_SAFE + "/").encode()
@@ -156,14 +164,14 @@ def thumbnail_text(path: bytes) -> dict[bytes, bytes]:
     return text
 
 
-def is_current(path: bytes, uri: bytes, mtime_s: int) -> bool:
-    """Is there a thumbnail at *path* that file managers accept for this file as it is now?"""
+def is_current(path: bytes, uri: bytes, mtime: str) -> bool:
+    """Is there a thumbnail at *path* that every file manager accepts for this file now?"""
     text = thumbnail_text(path)
-    return text.get(b"Thumb::URI") == uri and text.get(b"Thumb::MTime") == str(mtime_s).encode()
+    return text.get(b"Thumb::URI") == uri and text.get(b"Thumb::MTime") == mtime.encode()
 
 
-def missing(viewer: Viewer, wanted: list[tuple[str, bytes, int]]) -> list[int]:
-    """Indexes of the (size, uri, mtime) in *wanted* the viewer's cache lacks (runs as the viewer)."""
+def missing(viewer: Viewer, wanted: list[tuple[str, bytes, str]]) -> list[int]:
+    """Indexes of the (size, uri, mtime_text) in *wanted* the viewer's cache lacks (as the viewer)."""
     with as_user(viewer) as ok:
         if not ok:
             return []
