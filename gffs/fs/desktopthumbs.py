@@ -21,7 +21,8 @@ on its first look (no race, no original read). What is written:
   has neither), at most :data:`MAX_FILES_PER_MINUTE` files per user.
 
 A failure costs the file manager's own thumbnail, never the listing: errors are
-logged at debug level and the reply goes out.
+logged at debug level and the reply goes out, after at most
+:data:`BATCH_TIME_LIMIT` seconds even when the thumbnails' backend is slow.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 SIZES = ("normal", "large")       # Nautilus/GLib: large; PCManFM and Thunar: normal or large
 MAX_FILES_PER_MINUTE = 6000       # per viewing uid: a tree walk cannot flood a home
 MAX_NAME_SCAN = 100_000           # entries scanned to find a directory's name in its parent
+BATCH_TIME_LIMIT = 5.0            # seconds one readdir reply may wait (a slow backend's chunks)
 
 
 @dataclass(slots=True)
@@ -121,7 +123,8 @@ class DesktopThumbnails:
         if viewer is None:
             return
         try:
-            await self._warm(listing.ino, files, viewer)
+            with trio.move_on_after(BATCH_TIME_LIMIT):
+                await self._warm(listing.ino, files, viewer)
         except Exception:  # noqa: BLE001 - the listing matters more than a thumbnail
             log.debug("user thumbnail cache of uid %d not filled", viewer.uid, exc_info=True)
 
