@@ -59,7 +59,7 @@ async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
                  ready_fd: int | None) -> None:
     await store.check_backends()   # a missing bucket is one line and exit 2 now, not EIO later
     await fs.start(os.getuid(), os.getgid())
-    pyfuse3.init(Operations(fs), mountpoint, opts)
+    pyfuse3.init(Operations(fs, os.path.abspath(mountpoint)), mountpoint, opts)
     kernel_unmounted = False
     try:
         async with trio.open_nursery() as nursery:

@@ -249,6 +249,8 @@ def test_unexpected_exception_becomes_eio(ops, monkeypatch, handler, exc):
     monkeypatch.setattr(ops.fs, method, boom)
 
     async def main(ops):
+        if handler == "readdir":   # directory handles come from opendir
+            assert await ops.opendir(ROOT_INO, CTX) == args[0]
         assert await fuse_errno(getattr(ops, handler)(*args)) == errno.EIO
     run(ops, main)
 

@@ -9,7 +9,8 @@
 # installs gffs into it with its test dependencies, and links the commands
 # gffs, gffs-admin and mount.gffs onto the PATH. Also installs getfattr/setfattr
 # (attr) for reading image facts, strace and exiftool, which tests use as
-# independent witnesses, and solcjs (npm) for the test NFT contracts.
+# independent witnesses, solcjs (npm) for the test NFT contracts, and Xvfb with
+# Nautilus, PCManFM and Thunar for the file-manager tests.
 set -eu
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +31,9 @@ echo "gffs setup: Debian packages"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
     fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv attr strace libimage-exiftool-perl >/dev/null
+# the file managers tests/test_desktop_*.py browse flows with, under Xvfb (docs/IMAGES.md)
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    xvfb xauth xdotool imagemagick dbus-daemon nautilus pcmanfm thunar tumbler >/dev/null
 
 # solcjs (npm package solc) compiles the test NFT contracts offline (tests/fixtures_evm.py)
 if ! command -v npm >/dev/null 2>&1; then

@@ -147,13 +147,53 @@ def cmd_umount(args: argparse.Namespace) -> int:
     data_dir = gffs_data_dir(entry)
     if data_dir is None:
         return _fail(f"{mountpoint} is not a gffs mount ({entry.fstype})")
+    lock = Path(data_dir) / "gffs.lock"
+    daemon = _daemon_of(lock)   # before unmounting: the daemon empties the lock file on release
     res = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
     if res.returncode != 0:
         return _fail(res.stderr.strip() or f"fusermount3 -u {mountpoint} failed")
     from gffs.store import StoreLock
-    if not StoreLock.wait_free(Path(data_dir) / "gffs.lock", args.timeout):
+    deadline = time.monotonic() + args.timeout
+    if not StoreLock.wait_free(lock, args.timeout) or not _wait_exited(daemon, deadline):
         return _fail(f"unmounted, but the daemon is still writing after {args.timeout:.0f}s")
     return 0
+
+
+def _daemon_of(lock: Path) -> tuple[int, str] | None:
+    """(pid, start time) of the process holding the store lock, from the lock file."""
+    import re
+    try:
+        found = re.search(r"\(pid (\d+)\)", lock.read_text())
+    except OSError:
+        return None
+    if found is None:
+        return None
+    pid = int(found[1])
+    started = _start_time(pid)
+    return (pid, started) if started else None
+
+
+def _start_time(pid: int) -> str:
+    """The process' start time in clock ticks ("" when gone or a zombie): tells a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return "" if fields[0] in ("Z", "X") else fields[19]
+
+
+def _wait_exited(daemon: tuple[int, str] | None, deadline: float) -> bool:
+    """Wait until the daemon process is gone: releasing the lock is not its last act (the
+    README promises that umount returns once the daemon has finished)."""
+    if daemon is None:
+        return True
+    pid, started = daemon
+    while _start_time(pid) == started:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,7 +55,7 @@ NFT_PREFIX = _NFT_PREFIX.encode()
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
 STATS_PREFIX = b"user.gf.stats."   # read-only counters on the mount's root directory
-STATS = ("file_block_loads", "analysis_block_loads", "thumbnail_loads")
+STATS = ("file_block_loads", "analysis_block_loads", "thumbnail_loads", "user_cache_writes")
 
 
 @dataclass(slots=True)

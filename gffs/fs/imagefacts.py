@@ -23,6 +23,7 @@ import trio
 
 from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
+from gffs.images.analyze import OUT_OF_MEMORY, is_resource_failure, may_be_resource_failure
 from gffs.images.thumbnails import Thumbnail
 from gffs.index import ChunkMap, Index
 from gffs.index.images import ImageIndex
@@ -39,7 +40,7 @@ IDLE_BEFORE_ANALYSIS = 0.3        # seconds without writes before an image is an
 MAX_ANALYSIS_DELAY = 20.0         # ...unless it has waited this long already
 
 
-def _worker_init() -> None:
+def _worker_init(memory_limit: int = ANALYSIS_MEMORY_LIMIT) -> None:
     """In the analysis process: die with the daemon, bounded memory, low priority."""
     import ctypes
     import resource
@@ -51,7 +52,7 @@ def _worker_init() -> None:
     if os.getppid() == 1:  # the daemon died before prctl took effect
         os._exit(0)
     try:
-        resource.setrlimit(resource.RLIMIT_AS, (ANALYSIS_MEMORY_LIMIT, ANALYSIS_MEMORY_LIMIT))
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     except (ValueError, OSError):
         pass
     try:
@@ -70,7 +71,7 @@ def _analyse_in_worker(data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
         thumbs = make_thumbnails(pixels, facts, len(data)) if pixels is not None else []
         return facts, thumbs
     except MemoryError:
-        return {"error": "analysis needs more memory than allowed"}, []
+        return {"error": OUT_OF_MEMORY}, []
 
 
 class AnalysisProcess:
@@ -80,14 +81,16 @@ class AnalysisProcess:
     and GIL out of it, and a decoder that crashes takes only that process.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, memory_limit: int = ANALYSIS_MEMORY_LIMIT) -> None:
         self._pool: ProcessPoolExecutor | None = None
+        self.memory_limit = memory_limit
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx,
-                                             initializer=_worker_init)
+                                             initializer=_worker_init,
+                                             initargs=(self.memory_limit,))
         return self._pool
 
     async def analyse(self, data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
@@ -118,6 +121,7 @@ class ImageFacts:
         self._last_write = float("-inf")
         self._first_seen: dict[bytes, float] = {}
         self._consumer_running = False
+        self._postponed: set[bytes] = set()   # resource failures: stay queued for the next mount
         self.nursery: trio.Nursery | None = None
 
     # hooks called by the filesystem --------------------------------------------------
@@ -150,7 +154,7 @@ class ImageFacts:
         try:
             while True:
                 with self.index.read() as txn:
-                    rows = self.images.queued(txn)
+                    rows = [r for r in self.images.queued(txn) if r[0] not in self._postponed]
                 if not rows:
                     return
                 for cid, ino, size in rows:
@@ -184,8 +188,13 @@ class ImageFacts:
                     if self._current(ino, cid):
                         data = await self._read_file(ino, size)
                         if self._current(ino, cid):  # not rewritten or deleted while we read
-                            facts, thumbs = await self._worker.analyse(data)
+                            facts, thumbs = await self._analyse_checked(data)
                             del data
+                            if is_resource_failure(facts):   # not the content's verdict
+                                log.warning("image analysis of inode %d postponed to the next "
+                                            "mount: %s, twice", ino, facts["error"])
+                                self._postponed.add(cid)
+                                return
                             flow = self._flow_of(ino)
                             stored = await self._store_thumbnails(thumbs, flow)
             except FsError as exc:  # unreadable or unstorable now (a backend is down): stays queued
@@ -198,6 +207,16 @@ class ImageFacts:
             self._commit(cid, facts, stored, flow)
         finally:
             self.chunks.release([sc for _, sc in stored])
+
+    async def _analyse_checked(self, data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
+        """Analyse; a decoder failure is confirmed in a fresh process before it becomes the
+        content's verdict: a long-lived decoder's heap can be too used up for a big image
+        (a 33 MP HEIF after other HEIFs) that a new process decodes."""
+        facts, thumbs = await self._worker.analyse(data)
+        if may_be_resource_failure(facts):
+            self._worker.close()
+            facts, thumbs = await self._worker.analyse(data)
+        return facts, thumbs
 
     async def _store_thumbnails(self, thumbs: list[Thumbnail],
                                 flow: str | None) -> list[tuple[Thumbnail, StoredChunk]]:

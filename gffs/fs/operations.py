@@ -15,7 +15,9 @@ from typing import Any, Callable
 import pyfuse3
 
 from gffs.errors import FsError
+from gffs.fs.desktopthumbs import DesktopThumbnails, Listing
 from gffs.fs.filesystem import Caller, Filesystem
+from gffs.fs.sharedthumbs import is_virtual
 from gffs.index.records import InodeRecord
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: Filesystem) -> None:
+    def __init__(self, fs: Filesystem, mountpoint: str = "") -> None:
         super().__init__()
         self.fs = fs
+        # thumbnails into the lister's own cache; needs the mount point for the URIs
+        self.desktop = DesktopThumbnails(fs.index, fs.chunks, mountpoint, fs.stats)
+        self._listings: dict[int, Listing] = {}   # directory handle -> who opened it
+        self._next_dir_fh = 1
 
     def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         self.fs.remember(ino)
@@ -186,18 +192,29 @@ class Operations(pyfuse3.Operations):
     @_guard
     async def opendir(self, inode, ctx):
         self.fs.opendir(inode)
-        return inode
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._listings[fh] = Listing(inode, ctx.pid, ctx.uid, ctx.gid)
+        return fh
 
     @_guard
     async def readdir(self, fh, start_id, token):
-        for name, ino, rec, cookie in self.fs.readdir(fh, start_id):
+        listing = self._listings.get(fh)
+        if listing is None:
+            raise FsError(errno.EBADF)
+        replied = []
+        for name, ino, rec, cookie in self.fs.readdir(listing.ino, start_id):
             if not pyfuse3.readdir_reply(token, name, self._attributes(ino, rec), cookie):
                 break
             self.fs.remember(ino)
+            replied.append((name, ino, rec))
+        # the reply reaches the lister when this returns: thumbnails first
+        if replied and not is_virtual(listing.ino):
+            await self.desktop.listed(listing, replied)
 
     @_guard
     async def releasedir(self, fh):
-        return None
+        self._listings.pop(fh, None)
 
     @_guard
     async def fsyncdir(self, fh, datasync):

@@ -31,6 +31,7 @@ from urllib.parse import quote
 from gffs.chunks.store import ChunkStore
 from gffs.errors import FsError
 from gffs.images.thumbnails import SIZE_NAMES, file_text_length, with_file_text
+from gffs.images.usercache import URI_SAFE
 from gffs.index import ROOT_INO, Index, Namespace
 from gffs.index.images import ImageIndex, ThumbnailRow
 from gffs.index.records import InodeRecord
@@ -40,8 +41,6 @@ VIRTUAL_BASE = 1 << 62            # real inode numbers are allocated from 2 upwa
 XATTR_PREFIX = b"user.gf.thumbnail."
 MAX_CACHED_DIRS = 64              # name maps kept (each costs ~100 bytes per entry)
 _THUMB_NAME = re.compile(rb"[0-9a-f]{32}\.png")
-# what GLib leaves unescaped in a file URI's path (g_filename_to_uri)
-_URI_SAFE = "!$&'()*+,;=:@~"
 
 REPO, SIZE_DIR, THUMB = 0, 1, 2
 
@@ -100,7 +99,7 @@ class _NameMap:
 def uri_forms(name: bytes) -> list[bytes]:
     """The spellings of a name whose MD5 names its thumbnail: the URI-escaped form the
     spec means ("the filename part of the URI") and the raw name many tools hash."""
-    escaped = quote(name, safe=_URI_SAFE).encode()
+    escaped = quote(name, safe=URI_SAFE).encode()
     return [escaped] if escaped == name else [escaped, name]
 
 

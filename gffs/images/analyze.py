@@ -55,6 +55,8 @@ DEFAULT_MAX_DECODE_PIXELS = 50_000_000
 JPEGs decode at 1/8 scale and are not limited by this, except progressive or
 multi-scan ones: libjpeg then buffers coefficients for the whole image."""
 
+OUT_OF_MEMORY = "out of memory while reading the image"
+"""The ``error`` of an analysis that lacked memory: a fact about the machine, not the file."""
 MAX_VALUE_BYTES = 1024
 """Longest fact value, in UTF-8 bytes (EXIF strings of hostile files can be huge)."""
 
@@ -181,9 +183,11 @@ def analyze_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             facts = {"error": f"decompression bomb: {found[1] if found else 'too many'} pixels"}
             pixels = None
         except MemoryError:
-            facts, pixels = {"error": "out of memory while reading the image"}, None
+            facts, pixels = {"error": OUT_OF_MEMORY}, None
         except Exception as exc:  # noqa: BLE001
-            facts, pixels = {"error": f"cannot read image ({_describe(exc)})"}, None
+            facts = {"error": OUT_OF_MEMORY if _is_resource_exc(exc)
+                     else f"cannot read image ({_describe(exc)})"}
+            pixels = None
         facts = _finish(facts)
         return facts, (pixels if "error" not in facts else None)
     except Exception:  # noqa: BLE001 - a bug above must still not reach the caller
@@ -397,10 +401,35 @@ def _decode_small(im: ImageFile.ImageFile, fmt: str, pixels: int, buffered: bool
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
         raise
     except Exception as exc:
+        if _is_resource_exc(exc):   # libheif: "Memory allocation error": not the file's fault
+            raise MemoryError(str(exc)) from exc
         if _is_truncation(exc):
             raise _Refused(f"truncated {fmt} file") from exc
         raise _Refused(f"corrupt {fmt} data ({_describe(exc)})") from exc
     return im
+
+
+_RESOURCE_WORDS = ("memory allocation", "cannot allocate memory", "out of memory", "bad_alloc",
+                   "insufficient memory")
+
+
+def _is_resource_exc(exc: BaseException) -> bool:
+    """A decoder that ran out of memory (or address space), whatever it calls that."""
+    return isinstance(exc, MemoryError) or any(w in str(exc).lower() for w in _RESOURCE_WORDS)
+
+
+def is_resource_failure(facts: dict[str, str]) -> bool:
+    """Facts that say the analysis lacked memory: a verdict on the machine, not on the bytes."""
+    return facts.get("error") == OUT_OF_MEMORY
+
+
+def may_be_resource_failure(facts: dict[str, str]) -> bool:
+    """A decoder failure that can also be a lack of memory in disguise: libheif says
+    "Memory allocation error", "Internal error (unexpected C++ exception)" or "did not give
+    a decompressed image" when its allocations fail. Only a decoder with room tells."""
+    error = facts.get("error", "")
+    return (error == OUT_OF_MEMORY or error.startswith("cannot read image")
+            or (error.startswith("corrupt ") and " data (" in error))
 
 
 # --------------------------------------------------------------------------- metadata

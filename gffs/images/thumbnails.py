@@ -130,18 +130,20 @@ def _text_chunk(keyword: bytes, value: bytes) -> bytes:
     return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
 
 
-def file_text(uri: bytes, mtime_s: int) -> bytes:
-    """The tEXt chunks naming one file: Thumb::URI and Thumb::MTime (spec: required)."""
+def file_text(uri: bytes, mtime_s: int | str) -> bytes:
+    """The tEXt chunks naming one file: Thumb::URI and Thumb::MTime (spec: required).
+
+    *mtime_s* is whole seconds, or a string such as ``mtime_text()`` gives."""
     return (_text_chunk(b"Thumb::URI", uri)
             + _text_chunk(b"Thumb::MTime", str(mtime_s).encode()))
 
 
-def file_text_length(uri: bytes, mtime_s: int) -> int:
+def file_text_length(uri: bytes, mtime_s: int | str) -> int:
     """len(file_text(uri, mtime_s)) without building it (getattr of every thumbnail)."""
     return 2 * 13 + len(b"Thumb::URI") + len(uri) + len(b"Thumb::MTime") + len(str(mtime_s))
 
 
-def with_file_text(png: bytes, uri: bytes, mtime_s: int) -> bytes:
+def with_file_text(png: bytes, uri: bytes, mtime_s: int | str) -> bytes:
     """A stored thumbnail with the file's text chunks inserted right after IHDR."""
     if png[:len(PNG_SIGNATURE)] != PNG_SIGNATURE or png[12:16] != b"IHDR":
         raise ValueError("stored thumbnail is not a PNG")

@@ -1,0 +1,162 @@
+"""Thumbnails put into the viewing user's own cache while a directory is listed.
+
+File managers other than Thunar never look at ``.sh_thumbnails``: they look in
+``$XDG_CACHE_HOME/thumbnails/<size>/<md5 of the file URI>.png`` of the user
+running them and, on a miss, read the whole original to make one. So when a
+process lists a directory of a flow, each readdir reply is held back until
+the thumbnails of the entries in it are in that process' user's cache: the
+file manager learns of a file only after its thumbnail is there, and finds it
+on its first look (no race, no original read). What is written:
+
+- only for directories somebody lists, only entries whose content has stored
+  thumbnails and which the viewer may read, only the sizes file managers use
+  at their default zooms (:data:`SIZES`), skipping files already current
+  (same ``Thumb::URI`` and ``Thumb::MTime``): nothing is written up front, a
+  second listing writes nothing;
+- URIs from the mount point and the directory's path *now*, so renames, hard
+  links in several flows and remounts elsewhere each get their own entries, as
+  the spec keys them;
+- as the viewing user (see gffs.images.usercache), for viewers in a graphical
+  session or whose thumbnail cache exists already (a root ``find`` on a server
+  has neither), at most :data:`MAX_FILES_PER_MINUTE` files per user.
+
+A failure costs the file manager's own thumbnail, never the listing: errors are
+logged at debug level and the reply goes out, after at most
+:data:`BATCH_TIME_LIMIT` seconds even when the thumbnails' backend is slow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+import trio
+
+from gffs.chunks.store import ChunkStore
+from gffs.images import usercache
+from gffs.images.thumbnails import with_file_text
+from gffs.images.usercache import Viewer
+from gffs.index import ROOT_INO, Index, Namespace
+from gffs.index.images import ImageIndex
+from gffs.index.records import InodeRecord
+
+log = logging.getLogger(__name__)
+
+SIZES = ("normal", "large")       # Nautilus/GLib: large; PCManFM and Thunar: normal or large
+MAX_FILES_PER_MINUTE = 6000       # per viewing uid: a tree walk cannot flood a home
+MAX_NAME_SCAN = 100_000           # entries scanned to find a directory's name in its parent
+BATCH_TIME_LIMIT = 5.0            # seconds one readdir reply may wait (a slow backend's chunks)
+
+
+@dataclass(slots=True)
+class Listing:
+    """What opendir learned about who lists (readdir carries no request context)."""
+
+    ino: int
+    pid: int
+    uid: int
+    gid: int
+    viewer: Viewer | None = None
+    checked: bool = False
+
+
+class DesktopThumbnails:
+    def __init__(self, index: Index, chunks: ChunkStore, mountpoint: str,
+                 stats: dict[str, int]) -> None:
+        self.index = index
+        self.ns = Namespace(index)
+        self.images = ImageIndex(index)
+        self.chunks = chunks
+        self.mountpoint = os.fsencode(mountpoint)
+        self.stats = stats
+        self._budget: dict[int, tuple[float, int]] = {}   # uid -> (minute start, files written)
+        self.enabled = bool(mountpoint)
+
+    def _viewer(self, listing: Listing) -> Viewer | None:
+        if not listing.checked:
+            listing.checked = True
+            v = usercache.viewer_of(listing.pid, listing.uid, listing.gid)
+            if v is not None and (v.desktop or os.path.isdir(os.path.join(v.cache_dir, b"thumbnails"))):
+                listing.viewer = v
+        return listing.viewer
+
+    def _allow(self, uid: int, n: int) -> int:
+        now = time.monotonic()
+        start, used = self._budget.get(uid, (now, 0))
+        if now - start >= 60:
+            start, used = now, 0
+        n = max(0, min(n, MAX_FILES_PER_MINUTE - used))
+        self._budget[uid] = (start, used + n)
+        return n
+
+    def _dir_path(self, txn, ino: int) -> bytes | None:
+        """The directory's absolute path under the mount point (None if it cannot be named)."""
+        parts: list[bytes] = []
+        for _depth in range(256):
+            if ino == ROOT_INO:
+                return os.path.join(self.mountpoint, *reversed(parts)) if parts else self.mountpoint
+            parent = self.ns.get(txn, ino).parent
+            if not parent:
+                return None
+            for n, (_cookie, name, child) in enumerate(self.ns.entries(txn, parent)):
+                if child == ino:
+                    parts.append(name)
+                    break
+                if n >= MAX_NAME_SCAN:
+                    return None
+            else:
+                return None
+            ino = parent
+        return None
+
+    async def listed(self, listing: Listing, entries: list[tuple[bytes, int, InodeRecord]]) -> None:
+        """A readdir reply with *entries* is about to go out: put their thumbnails in place first."""
+        if not self.enabled or listing.ino == ROOT_INO:
+            return
+        files = [e for e in entries if stat.S_ISREG(e[2].mode)]
+        if not files:
+            return
+        viewer = self._viewer(listing)
+        if viewer is None:
+            return
+        try:
+            with trio.move_on_after(BATCH_TIME_LIMIT):
+                await self._warm(listing.ino, files, viewer)
+        except Exception:  # noqa: BLE001 - the listing matters more than a thumbnail
+            log.debug("user thumbnail cache of uid %d not filled", viewer.uid, exc_info=True)
+
+    async def _warm(self, dir_ino: int, files: list[tuple[bytes, int, InodeRecord]],
+                    viewer: Viewer) -> None:
+        wanted: list[tuple[str, bytes, str]] = []
+        rows = []
+        with self.index.read() as txn:
+            dir_path = self._dir_path(txn, dir_ino)
+            if dir_path is None:
+                return
+            for name, ino, rec in files:
+                if not viewer.may_read(rec.mode, rec.uid, rec.gid):
+                    continue
+                cid = self.images.content_id(txn, ino)
+                thumbs = self.images.thumbnails(txn, cid) if cid is not None else {}
+                uri = usercache.file_uri(os.path.join(dir_path, name))
+                mtime = usercache.mtime_text(rec.mtime_ns)
+                for size in SIZES:
+                    if size in thumbs:
+                        wanted.append((size, uri, mtime))
+                        rows.append(thumbs[size])
+        if not wanted:
+            return
+        todo = await trio.to_thread.run_sync(usercache.missing, viewer, wanted)
+        todo = todo[:self._allow(viewer.uid, len(todo))]
+        items = []
+        for i in todo:
+            size, uri, mtime = wanted[i]
+            png = await self.chunks.load(rows[i].digest)
+            if len(png) == rows[i].length:
+                items.append((size, uri, with_file_text(bytes(png), uri, mtime)))
+        if items:
+            self.stats["user_cache_writes"] += await trio.to_thread.run_sync(
+                usercache.write, viewer, items)

@@ -1,0 +1,141 @@
+"""Real file managers browse a flow of photos under Xvfb: thumbnails on screen, no original read.
+
+Each of Nautilus, PCManFM and Thunar opens a flow of 200 generated photos in a
+fresh HOME (empty ``~/.cache/thumbnails``). The test waits until the photos'
+own colours are on the screen where the icons are, scrolls to the end (End
+key) and waits for the last photos' colours, and checks the daemon's counters:
+no block of any original was loaded (gffs put the thumbnails into the
+viewer's cache before the listing reached the file manager). A program that
+is not installed skips its test with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from desktopsession import DesktopSession, missing_programs
+from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
+
+pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason=SKIP_REASON)
+
+N_PHOTOS = 200
+FLOW = "camera"
+ANALYSIS_DEADLINE = 600.0     # 200 photos analysed on a loaded 2-core machine
+SCREEN_DEADLINE = 120.0       # generous: the programs start slowly here
+HUE_TOLERANCE = 4.0           # degrees; consecutive photos differ by at least 10
+MIN_PIXELS = 300              # of one photo's colour for it to count as shown
+
+
+def hue(i: int) -> float:
+    """Photo *i*'s hue: consecutive photos get far-apart hues, so each is recognisable."""
+    return float((i * 37) % 360)
+
+
+def photo(i: int) -> bytes:
+    im = Image.new("HSV", (1500, 1000), (round(hue(i) * 255 / 360), 230, 230)).convert("RGB")
+    im.putpixel((0, 0), (i % 256, i // 256, 0))   # distinct contents even where hues meet
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def counters(m: Mount) -> dict[str, int]:
+    return {n: int(os.getxattr(m.path, f"user.gf.stats.{n}"))
+            for n in ("file_block_loads", "analysis_block_loads", "user_cache_writes")}
+
+
+@pytest.fixture(scope="module")
+def photo_flow(tmp_path_factory) -> Mount:
+    m = Mount(tmp_path_factory.mktemp("desktop"))
+    m.mount()
+    try:
+        flow = m.path / FLOW
+        flow.mkdir()
+        for i in range(N_PHOTOS):
+            (flow / f"IMG_{i:04d}.jpg").write_bytes(photo(i))
+        deadline = time.monotonic() + ANALYSIS_DEADLINE
+        for i in range(N_PHOTOS):
+            p = flow / f"IMG_{i:04d}.jpg"
+            while b"user.gf.thumbnail.large" not in [n.encode() for n in os.listxattr(p)]:
+                assert time.monotonic() < deadline, f"{p.name} not analysed in time"
+                time.sleep(0.5)
+        yield m
+    finally:
+        m.cleanup()
+
+
+def shown(shot: Image.Image, box: tuple[int, int, int, int], photos: range) -> list[int]:
+    """The photos of *photos* whose colour covers at least MIN_PIXELS inside *box*."""
+    x, y, w, h = box
+    area = shot.crop((max(x, 0), max(y, 0), x + w, y + h)).convert("HSV")
+    hist = [0] * 360
+    for hh, s, v in area.getdata():
+        if s > 150 and v > 150:
+            hist[round(hh * 360 / 255) % 360] += 1
+    found = []
+    for i in photos:
+        centre = round(hue(i))
+        near = sum(hist[(centre + d) % 360] for d in range(-int(HUE_TOLERANCE), int(HUE_TOLERANCE) + 1))
+        if near >= MIN_PIXELS:
+            found.append(i)
+    return found
+
+
+def wait_shown(desk: DesktopSession, window: int, photos: range, need: int) -> float:
+    """Seconds until at least *need* of *photos* are on screen inside the window."""
+    start = time.monotonic()
+    best: list[int] = []
+    while time.monotonic() - start < SCREEN_DEADLINE:
+        best = shown(desk.screenshot(), desk.geometry(window), photos)
+        if len(best) >= need:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    desk.screenshot().save(desk.home / "failed.png")
+    raise AssertionError(f"only photos {best} of {list(photos)} on screen after "
+                         f"{SCREEN_DEADLINE:.0f} s (screenshot {desk.home / 'failed.png'})")
+
+
+FILE_MANAGERS = {
+    # program, arguments before the folder, the window title to wait for
+    "nautilus": (["nautilus", "--new-window"], FLOW),
+    "pcmanfm": (["pcmanfm"], FLOW),
+    "thunar": (["thunar"], f"{FLOW} - Thunar"),
+}
+
+
+@pytest.mark.parametrize("program", sorted(FILE_MANAGERS))
+def test_file_manager_shows_thumbnails_without_reading_originals(photo_flow, tmp_path, program):
+    argv, title = FILE_MANAGERS[program]
+    lacking = missing_programs(argv[0], "Xvfb", "dbus-daemon", "xdotool", "import")
+    if lacking:
+        pytest.skip(f"not installed: {', '.join(lacking)} (tools/setup.sh installs them)")
+    before = counters(photo_flow)
+    desk = DesktopSession(tmp_path / "home").start()
+    try:
+        desk.run(*argv, str(photo_flow.path / FLOW), log=tmp_path / f"{program}.log")
+        window = desk.visible_window(title)
+        top = wait_shown(desk, window, range(0, 12), need=8)
+        x, y, w, h = desk.geometry(window)
+        desk.xdotool("mousemove", str(x + w * 3 // 4), str(y + h * 3 // 4), "click", "1")
+        desk.xdotool("key", "--clearmodifiers", "End")
+        end = wait_shown(desk, window, range(N_PHOTOS - 6, N_PHOTOS), need=4)
+        time.sleep(5)   # the program's own thumbnailer would have started by now
+        after = counters(photo_flow)
+        print(f"{program}: top thumbnails after {top:.1f} s, end after {end:.1f} s; {after}")
+    finally:
+        desk.close()
+    assert after["file_block_loads"] == before["file_block_loads"], "originals were read"
+    assert after["analysis_block_loads"] == before["analysis_block_loads"]
+    cache = tmp_path / "home" / ".cache" / "thumbnails"
+    written = list(cache.glob("*/*.png"))
+    assert written, "nothing in the viewer's thumbnail cache"
+    for p in written:
+        st = p.stat()
+        assert (st.st_mode & 0o777, st.st_uid) == (0o600, os.getuid())
+    assert not desk._pids(), "processes of the desktop session are left"
