@@ -112,6 +112,9 @@ class Store:
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout)
+            # a store made before the per-backend counters gets them counted once,
+            # here, before the daemon serves anything (one scan of the chunk table)
+            self.chunks.chunkmap.ensure_backend_counts()
         except BaseException:
             if hasattr(self, "index"):
                 self.index.close()

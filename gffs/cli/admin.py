@@ -21,6 +21,7 @@ import importlib
 import json
 import stat
 import sys
+import time
 
 import trio
 
@@ -29,8 +30,7 @@ from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import DRAINING, LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
 from gffs.maintenance.progress import human_bytes
-from gffs.maintenance.rebalance import chunk_flows, wanted_copies
-from gffs.placement import Placement
+from gffs.maintenance.rebalance import COPY_CENSUS, make_plan
 from gffs.store import StoreLock, build_placement, open_backends
 from gffs_backends.base import BackendError
 
@@ -41,7 +41,13 @@ ADMIN_EXTENSIONS: list[str] = ["gffs.cli.admin_jobs", "gffs.cli.admin_nft", "gff
 
 
 
-def status(cfg: Config) -> dict:
+def status(cfg: Config, full: bool = False) -> dict:
+    """Figures from maintained counters (no table walk): O(backends + flows) reads.
+
+    Copies per backend are counters kept by ChunkMap; chunks short of or beyond
+    their policy come from the census the last full rebalance plan (dry runs
+    too) saved, with its time; *full* walks the store to count them now.
+    """
     if not (cfg.index_dir / "data.mdb").exists():
         raise ConfigError(f"no gffs store at {cfg.data_dir}")
     index = Index(cfg.index_dir, readonly=True)
@@ -57,14 +63,26 @@ def status(cfg: Config) -> dict:
                 "chunks": index.counter(txn, N_CHUNKS),
                 "logical_bytes": index.counter(txn, LOGICAL_BYTES),
                 "stored_bytes": index.counter(txn, STORED_BYTES),
-                "garbage_pending": len(cm.garbage(txn, limit=1_000_000)),
+                "garbage_pending": txn.stat(index.db["garbage"])["entries"],
                 "repair_pending": cm.repair_count(txn),
                 "images_analysed": txn.stat(index.db["imagefacts"])["entries"],
                 "images_waiting": txn.stat(index.db["imagequeue"])["entries"],
                 "flows": flows,
             }
+            per_backend = cm.backend_counts(txn)
+            census = index.meta_json(txn, COPY_CENSUS)
+            draining = sorted(index.meta_json(txn, DRAINING, []))
+        if per_backend is None:      # a store not mounted since the counters came in
+            per_backend = cm.count_backends()
         backends = open_backends(cfg)
-        result["copies"] = copy_census(index, build_placement(cfg, backends))
+        if full:
+            placement = build_placement(cfg, backends)
+            placement.draining = set(draining)
+            census = make_plan(index, placement, backends).census()
+        result["copies"] = {"per_backend": per_backend, "draining": draining,
+                            "under": census["under"] if census else None,
+                            "over": census["over"] if census else None,
+                            "counted_at": census["at"] if census else None}
     finally:
         index.close()
 
@@ -88,27 +106,6 @@ def status(cfg: Config) -> dict:
     return result
 
 
-def copy_census(index: Index, placement: Placement) -> dict:
-    """Copies per backend, and chunks short of / beyond what their policies want."""
-    with index.read() as txn:
-        placement.draining = set(index.meta_json(txn, DRAINING, []))
-    flows = chunk_flows(index)
-    per_backend: dict[str, dict[str, int]] = {}
-    under = over = 0
-    with index.read() as txn:
-        for digest, rec in ChunkMap(index).all_chunks(txn):
-            wanted, required = wanted_copies(placement, digest, flows.get(digest))
-            have = {loc.backend for loc in rec.locations}
-            for name in have:
-                held = per_backend.setdefault(name, {"chunks": 0, "bytes": 0})
-                held["chunks"] += 1
-                held["bytes"] += rec.stored_size
-            under += sum(placement.trusted(n) for n in have & set(wanted)) < required
-            over += bool(have - set(wanted))
-    return {"per_backend": per_backend, "under": under, "over": over,
-            "draining": sorted(placement.draining)}
-
-
 def _holder(cfg: Config) -> str | None:
     try:
         text = cfg.lock_file.read_text().strip()
@@ -128,8 +125,12 @@ def print_status(s: dict) -> None:
     print(f"images     {s['images_analysed']} analysed, {s['images_waiting']} waiting for analysis")
     print(f"flows      {len(s['flows'])}: {', '.join(s['flows'][:20])}")
     c = s["copies"]
-    print(f"copies     {c['under']} chunks below their copy count, {c['over']} with copies "
-          f"no policy wants (gffs-admin rebalance fixes both)")
+    if c["under"] is None:
+        print("copies     not counted yet (gffs-admin status --full, or rebalance --dry-run)")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["counted_at"]))
+        print(f"copies     {c['under']} chunks below their copy count, {c['over']} with copies "
+              f"no policy wants, as of {when} (gffs-admin rebalance fixes both)")
     for name, b in s["backends"].items():
         cap = f"{human_bytes(b['free'])} free of {human_bytes(b['total'])}" if b["total"] else "capacity unknown"
         drain = ", DRAINING" if b["draining"] else ""
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="chunks, bytes, flows, backends")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--full", action="store_true",
+                   help="count chunks short of / beyond their policy now (walks the store)")
     for module in ADMIN_EXTENSIONS:
         importlib.import_module(module).register(sub)
     args = p.parse_args(argv)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.data_dir)
         if getattr(args, "handler", None) is not None:
             return args.handler(cfg, args)
-        result = status(cfg)
+        result = status(cfg, full=args.full)
         print(json.dumps(result, indent=2)) if args.json else print_status(result)
         return 0
     except ConfigError as exc:
