@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gffs.config import Config
-from gffs.nft.fetch import Fetcher, NftError
-from gffs.nft.link import Linked, check_values, link_file, linked_files, stored_ref, token_ref
-from gffs.nft.scan import ScanResult, scan
 from gffs.nft.validate import CHAINS, STANDARDS
+
+if TYPE_CHECKING:
+    from gffs.nft.link import Linked
+    from gffs.nft.scan import ScanResult
+
+# The NFT modules pull in web3 (seconds to import): each handler imports them when
+# it runs, so every other gffs-admin command (status above all) starts fast.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +79,8 @@ def _notes(notes: list[str]) -> None:
 
 
 def cmd_link(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.nft.fetch import Fetcher, NftError
+    from gffs.nft.link import link_file, token_ref
     try:
         ref = token_ref(args.chain, args.contract, args.token, args.standard, args.owner)
     except NftError as exc:
@@ -94,6 +100,8 @@ def cmd_link(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_refresh(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.nft.fetch import Fetcher, NftError
+    from gffs.nft.link import link_file, linked_files, stored_ref
     try:
         fetcher = Fetcher.from_config(cfg)
     except NftError as exc:
@@ -126,6 +134,9 @@ def cmd_refresh(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_scan(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.nft.fetch import Fetcher, NftError
+    from gffs.nft.link import check_values
+    from gffs.nft.scan import scan
     chain = args.chain or ("ethereum" if args.owner.startswith("0x") else "tezos")
     try:
         check_values({"chain": chain, "owner": args.owner}, "")
