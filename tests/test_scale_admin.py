@@ -13,6 +13,7 @@ import threading
 
 import trio
 
+from gffs.cli.admin import status as admin_status
 from gffs.config import load_config
 from gffs.fs.filesystem import Caller, Filesystem
 from gffs.index import ROOT_INO, ChunkMap
@@ -209,3 +210,34 @@ def test_backup_keeps_no_read_transaction_on_the_live_index_while_uploading(tmp_
             assert not active, table
     finally:
         store.close()
+
+
+def test_status_reads_counters_and_the_last_plans_census(tmp_path):
+    store = two_disk_store(tmp_path)
+    try:
+        async def main() -> None:
+            fs = Filesystem(store.index, store.chunks, analyze_images=False)
+            await fs.start(1000, 1000)
+            d, _ = fs.mkdir(ROOT_INO, b"pics", 0o755, USER)
+            for i in range(5):
+                fh, _ino, _ = fs.create(d, f"p{i}".encode(), 0o644, os.O_RDWR, USER)
+                await fs.write(fh, 0, bytes([i + 1]) * (100 + i))
+                await fs.release(fh)
+            await fs.shutdown()
+        trio.run(main)
+        cfg = store.cfg
+        truth = store.chunks.chunkmap.count_backends()
+    finally:
+        store.close()
+    before = admin_status(cfg)
+    assert before["copies"]["under"] is None      # no plan has counted them yet
+    assert before["copies"]["per_backend"] == truth
+    store = two_disk_store(tmp_path)
+    try:
+        trio.run(rebalance_mod.rebalance, store, {"dry_run": True}, Progress())
+    finally:
+        store.close()
+    after = admin_status(cfg)
+    assert after["copies"]["under"] == 0 and after["copies"]["over"] == 0
+    assert after["flow_totals"] == {"pics": {"files": 5, "bytes": sum(100 + i for i in range(5))}}
+    assert after["backends"]["a"]["chunks"] + after["backends"]["b"]["chunks"] == 5

@@ -83,6 +83,7 @@ def status(cfg: Config, full: bool = False) -> dict:
                             "under": census["under"] if census else None,
                             "over": census["over"] if census else None,
                             "counted_at": census["at"] if census else None}
+        result["flow_totals"] = census.get("flows", {}) if census else {}
     finally:
         index.close()
 
@@ -124,6 +125,8 @@ def print_status(s: dict) -> None:
     print(f"repair     {s['repair_pending']} chunks below their copy count (queued)")
     print(f"images     {s['images_analysed']} analysed, {s['images_waiting']} waiting for analysis")
     print(f"flows      {len(s['flows'])}: {', '.join(s['flows'][:20])}")
+    for name, t in list(s["flow_totals"].items())[:20]:
+        print(f"flow       {name}: {t['files']} files, {human_bytes(t['bytes'])}")
     c = s["copies"]
     if c["under"] is None:
         print("copies     not counted yet (gffs-admin status --full, or rebalance --dry-run)")

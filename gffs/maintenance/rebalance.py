@@ -59,11 +59,12 @@ class Plan:
     unreachable: list[str] = field(default_factory=list)  # chunks with no configured copy
     under: int = 0            # chunks with fewer trusted copies on wanted backends than required
     over: int = 0             # chunks with a copy no policy of theirs wants
+    flows: dict[str, dict[str, int]] = field(default_factory=dict)   # files, bytes per flow
 
     def census(self) -> dict:
         """What `gffs-admin status` shows as copies short / beyond (saved in meta)."""
         return {"under": self.under, "over": self.over, "chunks": self.chunks_checked,
-                "at": time.time()}
+                "flows": self.flows, "at": time.time()}
 
     @property
     def copy_bytes(self) -> int:
@@ -87,14 +88,15 @@ class Plan:
         return dict(out)
 
 
-def chunk_flows(index: Index) -> dict[bytes, frozenset[str]]:
+def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None
+                ) -> dict[bytes, frozenset[str]]:
     """Which flows reference each chunk (dedup and hard links can put one in several).
 
     Walks every flow's tree once, in short read transactions (one per flow) so it
     can run in a worker thread beside the daemon's writers; chunks no flow
     reaches (thumbnails, files open after unlink) keep the default policy. Each
     distinct set of flows is one shared frozenset, so memory is one dict slot
-    per chunk.
+    per chunk. *totals*, if given, receives each flow's files and bytes.
     """
     ns, cm = Namespace(index), ChunkMap(index)
     flows: dict[bytes, frozenset[str]] = {}
@@ -111,12 +113,16 @@ def chunk_flows(index: Index) -> dict[bytes, frozenset[str]]:
                     continue
                 seen.add(cur)
                 try:
-                    mode = ns.get(txn, cur).mode
+                    rec = ns.get(txn, cur)
                 except FsError:         # removed between the listing and this snapshot
                     continue
-                if stat.S_ISDIR(mode):
+                if stat.S_ISDIR(rec.mode):
                     stack.extend(child for _c2, _n, child in ns.entries(txn, cur))
-                elif stat.S_ISREG(mode):
+                elif stat.S_ISREG(rec.mode):
+                    if totals is not None:
+                        t = totals.setdefault(flow, {"files": 0, "bytes": 0})
+                        t["files"] += 1
+                        t["bytes"] += rec.size
                     for _idx, digest in cm.blocks(txn, cur):
                         have = flows.get(digest, frozenset())
                         if flow not in have:
@@ -145,8 +151,8 @@ def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
     flow holding it: a chunk shared with another flow keeps the copies that
     flow's policy wants too.
     """
-    flows = chunk_flows(index)
     plan = Plan()
+    flows = chunk_flows(index, plan.flows)
     for digest, rec in ChunkMap.scan_chunks(index, window):
         in_flows = flows.get(digest)
         if only_flow is not None and (not in_flows or only_flow not in in_flows):
