@@ -297,7 +297,9 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(store):
                              "--config", str(m.config), "--data-dir", str(m.data_dir),
                              "rebalance"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=Path(__file__).parent.parent)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 120   # interrupt once the first copy is on record
+    while not recorded(m)["b"] and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
