@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes.mount_files = args.mount_files or sizes.mount_files
     results = new_results(sizes)
     return run_benchmark(results, args, "gffs-bench-scale-", lambda work: run(work, sizes, results),
-                         lambda rows: None, print_table)
+                         lambda rows: None, lambda r: print_table(r, name_width=40))
 
 
 if __name__ == "__main__":
