@@ -161,6 +161,10 @@ class Store:
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout,
                                      staging=open_staging(cfg, self.backends))
+            # a store made before the per-backend counters gets them counted once,
+            # here, before the daemon serves anything (one scan of the chunk table)
+            if not read_only:
+                self.chunks.chunkmap.ensure_backend_counts()
         except BaseException:
             if hasattr(self, "index"):
                 self.index.close()

@@ -165,6 +165,8 @@ def test_unknown_chunk_restored_from_backend_copies(store):
             d.index.add_counter(txn, N_CHUNKS, -1)
             d.index.add_counter(txn, LOGICAL_BYTES, -rec.size)
             d.index.add_counter(txn, STORED_BYTES, -rec.stored_size)
+            for loc in rec.locations:       # and the per-backend counters with it
+                d.cm.add_backend_count(txn, loc.backend, -1, -rec.stored_size)
     found = fsck(cfg)
     assert kinds(found) == {"unknown_chunk": (1, 0)}
     assert "good copies on a, b" in found["findings"][0]["detail"]

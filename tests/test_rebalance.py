@@ -312,3 +312,29 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_continues(store):
     assert not rec["a"]
     m.mount()
     assert_files(m, files)
+
+
+def test_flow_option_keeps_copies_another_flow_sharing_the_chunk_wants(mount_factory, tmp_path):
+    """One image in two flows with different policies: rebalancing one flow must not
+    delete the copy the other flow's policy wants (the chunk is deduplicated)."""
+    placement = ('copies = 1\nbackends = ["a"]\n\n[placement.flows.landscapes]\ncopies = 1\n'
+                 'backends = ["a"]\n\n[placement.flows.portraits]\ncopies = 1\nbackends = ["b"]')
+    m = mount_factory(config=write_config(tmp_path / "m", placement))
+    data = random.Random(3).randbytes(300_000)
+    for flow in ("landscapes", "portraits"):
+        (m.path / flow).mkdir()
+        (m.path / flow / "same.jpg").write_bytes(data)
+    m.unmount()
+    admin_json(m, "rebalance")      # the written once chunk gets the copy portraits wants
+    rec = assert_consistent(m)
+    shared = rec["a"] & rec["b"]
+    assert shared, "the deduplicated chunk should be on both flows' backends"
+    out = admin_json(m, "rebalance", "--flow", "landscapes")
+    assert out["chunks_to_move"] == 0, out
+    out = admin_json(m, "rebalance", "--flow", "portraits")
+    assert out["chunks_to_move"] == 0, out
+    rec = assert_consistent(m)
+    assert shared <= rec["a"] and shared <= rec["b"], "a flow lost the copy its policy wants"
+    m.mount()
+    for flow in ("landscapes", "portraits"):
+        assert (m.path / flow / "same.jpg").read_bytes() == data

@@ -1,7 +1,7 @@
 """`gffs-admin` — look after a store.
 
     gffs-admin [--config FILE] [--data-dir DIR] COMMAND ...
-    status [--json]                      figures, backends, flows, copies short, queues
+    status [--json] [--full]             figures, backends, flows, copies short, queues
     rebalance [--dry-run] [--flow F] [--time-limit 2h] [--size-limit 50G] [--json]
     backend drain NAME [--cancel] [--dry-run] [limits] [--json]
     gc [--min-age SECONDS] [--json]
@@ -49,6 +49,8 @@ def build_parser() -> "argparse.ArgumentParser":
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="chunks, bytes, flows, backends")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--full", action="store_true",
+                   help="count chunks short of / beyond their policy now (walks the store)")
     s.set_defaults(handler=_status)
     for module in ADMIN_EXTENSIONS:
         importlib.import_module(module).register(sub)

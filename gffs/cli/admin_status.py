@@ -1,8 +1,12 @@
 """`gffs-admin status`: figures, backends (checked), flows, copies short, queues.
 
 Reads the index directly (LMDB allows readers beside the mounted daemon) and
-asks every backend whether it is usable (Backend.check). Imported only when
-the command runs: it pulls in trio, LMDB and the configured backends.
+asks every backend whether it is usable (Backend.check). Figures come from
+maintained counters, never a walk: copies per backend are kept by ChunkMap;
+chunks short of or beyond their policy and per-flow totals come from the census
+the last full rebalance plan (dry runs too) saved, with its time; ``--full``
+walks the store to count them now. Imported only when the command runs: it
+pulls in trio, LMDB and the configured backends.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import stat
+import time
 
 import trio
 
@@ -18,19 +23,18 @@ from gffs.errors import ConfigError
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import DRAINING, LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
 from gffs.maintenance.progress import human_bytes
-from gffs.maintenance.rebalance import chunk_flows, wanted_copies
-from gffs.placement import Placement
+from gffs.maintenance.rebalance import COPY_CENSUS, make_plan
 from gffs.store import StoreLock, build_placement, check_backends, open_backends
 from gffs_backends.base import BackendError
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    result = status(cfg)
+    result = status(cfg, full=getattr(args, "full", False))
     print(json.dumps(result, indent=2)) if args.json else print_status(result)
     return 0
 
 
-def status(cfg: Config) -> dict:
+def status(cfg: Config, full: bool = False) -> dict:
     if not (cfg.index_dir / "data.mdb").exists():
         raise ConfigError(f"no gffs store at {cfg.data_dir}")
     index = Index(cfg.index_dir, readonly=True)
@@ -46,14 +50,27 @@ def status(cfg: Config) -> dict:
                 "chunks": index.counter(txn, N_CHUNKS),
                 "logical_bytes": index.counter(txn, LOGICAL_BYTES),
                 "stored_bytes": index.counter(txn, STORED_BYTES),
-                "garbage_pending": len(cm.garbage(txn, limit=1_000_000)),
+                "garbage_pending": txn.stat(index.db["garbage"])["entries"],
                 "repair_pending": cm.repair_count(txn),
                 "images_analysed": txn.stat(index.db["imagefacts"])["entries"],
                 "images_waiting": txn.stat(index.db["imagequeue"])["entries"],
                 "flows": flows,
             }
+            per_backend = cm.backend_counts(txn)
+            census = index.meta_json(txn, COPY_CENSUS)
+            draining = sorted(index.meta_json(txn, DRAINING, []))
+        if per_backend is None:      # a store not mounted since the counters came in
+            per_backend = cm.count_backends()
         backends = open_backends(cfg)
-        result["copies"] = copy_census(index, build_placement(cfg, backends))
+        if full:
+            placement = build_placement(cfg, backends)
+            placement.draining = set(draining)
+            census = make_plan(index, placement, backends).census()
+        result["copies"] = {"per_backend": per_backend, "draining": draining,
+                            "under": census["under"] if census else None,
+                            "over": census["over"] if census else None,
+                            "counted_at": census["at"] if census else None}
+        result["flow_totals"] = census.get("flows", {}) if census else {}
     finally:
         index.close()
 
@@ -83,27 +100,6 @@ def status(cfg: Config) -> dict:
     return result
 
 
-def copy_census(index: Index, placement: Placement) -> dict:
-    """Copies per backend, and chunks short of / beyond what their policies want."""
-    with index.read() as txn:
-        placement.draining = set(index.meta_json(txn, DRAINING, []))
-    flows = chunk_flows(index)
-    per_backend: dict[str, dict[str, int]] = {}
-    under = over = 0
-    with index.read() as txn:
-        for digest, rec in ChunkMap(index).all_chunks(txn):
-            wanted, required = wanted_copies(placement, digest, flows.get(digest))
-            have = {loc.backend for loc in rec.locations}
-            for name in have:
-                held = per_backend.setdefault(name, {"chunks": 0, "bytes": 0})
-                held["chunks"] += 1
-                held["bytes"] += rec.stored_size
-            under += sum(placement.trusted(n) for n in have & set(wanted)) < required
-            over += bool(have - set(wanted))
-    return {"per_backend": per_backend, "under": under, "over": over,
-            "draining": sorted(placement.draining)}
-
-
 def _holder(cfg: Config) -> str | None:
     try:
         text = cfg.lock_file.read_text().strip()
@@ -122,9 +118,15 @@ def print_status(s: dict) -> None:
     print(f"repair     {s['repair_pending']} chunks below their copy count (queued)")
     print(f"images     {s['images_analysed']} analysed, {s['images_waiting']} waiting for analysis")
     print(f"flows      {len(s['flows'])}: {', '.join(s['flows'][:20])}")
+    for name, t in list(s["flow_totals"].items())[:20]:
+        print(f"flow       {name}: {t['files']} files, {human_bytes(t['bytes'])}")
     c = s["copies"]
-    print(f"copies     {c['under']} chunks below their copy count, {c['over']} with copies "
-          f"no policy wants (gffs-admin rebalance fixes both)")
+    if c["under"] is None:
+        print("copies     not counted yet (gffs-admin status --full, or rebalance --dry-run)")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["counted_at"]))
+        print(f"copies     {c['under']} chunks below their copy count, {c['over']} with copies "
+              f"no policy wants, as of {when} (gffs-admin rebalance fixes both)")
     for name, b in s["backends"].items():
         cap = f"{human_bytes(b['free'])} free of {human_bytes(b['total'])}" if b["total"] else "capacity unknown"
         drain = ", DRAINING" if b["draining"] else ""

@@ -21,6 +21,9 @@ from gffs.index.records import ChunkRecord, Location, from_u64, u64
 
 _GARBAGE_HDR = struct.Struct(">Q")
 _INODE_BLOCKS = struct.Struct(">QQ")  # stored blocks of one inode, their stored bytes
+_BACKEND_COUNT = struct.Struct(">QQ")   # copies (chunks) held, stored bytes of those copies
+BACKEND_PREFIX = b"backend:"           # meta key prefix of the per-backend counters
+BACKEND_COUNTS = b"backend_counts"     # meta marker: the per-backend counters are kept
 
 
 class ChunkMap:
@@ -141,11 +144,14 @@ class ChunkMap:
             self.index.add_counter(txn, N_CHUNKS, 1)
             self.index.add_counter(txn, LOGICAL_BYTES, rec.size)
             self.index.add_counter(txn, STORED_BYTES, rec.stored_size)
+            self._count_copies(txn, rec.locations, rec.stored_size, 1)
         elif new_chunk is not None:
             # two writers stored the same bytes at once (maybe under different
             # policies): keep every copy on record rather than leak the loser's
             have = {loc.backend for loc in rec.locations}
-            rec.locations += [loc for loc in new_chunk.locations if loc.backend not in have]
+            extra = [loc for loc in new_chunk.locations if loc.backend not in have]
+            rec.locations += extra
+            self._count_copies(txn, extra, rec.stored_size, 1)
         rec.refcount += 1
         txn.put(digest, rec.pack(), db=self._chunks)
 
@@ -164,18 +170,82 @@ class ChunkMap:
         self.index.add_counter(txn, N_CHUNKS, -1)
         self.index.add_counter(txn, LOGICAL_BYTES, -rec.size)
         self.index.add_counter(txn, STORED_BYTES, -rec.stored_size)
+        self._count_copies(txn, rec.locations, rec.stored_size, -1)
 
     def add_location(self, txn: lmdb.Transaction, digest: bytes, loc: Location) -> None:
         rec = self.chunk(txn, digest)
         if rec is not None and loc not in rec.locations:
+            self._count_copies(txn, [loc], rec.stored_size, 1)
             rec.locations.append(loc)
             txn.put(digest, rec.pack(), db=self._chunks)
 
     def set_locations(self, txn: lmdb.Transaction, digest: bytes, locations: list[Location]) -> None:
         rec = self.chunk(txn, digest)
         if rec is not None:
+            self._count_copies(txn, rec.locations, rec.stored_size, -1)
+            self._count_copies(txn, locations, rec.stored_size, 1)
             rec.locations = list(locations)
             txn.put(digest, rec.pack(), db=self._chunks)
+
+    # per-backend counters (status reads them instead of scanning the table) -----------
+    # meta "backend:<name>" = (copies, stored bytes) of the live chunks recorded there,
+    # changed in the transaction that changes a live chunk's locations. A store made
+    # before them has no BACKEND_COUNTS marker: ensure_backend_counts() counts once.
+    def _count_copies(self, txn: lmdb.Transaction, locations: list[Location], stored: int,
+                      sign: int) -> None:
+        for name in {loc.backend for loc in locations}:
+            self.add_backend_count(txn, name, sign, sign * stored)
+
+    def add_backend_count(self, txn: lmdb.Transaction, name: str, chunks: int,
+                          nbytes: int) -> None:
+        key = BACKEND_PREFIX + name.encode()
+        raw = txn.get(key, db=self.index.db["meta"])
+        have = _BACKEND_COUNT.unpack(raw) if raw is not None else (0, 0)
+        new = (max(have[0] + chunks, 0), max(have[1] + nbytes, 0))
+        if new == (0, 0):
+            txn.delete(key, db=self.index.db["meta"])
+        else:
+            txn.put(key, _BACKEND_COUNT.pack(*new), db=self.index.db["meta"])
+
+    def backend_counts(self, txn: lmdb.Transaction) -> dict[str, dict[str, int]] | None:
+        """{backend: {chunks, bytes}} from the counters; None if this store has none yet."""
+        meta = self.index.db["meta"]
+        if txn.get(BACKEND_COUNTS, db=meta) is None:
+            return None
+        out = {}
+        cur = txn.cursor(db=meta)
+        if cur.set_range(BACKEND_PREFIX):
+            for key, value in cur:
+                if not bytes(key).startswith(BACKEND_PREFIX):
+                    break
+                chunks, nbytes = _BACKEND_COUNT.unpack(value)
+                out[bytes(key[len(BACKEND_PREFIX):]).decode()] = {"chunks": chunks,
+                                                                  "bytes": nbytes}
+        return out
+
+    def count_backends(self, window: int = 4096) -> dict[str, dict[str, int]]:
+        """The per-backend figures by a full scan (blocking: a worker thread or no daemon)."""
+        out: dict[str, dict[str, int]] = {}
+        for _digest, rec in self.scan_chunks(self.index, window):
+            for name in {loc.backend for loc in rec.locations}:
+                held = out.setdefault(name, {"chunks": 0, "bytes": 0})
+                held["chunks"] += 1
+                held["bytes"] += rec.stored_size
+        return out
+
+    def ensure_backend_counts(self) -> bool:
+        """Count the per-backend figures once for a store that has no counters yet.
+
+        One write transaction over the whole table: call it when no other writer
+        runs (Store open, before the daemon serves). True if it counted.
+        """
+        with self.index.write() as txn:
+            if txn.get(BACKEND_COUNTS, db=self.index.db["meta"]) is not None:
+                return False
+            for _digest, rec in self.all_chunks(txn):
+                self._count_copies(txn, rec.locations, rec.stored_size, 1)
+            txn.put(BACKEND_COUNTS, b"1", db=self.index.db["meta"])
+        return True
 
     # repair queue ------------------------------------------------------------
     def queue_repair(self, txn: lmdb.Transaction, digest: bytes, flow: str | None,
@@ -223,6 +293,28 @@ class ChunkMap:
         """Full scan — for admin commands only (gc, fsck), never on a FUSE path."""
         for key, value in txn.cursor(db=self._chunks):
             yield bytes(key), ChunkRecord.unpack(value)
+
+    @staticmethod
+    def scan_chunks(index: Index, window: int = 4096) -> Iterator[tuple[bytes, ChunkRecord]]:
+        """Every live chunk in digest order, *window* rows per short read transaction.
+
+        For planning in a worker thread: no snapshot stays open for the whole scan
+        (a long reader makes LMDB's file grow under writes), each window is read in
+        its own transaction, which is opened and closed in the calling thread.
+        """
+        after = b""
+        while True:
+            with index.read() as txn:
+                cur = txn.cursor(db=index.db["chunks"])
+                found = cur.set_range(after + b"\x00") if after else cur.first()
+                rows = []
+                while found and len(rows) < window:
+                    rows.append((bytes(cur.key()), ChunkRecord.unpack(cur.value())))
+                    found = cur.next()
+            yield from rows
+            if len(rows) < window:
+                return
+            after = rows[-1][0]
 
     # garbage --------------------------------------------------------------
     def garbage(self, txn: lmdb.Transaction, limit: int = 1000) -> list[tuple[bytes, ChunkRecord]]:

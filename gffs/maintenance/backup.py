@@ -29,7 +29,7 @@ from gffs.chunks import codec
 from gffs.errors import ConfigError
 from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRef, encode_manifest,
                                             manifest, new_version_id, parse_manifest, piece_name,
-                                            snapshot, version_name, version_of)
+                                            snapshot_copy, version_name, version_of)
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs_backends.base import Backend, BackendError
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gffs.backup")
 
 UPLOADS = 4                 # pieces in flight at once (all backends together)
+SNAPSHOT_DIR = "index.backup-copy"  # under data_dir: the compact copy a backup is cut from
 
 
 @dataclass
@@ -155,7 +156,7 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
             sha = hashlib.sha256(plain).hexdigest()
             stored = None if sha in everywhere else codec.encode(plain, True)[1]
             trio.from_thread.run(send.send, (table, sha, len(plain), stored))
-        return snapshot(store.index, emit)
+        return snapshot_copy(store.index, store.cfg.data_dir / SNAPSHOT_DIR, emit)
 
     async def producer() -> None:
         async with send:

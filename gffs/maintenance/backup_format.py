@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import struct
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gffs.index.env import DB_NAMES, SCHEMA_VERSION, Index
@@ -114,6 +116,31 @@ def snapshot(index: Index, emit: Callable[[str, bytes], None]) -> dict[str, Any]
                 "summary": {"inodes": index.counter(txn, N_INODES),
                             "chunks": index.counter(txn, N_CHUNKS),
                             "logical_bytes": index.counter(txn, LOGICAL_BYTES)}}
+
+
+def snapshot_copy(index: Index, workdir: Path, emit: Callable[[str, bytes], None]
+                  ) -> dict[str, Any]:
+    """:func:`snapshot` of a compact copy of *index*, so the live index is read only briefly.
+
+    ``env.copy(compact=True)`` holds one read transaction only while it writes
+    the copy to local disk; the pieces are then cut (and uploaded, however slowly
+    a backend takes them) from the copy, so the live data.mdb does not grow under
+    writes for the length of an upload. Blocking: one worker thread for the whole
+    call (LMDB transactions are thread-bound). The copy is deleted afterwards.
+    """
+    if workdir.exists():
+        shutil.rmtree(workdir)          # left by a backup that died
+    workdir.mkdir(parents=True)
+    try:
+        txnid = index.env.info()["last_txnid"]      # the copy holds at least this state
+        index.env.copy(str(workdir), compact=True)
+        copy = Index(workdir, readonly=True)
+        try:
+            return {**snapshot(copy, emit), "txnid": txnid}
+        finally:
+            copy.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def records(plaintext: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -101,11 +101,16 @@ class ChunkCheck:
     def _check_rows(self, txn, s: ChunkScan, refs: Counter, tick: Ticker) -> None:
         garbage = self.index.db["garbage"]
         logical = stored = 0
+        held: dict[str, list[int]] = {}
         for digest, rec in self.cm.all_chunks(txn):
             tick()
             s.chunks += 1
             logical += rec.size
             stored += rec.stored_size
+            for name in {loc.backend for loc in rec.locations}:
+                h = held.setdefault(name, [0, 0])
+                h[0] += 1
+                h[1] += rec.stored_size
             counted = refs.pop(digest, 0)
             obj = f"chunk {digest.hex()}"
             if rec.refcount != counted or counted == 0:
@@ -126,6 +131,21 @@ class ChunkCheck:
             if recorded != value:
                 self._add(s, "counter_wrong", f"meta {key.decode()}",
                           f"{recorded}, recomputed {value}", "add_counter", key, value - recorded)
+        self._check_backend_counts(txn, s, held)
+
+    def _check_backend_counts(self, txn, s: ChunkScan, held: dict[str, list[int]]) -> None:
+        """The per-backend counters status shows, against the copies just counted."""
+        kept = self.cm.backend_counts(txn)
+        if kept is None:
+            return      # counted at the next Store open
+        for name in sorted(set(kept) | set(held)):
+            have = kept.get(name, {"chunks": 0, "bytes": 0})
+            chunks, nbytes = held.get(name, (0, 0))
+            if (have["chunks"], have["bytes"]) != (chunks, nbytes):
+                self._add(s, "counter_wrong", f"meta backend:{name}",
+                          f"{have['chunks']} copies / {have['bytes']} bytes, recomputed "
+                          f"{chunks} / {nbytes}", "add_backend_count", name,
+                          chunks - have["chunks"], nbytes - have["bytes"])
 
     def _check_locations(self, s: ChunkScan, digest: bytes, rec: ChunkRecord) -> None:
         configured = [loc.backend for loc in rec.locations if loc.backend in self.store.backends]
@@ -189,6 +209,10 @@ class ChunkCheck:
 
     def _add_counter(self, txn, key: bytes, delta: int) -> bool:
         self.index.add_counter(txn, key, delta)
+        return True
+
+    def _add_backend_count(self, txn, name: str, chunks: int, nbytes: int) -> bool:
+        self.cm.add_backend_count(txn, name, chunks, nbytes)
         return True
 
     def restore(self, digest: bytes, refs: int, found: ChunkRecord | None) -> bool:

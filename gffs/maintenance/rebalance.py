@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from gffs.chunks.moves import ChunkMover, MoveFailed
+from gffs.errors import FsError
 from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
 from gffs.placement import Placement
 from gffs.index.env import REBALANCE_CURSOR
@@ -33,8 +34,11 @@ from gffs_backends.base import BackendError
 
 log = logging.getLogger(__name__)
 
+COPY_CENSUS = b"copy_census"   # meta JSON: copies short/beyond as the last full plan counted
+
 WINDOW = 16            # chunks in flight at once (each uses the per-backend limits)
 FREE_RESERVE = 0.02    # a destination must keep this share of its space free
+PLAN_WINDOW = 4096     # chunk rows per read transaction while planning
 
 
 @dataclass
@@ -53,6 +57,14 @@ class Plan:
     moves: list[ChunkMove] = field(default_factory=list)
     chunks_checked: int = 0
     unreachable: list[str] = field(default_factory=list)  # chunks with no configured copy
+    under: int = 0            # chunks with fewer trusted copies on wanted backends than required
+    over: int = 0             # chunks with a copy no policy of theirs wants
+    flows: dict[str, dict[str, int]] = field(default_factory=dict)   # files, bytes per flow
+
+    def census(self) -> dict:
+        """What `gffs-admin status` shows as copies short / beyond (saved in meta)."""
+        return {"under": self.under, "over": self.over, "chunks": self.chunks_checked,
+                "flows": self.flows, "at": time.time()}
 
     @property
     def copy_bytes(self) -> int:
@@ -76,36 +88,51 @@ class Plan:
         return dict(out)
 
 
-def chunk_flows(index: Index, only_flow: str | None = None) -> dict[bytes, set[str | None]]:
-    """Which flows reference each chunk (hard links can put one in several).
+def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None
+                ) -> dict[bytes, frozenset[str]]:
+    """Which flows reference each chunk (dedup and hard links can put one in several).
 
-    Walks every flow's tree once; chunks no flow reaches (thumbnails, files
-    open after unlink) keep the default policy.
+    Walks every flow's tree once, in short read transactions (one per flow) so it
+    can run in a worker thread beside the daemon's writers; chunks no flow
+    reaches (thumbnails, files open after unlink) keep the default policy. Each
+    distinct set of flows is one shared frozenset, so memory is one dict slot
+    per chunk. *totals*, if given, receives each flow's files and bytes.
     """
     ns, cm = Namespace(index), ChunkMap(index)
-    flows: dict[bytes, set[str | None]] = defaultdict(set)
+    flows: dict[bytes, frozenset[str]] = {}
+    interned: dict[frozenset[str], frozenset[str]] = {}
     with index.read() as txn:
-        for _c, name, ino in ns.entries(txn, ROOT_INO):
-            flow = name.decode(errors="surrogateescape")
-            if only_flow is not None and flow != only_flow:
-                continue
-            stack, seen = [ino], set()
+        tops = [(name.decode(errors="surrogateescape"), ino)
+                for _c, name, ino in ns.entries(txn, ROOT_INO)]
+    for flow, top in tops:
+        with index.read() as txn:
+            stack, seen = [top], set()
             while stack:
                 cur = stack.pop()
                 if cur in seen:
                     continue
                 seen.add(cur)
-                mode = ns.get(txn, cur).mode
-                if stat.S_ISDIR(mode):
+                try:
+                    rec = ns.get(txn, cur)
+                except FsError:         # removed between the listing and this snapshot
+                    continue
+                if stat.S_ISDIR(rec.mode):
                     stack.extend(child for _c2, _n, child in ns.entries(txn, cur))
-                elif stat.S_ISREG(mode):
+                elif stat.S_ISREG(rec.mode):
+                    if totals is not None:
+                        t = totals.setdefault(flow, {"files": 0, "bytes": 0})
+                        t["files"] += 1
+                        t["bytes"] += rec.size
                     for _idx, digest in cm.blocks(txn, cur):
-                        flows[digest].add(flow)
+                        have = flows.get(digest, frozenset())
+                        if flow not in have:
+                            both = have | {flow}
+                            flows[digest] = interned.setdefault(both, both)
     return flows
 
 
 def wanted_copies(placement: Placement, digest: bytes,
-                  flows: set[str | None] | None) -> tuple[list[str], int]:
+                  flows: frozenset[str] | set[str | None] | None) -> tuple[list[str], int]:
     """Backends every flow holding the chunk wants, and the copies the strictest asks for."""
     policies = flows or {None}
     wanted: list[str] = []
@@ -114,29 +141,38 @@ def wanted_copies(placement: Placement, digest: bytes,
     return wanted, max(placement.policy_for(f).copies for f in policies)
 
 
-def make_plan(store: Store, only_flow: str | None = None) -> Plan:
-    placement, cm = store.placement, store.chunks.chunkmap
-    flows = chunk_flows(store.index, only_flow)
+def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
+              only_flow: str | None = None, window: int = PLAN_WINDOW) -> Plan:
+    """What to move; blocking: call it in a worker thread (it opens its own read txns).
+
+    The chunk table is read in windows of *window* keys, each in its own short
+    read transaction, so no snapshot is pinned for the whole plan. With
+    *only_flow*, only chunks that flow uses are planned, but each against every
+    flow holding it: a chunk shared with another flow keeps the copies that
+    flow's policy wants too.
+    """
     plan = Plan()
-    with store.index.read() as txn:
-        for digest, rec in cm.all_chunks(txn):
-            in_flows = flows.get(digest)
-            if only_flow is not None and not in_flows:
-                continue
-            plan.chunks_checked += 1
-            wanted, required = wanted_copies(placement, digest, in_flows)
-            have = [loc.backend for loc in rec.locations]
-            add = [n for n in wanted if n not in have]
-            remove = [n for n in have if n not in wanted]
-            if not add and not remove:
-                continue
-            readable = [n for n in have if n in store.backends]
-            if add and not readable:
-                plan.unreachable.append(digest.hex())
-                continue
-            source = placement.read_order(readable)[0] if readable else None
-            plan.moves.append(ChunkMove(digest, rec.stored_size, add, remove, set(wanted),
-                                        required, source))
+    flows = chunk_flows(index, plan.flows)
+    for digest, rec in ChunkMap.scan_chunks(index, window):
+        in_flows = flows.get(digest)
+        if only_flow is not None and (not in_flows or only_flow not in in_flows):
+            continue
+        plan.chunks_checked += 1
+        wanted, required = wanted_copies(placement, digest, in_flows)
+        have = [loc.backend for loc in rec.locations]
+        add = [n for n in wanted if n not in have]
+        remove = [n for n in have if n not in wanted]
+        plan.under += sum(placement.trusted(n) for n in set(have) & set(wanted)) < required
+        plan.over += bool(remove)
+        if not add and not remove:
+            continue
+        readable = [n for n in have if n in configured]
+        if add and not readable:
+            plan.unreachable.append(digest.hex())
+            continue
+        source = placement.read_order(readable)[0] if readable else None
+        plan.moves.append(ChunkMove(digest, rec.stored_size, add, remove, set(wanted),
+                                    required, source))
     return plan
 
 
@@ -237,7 +273,11 @@ async def rebalance(store: Store, args: dict, progress: Progress) -> dict:
     flow = args.get("flow")
     if flow is not None and flow not in _flow_names(store):
         raise JobRefused(f"there is no flow named {flow!r}")
-    plan = make_plan(store, flow)
+    plan = await trio.to_thread.run_sync(make_plan, store.index, store.placement,
+                                         store.backends, flow)
+    if flow is None:
+        with store.index.write() as txn:
+            store.index.set_meta_json(txn, COPY_CENSUS, plan.census())
     summary = {"chunks_checked": plan.chunks_checked, "chunks_to_move": len(plan.moves),
                "bytes_to_copy": plan.copy_bytes, "plan": plan.pairs(),
                "unreachable": len(plan.unreachable), "settled": settled,
