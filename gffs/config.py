@@ -29,6 +29,7 @@ class BackendConfig:
     type: str
     options: dict[str, Any]
     deferred: bool = False   # copies made in the background, not before close() returns
+    encrypt: bool = False    # objects sealed and names keyed (docs/ENCRYPTION.md)
 
 
 @dataclass
@@ -149,13 +150,15 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
         _expect(isinstance(table, dict), bwhere, "must be a table")
         btype = table.get("type")
         _expect(isinstance(btype, str), bwhere, "'type' is required (for example \"local\")")
-        opts = {k: v for k, v in table.items() if k not in ("type", "deferred")}
+        opts = {k: v for k, v in table.items() if k not in ("type", "deferred", "encrypt")}
         deferred = table.get("deferred", False)
         _expect(isinstance(deferred, bool), bwhere, "deferred must be true or false")
+        encrypt = table.get("encrypt", btype != "local")   # on wherever the disk is not ours
+        _expect(isinstance(encrypt, bool), bwhere, "encrypt must be true or false")
         if btype == "local":
             _unknown(opts, {"path"}, bwhere)
             _expect(isinstance(opts.get("path"), str), bwhere, "'path' must be a string")
-        cfg.backends.append(BackendConfig(name, btype, opts, deferred))
+        cfg.backends.append(BackendConfig(name, btype, opts, deferred, encrypt))
     if not cfg.backends:
         cfg.backends.append(BackendConfig("local", "local", {"path": str(ddir / "local")}))
 

@@ -34,6 +34,8 @@ def _split_opts(values: list[str] | None) -> list[str]:
 def cmd_mount(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.data_dir)
+        from gffs.crypto.setup import preflight
+        preflight(cfg)   # an encrypted store's key: present and right, or exit 2 now
     except ConfigError as exc:
         return _fail(str(exc), 2)
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))

@@ -256,7 +256,7 @@ async def final_backup(store: Store) -> None:
     if store.cfg.index_backup_interval <= 0:
         return
     try:
-        backends = open_backends(store.cfg)
+        backends = open_backends(store.cfg, store_id=store.index.store_id)
     except ConfigError as exc:       # e.g. a credentials file gone meanwhile
         log.warning("no index backup at unmount: %s", exc)
         return

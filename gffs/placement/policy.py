@@ -128,12 +128,17 @@ class Placement:
         """Other writable, non-deferred backends, local first: where data goes when targets fail."""
         rest = [b for b in self.backends if b.name not in exclude and not self.deferred(b.name)
                 and self.health.writable(b.name)]
-        return sorted(rest, key=lambda b: type(b).__name__ != "LocalBackend")
+        return sorted(rest, key=lambda b: not _local_disk(b))
 
     def read_order(self, names: list[str]) -> list[str]:
         """Copies to try for a read: healthy first, local disks before remote stores."""
         def key(name: str) -> tuple[bool, bool]:
             b = self.by_name.get(name)
             return (not self.health.available(name),
-                    b is None or type(b).__name__ != "LocalBackend")
+                    b is None or not _local_disk(b))
         return sorted(names, key=key)
+
+
+def _local_disk(b: Backend) -> bool:
+    """A local disk, also when wrapped (an encrypting wrapper says so through local_disk)."""
+    return type(b).__name__ == "LocalBackend" or bool(getattr(b, "local_disk", False))
