@@ -163,14 +163,15 @@ def test_chunk_store_reads_around_a_corrupt_encrypted_copy_and_queues_repair(tmp
         with index.write() as txn:
             ChunkMap(index).ref(txn, sc.digest, sc.record)
         store.release([sc])
-        for path in (tmp_path / "b0" / "chunks").rglob("*"):
+        first, second = store.placement.read_order([loc.backend for loc in sc.record.locations])
+        for path in (tmp_path / first / "chunks").rglob("*"):
             if path.is_file():
                 path.write_bytes(path.read_bytes()[:-5])
         store.cache.discard(sc.digest)
         assert bytes(await store.load(sc.digest)) == data
         with index.read() as txn:
             assert ChunkMap(index).repair_count(txn) == 1
-        for path in (tmp_path / "b1" / "chunks").rglob("*"):
+        for path in (tmp_path / second / "chunks").rglob("*"):
             if path.is_file():
                 path.write_bytes(b"\x01" + os.urandom(len(path.read_bytes()) - 1))
         store.cache.discard(sc.digest)
@@ -249,3 +250,34 @@ def test_sealed_object_of_codec_payload_round_trips():
         sealed = KEY.seal_chunk(key_of(data), stored)
         assert len(sealed) == sealed_size(len(stored))
         assert KEY.open_chunk(key_of(data), sealed) == stored
+
+
+def test_flipping_encrypt_on_a_backend_holding_chunks_is_refused(tmp_path):
+    """An upgrade that turns the default on must not make a plaintext S3 look empty (gc
+    would then delete it), nor may turning it off hide sealed objects."""
+    from gffs.crypto.setup import check_modes
+    from gffs.index.records import ChunkRecord, Location
+
+    def cfg(s3_encrypt: str):
+        f = tmp_path / "c.toml"
+        f.write_text(f'[backends.disk]\ntype = "local"\npath = "{tmp_path / "d"}"\n'
+                     f'[backends.s3]\ntype = "s3"\nbuckets = ["abc"]\n{s3_encrypt}\n')
+        return load_config(f)
+
+    index = Index(tmp_path / "index")
+    check_modes(cfg(""), index)                       # nothing stored yet: s3 becomes sealed
+    check_modes(cfg("encrypt = false"), index)        # and may still change while empty
+    with index.write() as txn:
+        ChunkMap(index).ref(txn, b"\x01" * 32, ChunkRecord(0, 10, 11, 0, [Location("s3", "abc")]))
+    with pytest.raises(ConfigError, match=r"\[backends.s3\]: encrypt = true, but it holds "
+                                          r"plaintext chunks.*set encrypt = false"):
+        check_modes(cfg(""), index)
+    check_modes(cfg("encrypt = false"), index)
+    index.close()
+    index = Index(tmp_path / "index2")
+    check_modes(cfg(""), index)
+    with index.write() as txn:
+        ChunkMap(index).ref(txn, b"\x02" * 32, ChunkRecord(0, 10, 11, 0, [Location("s3", "abc")]))
+    with pytest.raises(ConfigError, match="holds encrypted chunks.*set encrypt = true"):
+        check_modes(cfg("encrypt = false"), index)
+    index.close()

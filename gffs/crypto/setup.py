@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gffs.crypto")
 
 KEY_ID_META = b"crypt_key_id"
+MODES_META = b"crypt_backends"       # names of the backends whose objects are sealed
 _LOADED: dict[str, StoreKey] = {}    # store id -> key, so one process asks once
 
 
@@ -71,9 +72,44 @@ def store_key(index: Index, create: bool = True) -> StoreKey:
     return key
 
 
+def check_modes(cfg: Config, index: Index) -> None:
+    """Refuse a config that flips ``encrypt`` on a backend holding chunks of this store.
+
+    Sealed objects read as plaintext (or plaintext ones as sealed) would look
+    missing, and gc would delete them as strays: the whole backend lost to one
+    changed line (or to an upgrade that turned the default on). A backend
+    holding nothing may change; the index records which backends are sealed.
+    """
+    with index.read() as txn:
+        recorded = set(index.meta_json(txn, MODES_META, []))
+    configured = {bc.name for bc in cfg.backends}
+    want = {bc.name for bc in cfg.backends if bc.encrypt}
+    changed = (want ^ recorded) & configured
+    if not changed:
+        return
+    from gffs.index import ChunkMap
+    holding: set[str] = set()
+    with index.read() as txn:
+        for _digest, rec in ChunkMap(index).all_chunks(txn):
+            holding.update(loc.backend for loc in rec.locations if loc.backend in changed)
+            if holding == changed:
+                break
+    for name in sorted(changed & holding):
+        now = "encrypt = true" if name in want else "encrypt = false"
+        held = "plaintext" if name in want else "encrypted"
+        raise ConfigError(f"{cfg.source} [backends.{name}]: {now}, but it holds {held} chunks "
+                          f"of this store; set encrypt = {str(name not in want).lower()} for it "
+                          f"(or drain it first; see docs/ENCRYPTION.md)")
+    if not index.readonly:
+        with index.write() as txn:
+            index.set_meta_json(txn, MODES_META, sorted((recorded - configured) | want))
+
+
 def wrap_backends(cfg: Config, backends: dict[str, Backend], index: Index | None = None,
                   store_id: str | None = None) -> dict[str, Backend]:
     """*backends* with each one the config marks ``encrypt`` wrapped in a CryptBackend."""
+    if index is not None:
+        check_modes(cfg, index)
     names = {bc.name for bc in cfg.backends if bc.encrypt}
     if not names:
         return backends
@@ -111,12 +147,15 @@ def preflight(cfg: Config) -> None:
     """Before a mount forks its daemon: the key of an existing encrypted store is here
     and right (ConfigError otherwise, exit 2); a passphrase asked on the terminal is
     handed to the daemon through the environment."""
-    if not encrypting(cfg) or not (cfg.index_dir / "data.mdb").exists():
+    if not (cfg.index_dir / "data.mdb").exists():
         return
     import os
     from gffs.index import Index
     index = Index(cfg.index_dir, readonly=True)
     try:
+        check_modes(cfg, index)
+        if not encrypting(cfg):
+            return
         path = keyfile.key_path(index.store_id)
         if path.exists() and os.environ.get(keyfile.PASSPHRASE_ENV) is None:
             doc = keyfile.parse_key_file(path.read_bytes(), str(path))
@@ -124,6 +163,7 @@ def preflight(cfg: Config) -> None:
                 phrase = keyfile.ask_passphrase(f"passphrase of the gffs key {path}: ")
                 if phrase is not None:
                     os.environ[keyfile.PASSPHRASE_ENV] = phrase
-        store_key(index, create=False) if recorded_key_id(index) else None
+        if recorded_key_id(index):
+            store_key(index, create=False)
     finally:
         index.close()
