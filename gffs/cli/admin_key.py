@@ -4,7 +4,8 @@ The key lives in ``$XDG_CONFIG_HOME/gffs/<store id>.key`` (docs/ENCRYPTION.md).
 Without it the data on encrypted backends is unreadable, so ``export`` it to a
 safe place once; ``import`` puts an exported file back (a new machine: import,
 then ``index restore``). New passphrases come from ``$GFFS_NEW_KEY_PASSPHRASE``
-or a prompt; an empty one stores the key unprotected.
+or a prompt; an empty one stores the key unprotected. ``cryptography`` is
+imported by these commands only, not at every gffs-admin start.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import os
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from gffs.config import Config
-from gffs.crypto import keyfile
-from gffs.crypto.seal import StoreKey
 from gffs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gffs.crypto.seal import StoreKey
 
 NEW_PASSPHRASE_ENV = "GFFS_NEW_KEY_PASSPHRASE"
 
@@ -48,6 +52,7 @@ def _new_passphrase() -> str | None:
 
 
 def _load(store_id: str) -> StoreKey:
+    from gffs.crypto import keyfile
     key = keyfile.read_key(store_id)
     if key is None:
         raise ConfigError(f"no key for store {store_id} at {keyfile.key_path(store_id)}")
@@ -56,6 +61,7 @@ def _load(store_id: str) -> StoreKey:
 
 def _init(cfg: Config, args: argparse.Namespace) -> int:
     """Make the key now (instead of at the first mount), under the store lock."""
+    from gffs.crypto import keyfile
     from gffs.crypto.setup import store_key
     from gffs.index import Index
     from gffs.store import StoreLock
@@ -83,6 +89,7 @@ def _init(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _show(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.crypto import keyfile
     sid = _store_id(cfg, args)
     path = keyfile.key_path(sid)
     if not path.exists():
@@ -95,6 +102,7 @@ def _show(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _export(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.crypto import keyfile
     sid = _store_id(cfg, args)
     path = keyfile.key_path(sid)
     try:
@@ -108,6 +116,7 @@ def _export(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _import(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.crypto import keyfile
     src = Path(args.file).expanduser()
     try:
         raw = src.read_bytes()
@@ -130,6 +139,7 @@ def _import(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _change_passphrase(cfg: Config, args: argparse.Namespace) -> int:
+    from gffs.crypto import keyfile
     sid = _store_id(cfg, args)
     key = _load(sid)
     phrase = _new_passphrase()
