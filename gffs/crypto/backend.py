@@ -1,7 +1,7 @@
 """CryptBackend: any Backend with sealed objects under keyed names.
 
 The chunk store, placement, moves, gc and fsck see an ordinary backend named by
-chunk ids; the backend underneath only ever sees HMAC names and AES-GCM-SIV
+chunk ids; the backend underneath only ever sees HMAC names and ChaCha20-Poly1305
 ciphertext (gffs/crypto/seal.py). A copy that fails authentication raises
 ObjectCorrupt, an ObjectMissing: the chunk store treats it as a bad copy, reads
 another one and queues a repair, never returns its bytes.
@@ -100,7 +100,7 @@ class CryptBackend(Backend):
             if doc is None:
                 await self.inner.put_meta(name, json.dumps(
                     {"store_id": self.store_id, "key_id": self.key.key_id,
-                     "cipher": "AES-256-GCM-SIV", "names": "HMAC-SHA256"}).encode())
+                     "cipher": "ChaCha20-Poly1305", "names": "HMAC-SHA256"}).encode())
             elif doc.get("key_id") != self.key.key_id:
                 raise KeyMismatch(f"{self.name}: its data of store {self.store_id} is encrypted "
                                   f"with key {doc.get('key_id')}, not with key {self.key.key_id} "
