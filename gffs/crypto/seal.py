@@ -2,7 +2,8 @@
 
 Chunk objects are named ``HMAC-SHA256(name key, chunk id)`` (hex) and sealed with
 ChaCha20-Poly1305, the chunk id as associated data, under a synthetic nonce:
-``HMAC-SHA256(nonce key, associated data + SHA-256(bytes))[:12]``, stored in
+``HMAC-SHA256(nonce key, associated data + SHA-256(bytes))[:12]`` (the hash is
+left out for raw chunks, whose bytes the chunk id already fixes), stored in
 front of the ciphertext. Deterministic on purpose: the same chunk always gives
 the same object, so dedup, repair and idempotent puts keep working; a nonce
 repeats only for the very same bytes, so a chunk id stored once raw and once
@@ -26,6 +27,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gffs.chunks.codec import CODEC_RAW
 
 KEY_BYTES = 32
 FORMAT = 1                 # first byte of every sealed object
@@ -98,7 +101,12 @@ class StoreKey:
         return hmac.new(self._name_key, key.encode(), hashlib.sha256).hexdigest()
 
     def seal_chunk(self, key: str, data: bytes) -> bytes:
-        return self._seal(self._chunk, data, _CHUNK_AD + key.encode())
+        # A raw chunk (codec byte 0: every JPEG, PNG, HEIC block) is 0x00 + the
+        # plaintext whose SHA-256 is *key*: its bytes are a function of the key,
+        # so the nonce needs no hash of them. Compressed forms are hashed: another
+        # zstd version may compress the same block differently.
+        return self._seal(self._chunk, data, _CHUNK_AD + key.encode(),
+                          determined=data[:1] == bytes([CODEC_RAW]))
 
     def open_chunk(self, key: str, sealed: bytes) -> bytes:
         return _open(self._chunk, sealed, _CHUNK_AD + key.encode())
@@ -127,13 +135,16 @@ class StoreKey:
     def open_meta(self, name: str, sealed: bytes) -> bytes:
         return _open(self._meta, sealed, _META_AD + name.encode())
 
-    def _seal(self, aead: ChaCha20Poly1305, data: bytes, ad: bytes) -> bytes:
+    def _seal(self, aead: ChaCha20Poly1305, data: bytes, ad: bytes,
+              determined: bool = False) -> bytes:
+        """*determined*: the associated data alone fixes *data* (no hash needed)."""
         mac = hmac.new(self._nonce_key, ad, hashlib.sha256)
-        mac.update(hashlib.sha256(data).digest())
+        mac.update(b"\0" if determined else b"\1" + hashlib.sha256(data).digest())
         nonce = mac.digest()[:NONCE]
-        framed = _LEN.pack(len(data)) + data
-        framed += bytes(padded_size(len(framed)) - len(framed))
-        return bytes([FORMAT]) + nonce + aead.encrypt(nonce, framed, ad)
+        framed = bytearray(padded_size(_LEN.size + len(data)))   # zeros: the padding
+        _LEN.pack_into(framed, 0, len(data))
+        framed[_LEN.size:_LEN.size + len(data)] = data           # the one copy of the data
+        return b"".join((bytes([FORMAT]), nonce, aead.encrypt(nonce, framed, ad)))
 
 
 def _open(aead: ChaCha20Poly1305, sealed: bytes, ad: bytes) -> bytes:
