@@ -128,19 +128,20 @@ QUICK = Sizes(n_files=15, file_bytes=2 << 20)
 
 def dummy_aws_env(work: Path) -> dict[str, str]:
     """Set dummy credentials in os.environ (inherited by moto and gffs); returns the old values."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    saved = {k: v for k, v in os.environ.items() if k.startswith("AWS_") or k == "XDG_CONFIG_HOME"}
     for var in AWS_VARS_TO_CLEAR:
         os.environ.pop(var, None)
     os.environ.update(
         AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
         AWS_DEFAULT_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
         AWS_CONFIG_FILE=str(work / "no-aws-config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(work / "no-aws-credentials"))
+        AWS_SHARED_CREDENTIALS_FILE=str(work / "no-aws-credentials"),
+        XDG_CONFIG_HOME=str(work / "config"))   # keys of encrypted bench stores stay in work
     return saved
 
 
 def restore_env(saved: dict[str, str]) -> None:
-    for k in [k for k in os.environ if k.startswith("AWS_")]:
+    for k in [k for k in os.environ if k.startswith("AWS_") or k == "XDG_CONFIG_HOME"]:
         del os.environ[k]
     os.environ.update(saved)
 

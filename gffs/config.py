@@ -30,6 +30,7 @@ class BackendConfig:
     options: dict[str, Any]
     deferred: bool = False   # copies made in the background, not before close() returns
     optional: bool = False   # may be missing or unreachable when the store is mounted
+    encrypt: bool = False    # objects sealed and names keyed (docs/ENCRYPTION.md)
 
 
 @dataclass
@@ -160,14 +161,17 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
         _expect(not name.startswith("~"), bwhere, "backend names cannot start with '~'")
         btype = table.get("type")
         _expect(isinstance(btype, str), bwhere, "'type' is required (for example \"local\")")
-        opts = {k: v for k, v in table.items() if k not in ("type", "deferred", "optional")}
+        opts = {k: v for k, v in table.items()
+                if k not in ("type", "deferred", "optional", "encrypt")}
         deferred, optional = table.get("deferred", False), table.get("optional", False)
         _expect(isinstance(deferred, bool), bwhere, "deferred must be true or false")
         _expect(isinstance(optional, bool), bwhere, "optional must be true or false")
+        encrypt = table.get("encrypt", btype != "local")   # on wherever the disk is not ours
+        _expect(isinstance(encrypt, bool), bwhere, "encrypt must be true or false")
         if btype == "local":
             _unknown(opts, {"path"}, bwhere)
             _expect(isinstance(opts.get("path"), str), bwhere, "'path' must be a string")
-        cfg.backends.append(BackendConfig(name, btype, opts, deferred, optional))
+        cfg.backends.append(BackendConfig(name, btype, opts, deferred, optional, encrypt))
     if not cfg.backends:
         cfg.backends.append(BackendConfig("local", "local", {"path": str(ddir / "local")}))
 

@@ -72,7 +72,15 @@ class StoreLock:
             os.close(fd)
 
 
-def open_backends(cfg: Config) -> dict[str, Backend]:
+def open_backends(cfg: Config, index: Index | None = None,
+                  store_id: str | None = None) -> dict[str, Backend]:
+    """The configured backends, those marked ``encrypt`` wrapped in CryptBackend.
+
+    With *index* the store's key is found (or made at first use) and checked;
+    without it and without *store_id* each encrypted backend learns its store
+    from its own marker (a fresh machine reading backups).
+    """
+    from gffs.crypto.setup import wrap_backends
     backends: dict[str, Backend] = {}
     for bc in cfg.backends:
         try:
@@ -84,7 +92,7 @@ def open_backends(cfg: Config) -> dict[str, Backend]:
         except (ValueError, OSError) as exc:
             raise ConfigError(f"{cfg.source} [backends.{bc.name}]: {exc}") from None
         backends[bc.name].deferred = bc.deferred
-    return backends
+    return wrap_backends(cfg, backends, index, store_id)
 
 
 async def check_backends(backends: dict[str, Backend], timeout: float) -> dict[str, str]:
@@ -153,7 +161,7 @@ class Store:
         try:
             self.index = Index(cfg.index_dir, readonly=read_only,
                                block_size=cfg.block_size_kb << 10)
-            self.backends = open_backends(cfg)
+            self.backends = open_backends(cfg, self.index)
             self.placement = build_placement(cfg, self.backends)
             with self.index.read() as txn:
                 self.placement.draining = set(self.index.meta_json(txn, DRAINING, []))

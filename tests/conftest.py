@@ -14,6 +14,14 @@ TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("fixtures_*.py"))
 
 
+@pytest.fixture(autouse=True)
+def _key_dir(tmp_path, monkeypatch):
+    """Store keys (made at the first mount of an encrypted store) go to the test's own
+    $XDG_CONFIG_HOME, never to the user's ~/.config/gffs; daemons inherit it."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.delenv("GFFS_KEY_PASSPHRASE", raising=False)
+
+
 @pytest.fixture
 def mount_factory(tmp_path):
     """Make (and always clean up) mounts: ``mount_factory(config=None, opts=None)``."""

@@ -23,6 +23,8 @@ import trio
 from faults import FaultyBackend
 from gffs.chunks import codec
 from gffs.chunks.store import ChunkStore
+from gffs.crypto.backend import CryptBackend
+from gffs.crypto.seal import StoreKey
 from gffs.errors import FsError
 from gffs.index import ChunkMap, Index
 from gffs.placement import Placement
@@ -40,6 +42,17 @@ def faulty_passthrough_factory(request, tmp_path) -> Backend:
     return FaultyBackend(LocalBackend("local", tmp_path / "wrapped-backend"))
 
 
+def crypt_local_factory(request, tmp_path) -> Backend:
+    """The encrypting wrapper over local disk must itself be a conforming backend."""
+    return CryptBackend(LocalBackend("local", tmp_path / "crypt-backend"), "store-a",
+                        StoreKey(bytes(range(32))))
+
+
+def crypt_s3_factory(request, tmp_path) -> Backend:
+    from fixtures_s3 import s3_factory
+    return CryptBackend(s3_factory(request, tmp_path), "store-a", StoreKey(bytes(range(32))))
+
+
 def _plugin_factories() -> list:
     found = []
     for path in sorted(Path(__file__).parent.glob("fixtures_*.py")):
@@ -51,6 +64,8 @@ def _plugin_factories() -> list:
 BACKEND_FACTORIES = [
     pytest.param(local_factory, id="local"),
     pytest.param(faulty_passthrough_factory, id="faulty-passthrough"),
+    pytest.param(crypt_local_factory, id="crypt-local"),
+    pytest.param(crypt_s3_factory, id="crypt-s3"),
     *_plugin_factories(),
 ]
 
@@ -64,6 +79,11 @@ def backend(request, tmp_path):
 
 def key_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def stored_size(backend: Backend, n: int) -> int:
+    """What stat/list report for an object of *n* bytes (an encrypting backend pads and seals)."""
+    return backend.stored_size(n) if hasattr(backend, "stored_size") else n
 
 
 def run(fn, *args):
@@ -154,7 +174,7 @@ def test_stat_and_exists(backend):
         info = await backend.stat(key, loc)
         assert info is not None
         assert info.key == key
-        assert info.size == len(data)
+        assert info.size == stored_size(backend, len(data))
         assert info.mtime > 0
         assert await backend.exists(key, loc)
     run(main)
@@ -170,7 +190,7 @@ def test_list_yields_what_was_put(backend):
         infos = [i async for i in backend.list()]
         assert sorted(i.key for i in infos) == sorted(key_of(b) for b in blobs)
         sizes = {i.key: i.size for i in infos}
-        assert all(sizes[key_of(b)] == len(b) for b in blobs)
+        assert all(sizes[key_of(b)] == stored_size(backend, len(b)) for b in blobs)
     run(main)
 
 

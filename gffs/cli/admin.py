@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 # Modules adding subcommands: each has register(subparsers); a subcommand sets
 # handler=fn(cfg, args) -> exit code with set_defaults.
 ADMIN_EXTENSIONS: list[str] = ["gffs.cli.admin_jobs", "gffs.cli.admin_nft", "gffs.cli.admin_index",
-                                "gffs.cli.admin_fsck"]
+                                "gffs.cli.admin_fsck", "gffs.cli.admin_key"]
 
 
 def _status(cfg: "Config", args: "argparse.Namespace") -> int:

@@ -42,6 +42,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from gffs.errors import ConfigError
     try:
         cfg = load_config(args.config, args.data_dir)
+        from gffs.crypto.setup import preflight
+        preflight(cfg)   # an encrypted store's key: present and right, or exit 2 now
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))

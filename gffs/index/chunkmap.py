@@ -316,6 +316,12 @@ class ChunkMap:
                 return
             after = rows[-1][0]
 
+    def all_digests(self, txn: lmdb.Transaction) -> Iterator[bytes]:
+        """Every chunk id the index knows, live or awaiting deletion (admin scans only)."""
+        for db in (self._chunks, self._garbage):
+            for key in txn.cursor(db=db).iternext(keys=True, values=False):
+                yield bytes(key)
+
     # garbage --------------------------------------------------------------
     def garbage(self, txn: lmdb.Transaction, limit: int = 1000) -> list[tuple[bytes, ChunkRecord]]:
         out = []

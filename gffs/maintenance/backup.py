@@ -32,7 +32,7 @@ from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRe
                                             snapshot_copy, version_name, version_of)
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, JobRefused, job
 from gffs.maintenance.progress import Progress
-from gffs_backends.base import Backend, BackendError
+from gffs_backends.base import Backend, BackendError, ObjectMissing
 
 if TYPE_CHECKING:
     from gffs.config import Config
@@ -88,7 +88,7 @@ async def read_versions(backend: Backend) -> tuple[dict[str, dict], list[str]]:
             continue
         try:
             found[vid] = parse_manifest(await backend.get_meta(name), f"{backend.name}:{name}")
-        except BadBackup as exc:
+        except (BadBackup, ObjectMissing) as exc:   # incl. an encrypted one failing authentication
             log.warning("index backup: %s", exc)
             bad.append(name)
     return found, bad
@@ -257,7 +257,7 @@ async def final_backup(store: Store) -> None:
     if store.cfg.index_backup_interval <= 0:
         return
     try:
-        backends = open_backends(store.cfg)
+        backends = open_backends(store.cfg, store_id=store.index.store_id)
     except ConfigError as exc:       # e.g. a credentials file gone meanwhile
         log.warning("no index backup at unmount: %s", exc)
         return

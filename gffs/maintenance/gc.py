@@ -37,7 +37,7 @@ async def gc(store: Store, args: dict, progress: Progress) -> dict:
     settled = await ChunkMover(store.chunks).settle()
     unreferenced, failed = await _sweep_backends(store, time.time() - min_age, progress)
     for backend in store.backends.values():
-        if isinstance(backend, LocalBackend):
+        if isinstance(getattr(backend, "inner", backend), LocalBackend):  # also under CryptBackend
             await trio.to_thread.run_sync(backend.remove_stale_temps, min_age)
     images = _drop_dead_image_rows(store)
     await store.chunks.sync()

@@ -36,6 +36,7 @@ from gffs.maintenance.backup import read_versions
 from gffs.maintenance.backup_format import BadBackup, PieceRef, piece_name, records
 from gffs.maintenance.jobs import JobRefused
 from gffs.maintenance.progress import Progress
+from gffs.crypto.setup import attach_index
 from gffs.store import StoreLock, open_backends
 from gffs_backends.base import Backend, BackendError, ObjectMissing
 
@@ -220,6 +221,7 @@ async def check_locations(cfg: Config, backends: dict[str, Backend],
                           progress: Progress) -> dict[str, Any]:
     """Which chunks of the restored index no reachable backend holds, and whose files they are."""
     index = Index(cfg.index_dir, readonly=True)
+    attach_index(backends, index)   # encrypted backends list names that map to its chunks
     try:
         cm = ChunkMap(index)
         with index.read() as txn:

@@ -135,10 +135,15 @@ class Placement:
         return sorted(rest, key=lambda b: not self.is_local(b.name))
 
     def is_local(self, name: str) -> bool:
-        """A local disk (a local backend or the staging area), as opposed to a remote store."""
+        """A local disk (a local backend, also when wrapped, or the staging area)."""
         b = self.by_name.get(name)
-        return name == STAGING or (b is not None and type(b).__name__ == "LocalBackend")
+        return name == STAGING or (b is not None and _local_disk(b))
 
     def read_order(self, names: list[str]) -> list[str]:
         """Copies to try for a read: healthy first, local disks before remote stores."""
         return sorted(names, key=lambda n: (not self.health.available(n), not self.is_local(n)))
+
+
+def _local_disk(b: Backend) -> bool:
+    """A local disk, also when wrapped (an encrypting wrapper says so through local_disk)."""
+    return type(b).__name__ == "LocalBackend" or bool(getattr(b, "local_disk", False))

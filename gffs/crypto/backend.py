@@ -1,0 +1,250 @@
+"""CryptBackend: any Backend with sealed objects under keyed names.
+
+The chunk store, placement, moves, gc and fsck see an ordinary backend named by
+chunk ids; the backend underneath only ever sees HMAC names and ChaCha20-Poly1305
+ciphertext (gffs/crypto/seal.py). A copy that fails authentication raises
+ObjectCorrupt, an ObjectMissing: the chunk store treats it as a bad copy, reads
+another one and queues a repair, never returns its bytes.
+
+Names cannot be turned back into chunk ids, so list() maps them through the
+chunk ids the index knows (``known_ids``, set by the Store) and the ids this
+process put recently. A listed name that maps to no id is a stray (a crash
+leftover): it is yielded under its stored name, and delete() of that name
+deletes it as it is, so gc and fsck remove strays the way they do unencrypted.
+
+Each backend also holds a plaintext marker ``crypt/<store id>.json`` (store id
+and key id): the first operation checks it, so a wrong key is one clear error
+instead of every chunk failing, and a fresh machine can tell which store's
+key a backend needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from typing import Any, AsyncIterator, Callable, Iterable
+
+import trio
+
+from gffs.crypto.seal import SealError, StoreKey, sealed_size
+from gffs_backends.base import (Backend, BackendError, Capacity, ObjectInfo, ObjectMissing,
+                                check_meta_name, check_meta_prefix, in_thread)
+
+MARKER_DIR = "crypt/"
+RECENT_NAMES = 65536        # names of recent puts remembered for list()
+SEAL_INLINE = 16 * 1024     # smaller objects are sealed on the trio thread
+_KEY_RE = re.compile(r"[0-9a-f]{8,128}")
+
+
+class ObjectCorrupt(ObjectMissing):
+    """The object exists but fails authentication: no usable copy here."""
+
+
+class KeyMismatch(BackendError):
+    """The backend's data belongs to another key (or store) than the one we have."""
+
+
+def marker_name(store_id: str) -> str:
+    return f"{MARKER_DIR}{store_id}.json"
+
+
+class CryptBackend(Backend):
+    """Encrypts object bytes and names on the way into *inner*, checks them on the way out."""
+
+    def __init__(self, inner: Backend, store_id: str | None, key: StoreKey | None,
+                 known_ids: Callable[[], Iterable[bytes]] | None = None,
+                 find_key: Callable[[str], StoreKey | None] | None = None) -> None:
+        """*store_id* and *key* None: learn them from the backend's marker (a fresh
+        machine restoring its index), with *find_key(store_id)* giving our key files."""
+        super().__init__(inner.name)
+        self.inner = inner
+        self.store_id = store_id
+        self.key = key
+        self.known_ids = known_ids
+        self.find_key = find_key
+        self._recent: OrderedDict[str, str] = OrderedDict()   # name -> chunk id
+        self._strays: set[str] = set()
+        self._checked = False
+        self._check_lock = trio.Lock()
+
+    def __getattr__(self, attr: str) -> Any:
+        # trusted, remove_stale_temps, rpc_credentials...: whatever the wrapped backend has
+        inner = self.__dict__.get("inner")
+        if inner is None:
+            raise AttributeError(attr)
+        return getattr(inner, attr)
+
+    @property
+    def local_disk(self) -> bool:
+        return type(self.inner).__name__ == "LocalBackend" or bool(
+            getattr(self.inner, "local_disk", False))
+
+    async def check(self) -> None:
+        """The wrapped backend is usable (the key is checked at first use, which may
+        write the marker: a check must change nothing, -o ro mounts check too)."""
+        await self.inner.check()
+
+    # the key check -------------------------------------------------------------------
+    async def _check(self) -> None:
+        """Once per process: the marker says this key, or there is none yet (we write it)."""
+        if self._checked:
+            return
+        async with self._check_lock:
+            if self._checked:
+                return
+            if self.key is None:
+                await self._adopt_marker()
+            name = marker_name(self.store_id)
+            try:
+                doc = json.loads(await self.inner.get_meta(name))
+            except ObjectMissing:
+                doc = None
+            except ValueError:
+                raise KeyMismatch(f"{self.name}: damaged encryption marker {name}") from None
+            if doc is None:
+                await self.inner.put_meta(name, json.dumps(
+                    {"store_id": self.store_id, "key_id": self.key.key_id,
+                     "cipher": "ChaCha20-Poly1305", "names": "HMAC-SHA256"}).encode())
+            elif doc.get("key_id") != self.key.key_id:
+                raise KeyMismatch(f"{self.name}: its data of store {self.store_id} is encrypted "
+                                  f"with key {doc.get('key_id')}, not with key {self.key.key_id} "
+                                  f"(wrong key file?)")
+            self._checked = True
+
+    async def _adopt_marker(self) -> None:
+        """Without a store id: the store whose marker is here and whose key we hold."""
+        ids = [n[len(MARKER_DIR):-len(".json")] for n in await self.inner.list_meta(MARKER_DIR)
+               if n.endswith(".json")]
+        if not ids:
+            raise KeyMismatch(f"{self.name}: holds no encrypted gffs store (no {MARKER_DIR} marker)")
+        for sid in ids:
+            key = self.find_key(sid) if self.find_key else None
+            if key is not None:
+                self.store_id, self.key = sid, key
+                return
+        raise KeyMismatch(f"{self.name}: holds encrypted data of store {', '.join(ids)}, and "
+                          f"there is no key for it: import it with 'gffs-admin key import FILE'")
+
+    def _name(self, key: str, stray_ok: bool = False) -> str:
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise BackendError(f"{self.name}: invalid object key {key!r}")
+        if stray_ok and key in self._strays:
+            return key
+        return self.key.chunk_name(key)
+
+    async def _run(self, fn: Callable[..., bytes], *args: Any) -> bytes:
+        if sum(len(a) for a in args if isinstance(a, (bytes, bytearray, memoryview))) <= SEAL_INLINE:
+            return fn(*args)
+        return await in_thread(fn, *args)
+
+    # chunks -----------------------------------------------------------------------------
+    async def put(self, key: str, data: bytes) -> str:
+        await self._check()
+        name = self._name(key)
+        sealed = await self._run(self.key.seal_chunk, key, data)
+        locator = await self.inner.put(name, sealed)
+        self._recent[name] = key
+        self._recent.move_to_end(name)
+        while len(self._recent) > RECENT_NAMES:
+            self._recent.popitem(last=False)
+        return locator
+
+    async def get(self, key: str, locator: str = "") -> bytes:
+        await self._check()
+        name = self._name(key)
+        sealed = await self.inner.get(name, locator)
+        try:
+            return await self._run(self.key.open_chunk, key, sealed)
+        except SealError as exc:
+            raise ObjectCorrupt(f"{self.name}: chunk {key[:16]}: {exc}") from None
+
+    async def delete(self, key: str, locator: str = "") -> None:
+        await self._check()
+        name = self._name(key, stray_ok=True)
+        await self.inner.delete(name, locator)
+        self._strays.discard(name)
+
+    async def delete_many(self, items: list[tuple[str, str]]) -> None:
+        await self._check()
+        names = [(self._name(k, stray_ok=True), loc) for k, loc in items]
+        await self.inner.delete_many(names)
+        self._strays.difference_update(n for n, _ in names)
+
+    @staticmethod
+    def stored_size(n: int) -> int:
+        """Bytes the backend holds for an object of *n* bytes: stat and list report these."""
+        return sealed_size(n)
+
+    async def stat(self, key: str, locator: str = "") -> ObjectInfo | None:
+        await self._check()
+        info = await self.inner.stat(self._name(key), locator)
+        return None if info is None else ObjectInfo(key, info.size, info.mtime)
+
+    def _name_map(self) -> dict[str, str]:
+        names = dict(self._recent)
+        if self.known_ids is not None:
+            for digest in self.known_ids():
+                key = digest.hex()
+                names[self.key.chunk_name(key)] = key
+        return names
+
+    async def list(self) -> AsyncIterator[ObjectInfo]:
+        await self._check()
+        names = await trio.to_thread.run_sync(self._name_map)
+        self._strays = set()
+        async for info in self.inner.list():
+            key = names.get(info.key)
+            if key is None:
+                self._strays.add(info.key)
+                key = info.key
+            yield ObjectInfo(key, info.size, info.mtime)
+
+    # metadata objects -------------------------------------------------------------------
+    def _meta_name(self, name: str) -> str:
+        check_meta_name(self.name, name)
+        if name.startswith(MARKER_DIR):
+            raise BackendError(f"{self.name}: {MARKER_DIR} is reserved for encryption markers")
+        try:
+            return self.key.meta_name(name)
+        except ValueError as exc:
+            raise BackendError(f"{self.name}: {exc}") from None
+
+    async def put_meta(self, name: str, data: bytes) -> None:
+        await self._check()
+        stored = self._meta_name(name)
+        await self.inner.put_meta(stored, await self._run(self.key.seal_meta, name, data))
+
+    async def get_meta(self, name: str) -> bytes:
+        await self._check()
+        stored = self._meta_name(name)
+        sealed = await self.inner.get_meta(stored)
+        try:
+            return await self._run(self.key.open_meta, name, sealed)
+        except SealError as exc:
+            raise ObjectCorrupt(f"{self.name}: metadata object {name}: {exc}") from None
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        check_meta_prefix(self.name, prefix)
+        await self._check()
+        head = prefix[:prefix.rfind("/") + 1] if "/" in prefix else prefix
+        found = []
+        for stored in await self.inner.list_meta(head):
+            name = self.key.plain_meta_name(stored)
+            if name is not None and name.startswith(prefix):
+                found.append(name)
+        return sorted(found)
+
+    async def delete_meta(self, name: str) -> None:
+        await self._check()
+        await self.inner.delete_meta(self._meta_name(name))
+
+    # the rest is the wrapped backend's -------------------------------------------------
+    async def capacity(self) -> Capacity | None:
+        return await self.inner.capacity()
+
+    async def sync(self) -> None:
+        await self.inner.sync()
+
+    async def close(self) -> None:
+        await self.inner.close()

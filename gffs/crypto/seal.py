@@ -1,0 +1,161 @@
+"""The construction: one 32-byte store key, subkeys by HKDF, keyed names, ChaCha20-Poly1305.
+
+Chunk objects are named ``HMAC-SHA256(name key, chunk id)`` (hex) and sealed with
+ChaCha20-Poly1305, the chunk id as associated data, under a synthetic nonce:
+``HMAC-SHA256(nonce key, associated data + SHA-256(bytes))[:12]`` (the hash is
+left out for raw chunks, whose bytes the chunk id already fixes), stored in
+front of the ciphertext. Deterministic on purpose: the same chunk always gives
+the same object, so dedup, repair and idempotent puts keep working; a nonce
+repeats only for the very same bytes, so a chunk id stored once raw and once
+compressed gets two nonces. (AES-GCM-SIV would do the same without the hash,
+but OpenSSL's is 6x slower than ChaCha20-Poly1305 here.) Metadata objects
+(index backups) keep their directories (``index/pieces/``) and get their last
+name component encrypted with AES-SIV (reversible, so list_meta can return
+real names) and their bytes sealed like chunks, bound to their full name.
+
+Every sealed payload is padded to a bucket (``padded_size``) before sealing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gffs.chunks.codec import CODEC_RAW
+
+KEY_BYTES = 32
+FORMAT = 1                 # first byte of every sealed object
+NONCE = 12
+_LEN = struct.Struct(">I")
+OVERHEAD = 1 + NONCE + _LEN.size + 16   # format byte, nonce, length, tag (plus padding)
+MIN_BUCKET = 256           # no sealed payload is smaller
+BUCKET_SLACK = 64          # bucket boundaries sit this far above Padmé sizes
+NAME_MAX = 64              # longest metadata name component that can be encrypted
+_CHUNK_AD = b"gffs chunk v1\0"
+_META_AD = b"gffs meta v1\0"
+
+
+class SealError(Exception):
+    """Bytes that fail authentication: altered, truncated, swapped, or another key."""
+
+
+def padded_size(n: int) -> int:
+    """The bucket a payload of *n* bytes is padded to.
+
+    Padmé (Nikitin et al., PURBs): keep only the top log2(log2 n)+1 bits of the
+    size, rounding up; at most ~12 % overhead, so a size says O(log log n) bits.
+    Boundaries are shifted up by BUCKET_SLACK so a full block plus its few bytes
+    of framing (2^k + 1) costs 64 bytes, not a 3 % step.
+    """
+    m = max(n - BUCKET_SLACK, 1)
+    e = m.bit_length() - 1
+    low = max(e - e.bit_length(), 0)
+    mask = (1 << low) - 1
+    return max(MIN_BUCKET, ((m + mask) & ~mask) + BUCKET_SLACK)
+
+
+def sealed_size(n: int) -> int:
+    """Size of the sealed object holding *n* bytes."""
+    return OVERHEAD - _LEN.size + padded_size(_LEN.size + n)
+
+
+def _b32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").lower()
+
+
+def _unb32(text: str) -> bytes:
+    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+
+
+class StoreKey:
+    """The store key and its subkeys; every encrypted object is made and checked here."""
+
+    def __init__(self, master: bytes) -> None:
+        if len(master) != KEY_BYTES:
+            raise ValueError(f"a store key has {KEY_BYTES} bytes, not {len(master)}")
+        self.master = master
+        sub = {label: self._derive(label, 64 if label == "meta names" else 32)
+               for label in ("chunk names", "chunk nonces", "chunk data", "meta names",
+                             "meta data", "key id")}
+        self._name_key = sub["chunk names"]
+        self._nonce_key = sub["chunk nonces"]
+        self._chunk = ChaCha20Poly1305(sub["chunk data"])
+        self._meta = ChaCha20Poly1305(sub["meta data"])
+        self._meta_names = AESSIV(sub["meta names"])
+        self.key_id = sub["key id"][:16].hex()   # safe to show: says which key, reveals nothing
+
+    def _derive(self, label: str, size: int) -> bytes:
+        return HKDF(hashes.SHA256(), size, salt=None,
+                    info=b"gffs store key v1: " + label.encode()).derive(self.master)
+
+    # chunks ---------------------------------------------------------------------
+    def chunk_name(self, key: str) -> str:
+        """The object name of chunk *key* (hex id): a keyed MAC, never the content hash."""
+        return hmac.new(self._name_key, key.encode(), hashlib.sha256).hexdigest()
+
+    def seal_chunk(self, key: str, data: bytes) -> bytes:
+        # A raw chunk (codec byte 0: every JPEG, PNG, HEIC block) is 0x00 + the
+        # plaintext whose SHA-256 is *key*: its bytes are a function of the key,
+        # so the nonce needs no hash of them. Compressed forms are hashed: another
+        # zstd version may compress the same block differently.
+        return self._seal(self._chunk, data, _CHUNK_AD + key.encode(),
+                          determined=data[:1] == bytes([CODEC_RAW]))
+
+    def open_chunk(self, key: str, sealed: bytes) -> bytes:
+        return _open(self._chunk, sealed, _CHUNK_AD + key.encode())
+
+    # metadata objects -------------------------------------------------------------
+    def meta_name(self, name: str) -> str:
+        """*name* with its last component encrypted (directories stay readable)."""
+        head, _, last = name.rpartition("/")
+        if len(last) > NAME_MAX:
+            raise ValueError(f"metadata name component {last[:20]!r}... is longer than "
+                             f"{NAME_MAX} characters")
+        return f"{head}/{_b32(self._meta_names.encrypt(last.encode(), [head.encode()]))}"
+
+    def plain_meta_name(self, stored: str) -> str | None:
+        """The real name of a stored metadata object, or None when it is not one of ours."""
+        head, _, last = stored.rpartition("/")
+        try:
+            plain = self._meta_names.decrypt(_unb32(last), [head.encode()])
+        except (InvalidTag, ValueError):
+            return None
+        return f"{head}/{plain.decode(errors='replace')}"
+
+    def seal_meta(self, name: str, data: bytes) -> bytes:
+        return self._seal(self._meta, data, _META_AD + name.encode())
+
+    def open_meta(self, name: str, sealed: bytes) -> bytes:
+        return _open(self._meta, sealed, _META_AD + name.encode())
+
+    def _seal(self, aead: ChaCha20Poly1305, data: bytes, ad: bytes,
+              determined: bool = False) -> bytes:
+        """*determined*: the associated data alone fixes *data* (no hash needed)."""
+        mac = hmac.new(self._nonce_key, ad, hashlib.sha256)
+        mac.update(b"\0" if determined else b"\1" + hashlib.sha256(data).digest())
+        nonce = mac.digest()[:NONCE]
+        framed = bytearray(padded_size(_LEN.size + len(data)))   # zeros: the padding
+        _LEN.pack_into(framed, 0, len(data))
+        framed[_LEN.size:_LEN.size + len(data)] = data           # the one copy of the data
+        return b"".join((bytes([FORMAT]), nonce, aead.encrypt(nonce, framed, ad)))
+
+
+def _open(aead: ChaCha20Poly1305, sealed: bytes, ad: bytes) -> bytes:
+    if len(sealed) < OVERHEAD or sealed[0] != FORMAT:
+        raise SealError("not a sealed object of this format (truncated or plaintext)")
+    view = memoryview(sealed)
+    try:
+        framed = aead.decrypt(bytes(view[1:1 + NONCE]), view[1 + NONCE:], ad)
+    except InvalidTag:
+        raise SealError("authentication failed (altered, truncated, swapped or another key)") from None
+    (n,) = _LEN.unpack_from(framed)
+    if n > len(framed) - _LEN.size:
+        raise SealError("length field beyond the payload")
+    return framed[_LEN.size:_LEN.size + n]
