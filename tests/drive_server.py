@@ -285,6 +285,7 @@ class DriveServer:
         """No faults, and none of real Drive's habits (lag, order, error form, pacing)."""
         with self.lock:
             self.faults.clear()
+            self.fault_answers.clear()   # a test counts only what it injected itself
             self.corrupt_reads = 0
             self.list_lag, self.list_delay, self.unsorted = 0, 0.0, False
             self.error_form, self.create_rate, self.rate_answer = "classic", 0.0, "user_rate"
