@@ -28,6 +28,7 @@ def _guard(func: Callable) -> Callable:
     @functools.wraps(func)
     async def wrapper(self: "Operations", *args: Any) -> Any:
         try:
+            await self.fs.index.available()   # not while a group commit holds the index
             return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
@@ -95,6 +96,7 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list):
         try:
+            await self.fs.index.available()
             self.fs.forget(inode_list)
         except Exception:
             log.exception("forget failed")
