@@ -209,3 +209,35 @@ def test_writes_from_another_thread_are_refused(tmp_path: Path) -> None:
     trio.run(main)
     index.close()
     assert errors and isinstance(errors[0], RuntimeError)
+
+
+def test_ungated_index_use_while_chunks_sync_does_not_deadlock(tmp_path: Path) -> None:
+    """Code that touches the index without awaiting available() (a chunk store lookup
+    in a flush) while a commit syncs chunk files must neither hang nor be lost."""
+    index = Index(tmp_path / "idx")
+    syncing = trio.Event()
+
+    async def slow_chunks() -> None:
+        syncing.set()
+        await trio.sleep(0.05)
+
+    async def main() -> None:
+        async with index.grouped(slow_chunks):
+            with index.write() as txn:
+                txn.put(b"k0", b"v", db=_meta(index))
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(index.durable)
+                    await syncing.wait()
+                    for i in range(1, 20):      # reads and writes during the commit
+                        with index.read() as txn:
+                            assert txn.get(b"k0", db=_meta(index)) == b"v"
+                        with index.write() as txn:
+                            txn.put(b"k%d" % i, b"v", db=_meta(index))
+                        await trio.sleep(0.01)
+                await index.durable()
+            with index.read_committed() as txn:
+                assert txn.get(b"k19", db=_meta(index)) == b"v"
+
+    trio.run(main)
+    index.close()

@@ -13,9 +13,12 @@ returns, without an fdatasync. A group commits when someone needs durability
 seconds, or when the journal grows past :data:`MAX_GROUP_BYTES`. The commit:
 
 1. syncs the chunk files written so far (``sync_chunks``; index still open),
-2. freezes trio-side index access, syncs the chunks written meanwhile,
+2. closes the gate FUSE requests wait at (:meth:`GroupCommit.available`) and
+   syncs the chunks written meanwhile, again until no change merged during a
+   sync (background code that did not wait at the gate),
 3. writer thread: stores the last journal seq in ``meta``, commits (fdatasync),
-   empties the journal, begins the next group; then index access thaws.
+   empties the journal, begins the next group; the trio thread blocks only if
+   it touches the index during this step; then the gate opens.
 
 So the index never becomes durable before the chunks it references. A commit
 that fails (disk full, I/O error) loses nothing: the writer begins a new group,
@@ -162,6 +165,7 @@ class GroupCommit:
         self._open = threading.Event()           # set while the trio thread may use the group
         self._thawed = trio.Event()
         self._thawed.set()
+        self._gate_closed = False                # a commit is syncing chunks or committing
         self._stack: list[lmdb.Transaction] = []
         self._records: list[RecordingTxn] = []
         self._group: lmdb.Transaction | None = None
@@ -212,7 +216,8 @@ class GroupCommit:
 
     # trio thread: transactions -----------------------------------------------
     def top(self) -> lmdb.Transaction:
-        """The innermost open transaction; blocks (briefly) while a commit runs."""
+        """The innermost open transaction; blocks the thread (briefly) while the writer
+        commits it. Only code that did not await available() first gets here then."""
         if not self._open.is_set():
             log.debug("index access during a group commit: waiting for it")
             self._open.wait()
@@ -271,7 +276,7 @@ class GroupCommit:
     # trio thread: committing -------------------------------------------------
     async def available(self) -> None:
         """Return when the index may be used (not during a commit's critical section)."""
-        while not self._open.is_set():
+        while self._gate_closed:
             await self._thawed.wait()
 
     async def durable(self) -> None:
@@ -303,13 +308,20 @@ class GroupCommit:
     async def _commit_once(self) -> None:
         try:
             await self.sync_chunks()              # most chunk files, index still in use
-            self._open.clear()                    # freeze trio-side index access
+            self._gate_closed = True              # requests now wait in available()
             self._thawed = trio.Event()
             try:
-                await self.sync_chunks()          # the few written meanwhile
+                while True:                       # the few chunks written meanwhile
+                    seq = self.seq
+                    await self.sync_chunks()
+                    if self.seq == seq:           # no change merged while it ran (an
+                        break                     # ungated background writer): all synced
+                # no checkpoint since the check: nothing can merge before the writer has it
+                self._open.clear()
                 await self._on_writer(self._commit_on_writer)
             finally:
                 self._open.set()
+                self._gate_closed = False
                 self._thawed.set()
         except Exception as exc:
             self.failure = _as_fs_error(exc)
