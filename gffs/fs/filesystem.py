@@ -14,7 +14,7 @@ import stat
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import trio
 
@@ -94,6 +94,8 @@ class Filesystem:
                                  enabled=analyze_images and not read_only)
         self.thumbs = SharedThumbnails(index, chunks)
         self.thumb_files: dict[int, bytes] = {}   # fh -> bytes of an open thumbnail
+        # the FUSE layer sets this: forget the kernel's cached pages of an inode
+        self.drop_kernel_cache: Callable[[int], None] = lambda ino: None
         # chunk loads by purpose since mount (user.gf.stats.* on the root): proves that
         # browsing thumbnails reads no original
         self.stats: Counter[str] = Counter()
@@ -928,6 +930,7 @@ class Filesystem:
                     log.error("inode %d: unflushed data dropped at release", h.ino)
                 buf.dirty.clear()
                 buf.meta_dirty = False
+                self.drop_kernel_cache(h.ino)   # it still holds the written pages
             self._drop_buffer_if_idle(h.ino)
 
     # xattrs ----------------------------------------------------------------------------

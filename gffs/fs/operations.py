@@ -13,6 +13,7 @@ import logging
 from typing import Any, Callable
 
 import pyfuse3
+import trio
 
 from gffs.errors import FsError
 from gffs.fs.filesystem import Caller, Filesystem
@@ -62,6 +63,18 @@ def entry_attributes(ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
     return e
 
 
+def _invalidate_soon(ino: int) -> None:
+    """Make the kernel drop its cached pages of *ino* (changes a failed close did not
+    store). In a thread: the kernel may call back into us while it invalidates."""
+    def invalidate() -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, False)
+        except OSError as exc:   # the kernel no longer knows the inode: nothing cached
+            log.debug("invalidate inode %d: %s", ino, exc)
+
+    trio.lowlevel.start_thread_soon(invalidate, lambda _outcome: None)
+
+
 def _caller(ctx: pyfuse3.RequestContext) -> Caller:
     return Caller(ctx.uid, ctx.gid)
 
@@ -74,6 +87,8 @@ class Operations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem) -> None:
         super().__init__()
         self.fs = fs
+        fs.drop_kernel_cache = _invalidate_soon
+
 
     def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         self.fs.remember(ino)

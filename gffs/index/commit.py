@@ -177,7 +177,6 @@ class GroupCommit:
         self._wakeup = trio.Event()
         self._committing: trio.Event | None = None
         self._token = trio.lowlevel.current_trio_token()
-        self.committed = trio.Event()            # set (and replaced) after every commit
         self._writer.submit(self._begin).result()
         self._open.set()
 
@@ -329,8 +328,6 @@ class GroupCommit:
             return
         self.failure = None
         self.dirty = self.seq != self.durable_seq
-        committed, self.committed = self.committed, trio.Event()
-        committed.set()
 
     async def _on_writer(self, fn: Callable[[], None]) -> None:
         future = self._writer.submit(fn)
