@@ -22,7 +22,7 @@ How each figure is taken, and why:
    step is ``cp -r SRC DEST`` for DEST = a new flow in the mount and a new
    directory next to it. It ends when cp exits, i.e. after every close():
    in gffs close() returns only once the chunks are written and the index
-   transaction committed (LMDB fdatasync); on the plain directory the data
+   change journaled (group commit: durable within ~1 s); on the plain directory the data
    is only in the page cache. That asymmetry is the user-visible reality of
    "cp is done", so it is kept, not corrected. ``sync`` runs (untimed)
    between steps so one step's writeback does not slow down the next.

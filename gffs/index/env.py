@@ -70,8 +70,12 @@ class Index:
         self.journal: Journal | None = None
         self._init_meta(block_size)
         if not readonly:
-            self.journal = Journal(path / JOURNAL_NAME)
-            replay(self, self.journal)
+            try:
+                self.journal = Journal(path / JOURNAL_NAME)
+            except BlockingIOError:  # a running mount owns it: commit directly, like a reader
+                self.journal = None
+            else:
+                replay(self, self.journal)
 
     def _open_ro(self) -> dict:
         dbs = {}
@@ -168,6 +172,8 @@ class Index:
     @asynccontextmanager
     async def grouped(self, sync_chunks: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
         """Run group commit (see gffs/index/commit.py) until the block ends, then commit."""
+        if self.journal is None:
+            raise RuntimeError(f"index {self.path} is in use by another process")
         group = GroupCommit(self, self.journal, sync_chunks)
         self.group = group
         try:

@@ -13,6 +13,7 @@ past a torn or damaged one are ignored too.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -64,9 +65,15 @@ class Journal:
     """Append-only file of (seq, ops) records since the last durable group commit."""
 
     def __init__(self, path: Path) -> None:
+        """Open and lock the journal; BlockingIOError if another process has it (a mount)."""
         self.path = path
         self.boot = boot_id().ljust(BOOT_ID_LEN, b"-")
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:  # a second opener must neither redo nor empty a live daemon's journal
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            raise
         self.size = os.fstat(self._fd).st_size
         self.bytes_pending = 0
 
