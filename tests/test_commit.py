@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-import sys
 import threading
 from pathlib import Path
 
@@ -243,23 +242,3 @@ def test_ungated_index_use_while_chunks_sync_does_not_deadlock(tmp_path: Path) -
     trio.run(main)
     index.close()
 
-
-def test_second_opener_leaves_a_live_journal_alone(tmp_path: Path) -> None:
-    """Opening the index read-write while a mount runs must not redo or empty its journal."""
-    index = Index(tmp_path / "idx")
-
-    async def main() -> None:
-        async with index.grouped(_no_chunks):
-            with index.write() as txn:
-                txn.put(b"pending", b"1", db=_meta(index))
-            size = (tmp_path / "idx" / JOURNAL_NAME).stat().st_size
-            opener = (f"from pathlib import Path; from gffs.index import Index; "
-                      f"Index(Path({str(tmp_path / 'idx')!r})).close()")
-            done = await trio.run_process([sys.executable, "-c", opener], check=False)
-            assert done.returncode == 0
-            assert (tmp_path / "idx" / JOURNAL_NAME).stat().st_size == size
-            with index.read() as txn:
-                assert txn.get(b"pending", db=_meta(index)) == b"1"
-
-    trio.run(main)
-    index.close()
