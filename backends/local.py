@@ -35,6 +35,9 @@ class LocalBackend(Backend):
         self._unsynced: set[Path] = set()
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
+        # one sync at a time: a sync must not return while another still fsyncs
+        # files it took (an index commit relies on "sync returned = all durable")
+        self._sync_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, name: str, options: dict) -> "LocalBackend":
@@ -95,6 +98,10 @@ class LocalBackend(Backend):
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
     def _sync(self) -> None:
+        with self._sync_lock:
+            self._sync_pending()
+
+    def _sync_pending(self) -> None:
         with self._lock:
             paths, self._unsynced = self._unsynced, set()
         dirs = set()

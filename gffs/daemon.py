@@ -58,6 +58,19 @@ def _notify(ready_fd: int | None, message: str) -> None:
 async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
                  ready_fd: int | None) -> None:
     await store.check_backends()   # a missing bucket is one line and exit 2 now, not EIO later
+    if fs.read_only:
+        await _serve_mounted(store, fs, mountpoint, opts, ready_fd)
+    else:
+        # one group transaction for many requests; the final commit at the end of the block
+        async with store.index.grouped(store.chunks.sync_backends):
+            await _serve_mounted(store, fs, mountpoint, opts, ready_fd)
+        with trio.move_on_after(FINAL_BACKUP_TIME):
+            await final_backup(store)
+    log.info("unmounted %s; data is safe", mountpoint)
+
+
+async def _serve_mounted(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
+                         ready_fd: int | None) -> None:
     await fs.start(os.getuid(), os.getgid())
     pyfuse3.init(Operations(fs, os.path.abspath(mountpoint)), mountpoint, opts)
     kernel_unmounted = False
@@ -93,10 +106,6 @@ async def _serve(store: Store, fs: Filesystem, mountpoint: str, opts: set[str],
     finally:
         await fs.shutdown()
         pyfuse3.close(unmount=not kernel_unmounted)
-        if not fs.read_only:
-            with trio.move_on_after(FINAL_BACKUP_TIME):
-                await final_backup(store)
-        log.info("unmounted %s; data is safe", mountpoint)
 
 
 def _raise_readahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:

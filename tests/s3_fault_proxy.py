@@ -12,7 +12,8 @@ a fault as a throttled or flaky S3 endpoint would:
 ``injected`` counts what was done (``forwarded`` included), so a test can check the
 faults really happened. The draw order depends on thread scheduling, but the seed
 fixes the fault rates' sequence, so runs are comparable. Faults can be switched off
-(``enabled = False``) for untimed setup and read-back.
+(``enabled = False``) for untimed setup and read-back, and ``fail_next = N`` answers
+the next N requests with ``SlowDown`` whatever the draw.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class FaultProxy:
         self.rates = {"slowdown": slowdown, "reset": reset, "delay": delay}
         self.delay_s = delay_s
         self.enabled = True
+        self.fail_next = 0
         self.injected: Counter[str] = Counter()
         self._rnd = random.Random(seed)
         self._lock = threading.Lock()
@@ -69,7 +71,10 @@ class FaultProxy:
         """The fate of one request: 'slowdown', 'reset', 'delay' or 'forward'."""
         with self._lock:
             fate = "forward"
-            if self.enabled:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                fate = "slowdown"
+            elif self.enabled:
                 r, edge = self._rnd.random(), 0.0
                 for name, rate in self.rates.items():
                     edge += rate

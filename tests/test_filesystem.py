@@ -1016,31 +1016,45 @@ def test_flush_failure_keeps_buffer(tmp_path, fault, expected):
         e.close()
 
 
-def test_background_garbage_and_sync(env, monkeypatch):
-    monkeypatch.setattr(fsmod, "SYNC_INTERVAL", 0.05)
-    syncs = []
-    real_sync = env.chunks.sync
-
-    async def counting_sync():
-        syncs.append(1)
-        await real_sync()
-    monkeypatch.setattr(env.chunks, "sync", counting_sync)
-
+def test_background_garbage_waits_until_the_drop_is_durable(env):
+    """Group commit: a chunk is deleted only once the commit dropping its last reference
+    is durable (a power loss falls back to the durable index, which must find it)."""
     async def main(fs):
-        async with trio.open_nursery() as nursery:
+        async with env.index.grouped(env.chunks.sync_backends), trio.open_nursery() as nursery:
+            await fs.start(1000, 1000)
             await nursery.start(fs.run_background)
             d, _ = fs.mkdir(ROOT_INO, b"f", 0o755, USER)
             await put_file(fs, d, b"x", os.urandom(5000))
             assert len(env.objects()) == 1
-            await trio.sleep(0.2)
-            assert syncs, "background sync never ran after a flush"
             fs.unlink(d, b"x")
-            with trio.fail_after(3):
+            assert await fs.chunks.delete_garbage() == 0   # dropped, not durably yet
+            assert len(env.objects()) == 1
+            with trio.fail_after(30):   # the periodic commit, then the garbage loop
                 while env.objects():
-                    await trio.sleep(0.02)
+                    await trio.sleep(0.05)
             assert env.garbage() == []
             nursery.cancel_scope.cancel()
-    env.run(main)
+    env.run(main, start=False)
+
+
+def test_fsync_makes_the_file_durable(env):
+    """close() leaves the change in the open group (journaled); fsync() commits it."""
+    async def main(fs):
+        async with env.index.grouped(env.chunks.sync_backends):
+            await fs.start(1000, 1000)
+            d, _ = fs.mkdir(ROOT_INO, b"f", 0o755, USER)
+            fh, ino, _ = fs.create(d, b"x", 0o644, RW, USER)
+            await fs.write(fh, 0, b"durable" * 100)
+            await fs.flush(fh)
+            with env.index.read_committed() as txn:
+                assert not env.ns.exists(txn, ino)
+            await fs.fsync(fh)
+            with env.index.read_committed() as txn:
+                assert env.ns.get(txn, ino).size == 700
+                assert list(env.cm.blocks(txn, ino))
+            assert not env.backend._unsynced   # the chunk file was fsynced before the commit
+            await fs.release(fh)
+    env.run(main, start=False)
 
 
 def test_utimens_before_close_keeps_the_set_time(env):

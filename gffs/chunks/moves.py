@@ -95,6 +95,9 @@ class ChunkMover:
             self.cm.set_locations(txn, digest, keep)
             for loc in doomed:
                 self.cm.add_intent(txn, digest, loc.backend, "delete", loc.locator)
+        # the new locations and this forget must be durable before a copy goes: a power
+        # loss must not fall back to an index that names only the deleted copy
+        await self.index.durable()
         for loc in doomed:
             await self.delete_object(digest, loc.backend, loc.locator)
         return [loc.backend for loc in doomed]
@@ -124,6 +127,7 @@ class ChunkMover:
 
     async def settle(self) -> dict[str, int]:
         """Finish what interrupted moves left: stray copies are deleted, recorded ones kept."""
+        await self.index.durable()   # "recorded" must mean recorded durably
         with self.index.read() as txn:
             rows = self.cm.intents(txn)
         outcome = {"kept": 0, "deleted": 0, "busy": 0}

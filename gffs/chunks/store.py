@@ -488,6 +488,10 @@ class ChunkStore:
                 staged = self._forget_staged_copy(txn, digest)
             try:
                 if staged is not None:
+                    # the staged copy goes only once the record naming the remote copies is
+                    # durable: a power loss falls back to the durable index, which must
+                    # still find the chunk where it says
+                    await self.index.durable()
                     await self.call(self.backends[STAGING], "delete", digest.hex(), staged.locator)
             except BackendError as exc:  # a stray file: deleted at the next start
                 log.warning("staged copy of chunk %s not deleted: %s", digest.hex()[:16], exc)
@@ -525,16 +529,25 @@ class ChunkStore:
         """Delete unreferenced chunks from their backends; return how many went (none if read-only)."""
         if self.index.readonly:
             return 0
-        with self.index.read() as txn:
-            rows = [(d, r) for d, r in self.chunkmap.garbage(txn, limit)
-                    if d not in self._pins and d not in self._deleting]
-            unused, self._unused = self._unused, []
+        # only what neither the durable index nor the open group references: a
+        # power loss falls back to the durable state, which must not lose a chunk
+        await self.index.available()
+        unused, self._unused = self._unused, []
+        with self.index.read_committed() as durable, self.index.read() as txn:
+            rows = [(d, r) for d, r in self.chunkmap.garbage(durable, limit)
+                    if d not in self._pins and d not in self._deleting
+                    and self.chunkmap.is_garbage(txn, d)]
             seen = {d for d, _ in rows}
             for sc in unused:
-                if (sc.digest not in self._pins and sc.digest not in self._deleting
-                        and sc.digest not in seen and self.chunkmap.known(txn, sc.digest) is None):
-                    rows.append((sc.digest, sc.record))
-                    seen.add(sc.digest)
+                if sc.digest in self._pins or sc.digest in self._deleting or sc.digest in seen:
+                    continue
+                if self.chunkmap.known(txn, sc.digest) is not None:
+                    continue
+                if self.chunkmap.chunk(durable, sc.digest) is not None:
+                    self._unused.append(sc)   # dropped, but not durably yet: later
+                    continue
+                rows.append((sc.digest, sc.record))
+                seen.add(sc.digest)
         if not rows:
             return 0
         events = {d: trio.Event() for d, _ in rows}
@@ -559,6 +572,7 @@ class ChunkStore:
                 self.cache.discard(d)
                 if self.staging is not None and d.hex() not in failed:
                     self.staging.done(d)
+            await self.index.available()
             with self.index.write() as txn:
                 for d, _ in rows:
                     if d.hex() not in failed:
@@ -620,8 +634,16 @@ class ChunkStore:
             except Exception as exc:
                 log.warning("closing backend %s: %s", backend.name, exc)
 
-    async def sync(self) -> None:
-        """Make every chunk written so far durable, then the index."""
+    async def sync_backends(self) -> None:
+        """Make every chunk put so far durable (local fsyncs; remote puts already are).
+
+        The index's group commit calls this before each commit, so the index never
+        durably references a chunk whose bytes are not on stable storage."""
         for backend in self.backends.values():
             await backend.sync()
-        await trio.to_thread.run_sync(self.index.sync)
+
+    async def sync(self) -> None:
+        """Make every chunk written so far durable, then the index."""
+        if self.index.group is None:
+            await self.sync_backends()
+        await self.index.durable()   # a group commit syncs the chunks first itself

@@ -14,7 +14,7 @@ import stat
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import trio
 
@@ -46,7 +46,7 @@ XATTR_LIST_MAX = 64 * 1024
 XATTR_NAMESPACES = (b"user.", b"trusted.")
 MAX_DIRTY_PER_FILE = 16 << 20   # flush a file's buffer early beyond this
 MAX_FILE_SIZE = 1 << 50
-SYNC_INTERVAL = 5.0             # seconds between background syncs to disk
+GARBAGE_INTERVAL = 2.0          # seconds: garbage becomes deletable once its drop is durable
 READ_AHEAD_BLOCKS = 8           # blocks loaded ahead of a sequential reader, in parallel
 LISTED_MAX = 20_000             # "next file in its directory" links kept for read-ahead
 REPAIR_INTERVAL = 5.0           # seconds between passes over the repair queue
@@ -91,7 +91,7 @@ class Filesystem:
         self._next_fh = 1
         self._zero_block = bytes(self.block_size)
         self._garbage_wakeup = trio.Event()
-        self._unsynced = False
+        self._purge_later: set[int] = set()  # inodes whose purge failed (retried in background)
         self._background: trio.Nursery | None = None  # write-behind and read-ahead tasks
         self.images = ImageFacts(index, chunks, self._read_committed, self._flow_of_ino,
                                  enabled=analyze_images and not read_only)
@@ -100,6 +100,8 @@ class Filesystem:
         # file -> the file listed after it by the last readdir of its directory: a reader
         # going through a flow in order gets the next file's first blocks ahead of time
         self._next_listed: OrderedDict[int, int] = OrderedDict()
+        # the FUSE layer sets this: forget the kernel's cached pages of an inode
+        self.drop_kernel_cache: Callable[[int], None] = lambda ino: None
         # chunk loads by purpose since mount (user.gf.stats.* on the root): proves that
         # browsing thumbnails reads no original
         self.stats: Counter[str] = Counter()
@@ -118,6 +120,8 @@ class Filesystem:
             orphans = self.ns.orphans(txn)
         for ino in orphans:
             self._purge(ino)
+        # garbage is deleted only once its drop is durable (power loss falls back to that)
+        await self.index.durable()
         while await self.chunks.delete_garbage():
             pass
 
@@ -125,7 +129,6 @@ class Filesystem:
         """Garbage deletion and periodic sync; runs until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._garbage_loop)
-            nursery.start_soon(self._sync_loop)
             nursery.start_soon(self._repair_loop)
             nursery.start_soon(self.chunks.run_uploads)  # staged chunks -> remote backends
             self._background = self.images.nursery = nursery
@@ -137,10 +140,17 @@ class Filesystem:
                 self._background = self.images.nursery = None
 
     async def _garbage_loop(self) -> None:
+        """Delete unreferenced chunks (once their drop is durable), retry failed purges."""
         while True:
-            await self._garbage_wakeup.wait()
+            with trio.move_on_after(GARBAGE_INTERVAL):
+                await self._garbage_wakeup.wait()
             self._garbage_wakeup = trio.Event()
             try:
+                for ino in sorted(self._purge_later):
+                    await self.index.available()
+                    self._purge_later.discard(ino)
+                    if ino not in self.buffers and not self.lookups.get(ino):
+                        self._purge_quietly(ino)
                 while await self.chunks.delete_garbage():
                     pass
             except Exception:
@@ -160,16 +170,6 @@ class Filesystem:
             except Exception:
                 log.exception("repair failed; will retry")
             await trio.sleep(1.0)
-
-    async def _sync_loop(self) -> None:
-        while True:
-            await trio.sleep(SYNC_INTERVAL)
-            if self._unsynced:
-                self._unsynced = False
-                try:
-                    await self.chunks.sync()
-                except Exception:
-                    log.exception("background sync failed")
 
     async def shutdown(self) -> None:
         """Flush every buffer and make everything durable (unmount)."""
@@ -243,7 +243,17 @@ class Filesystem:
             if is_virtual(ino):
                 self.thumbs.forget(ino)
             elif ino not in self.buffers and not self.read_only:
-                self._purge_if_unlinked(ino)
+                self._purge_quietly(ino)
+
+    def _purge_quietly(self, ino: int) -> None:
+        """Purge an unlinked inode from a path that has nobody to report to (forget,
+        write-behind, last release): a failure is logged and retried in the background
+        (the inode is in `orphans`, so a restart purges it too)."""
+        try:
+            self._purge_if_unlinked(ino)
+        except FsError as exc:
+            log.warning("purging unlinked inode %d failed, will retry: %s", ino, exc)
+            self._purge_later.add(ino)
 
     def _purge_if_unlinked(self, ino: int) -> None:
         with self.index.read() as txn:
@@ -624,7 +634,7 @@ class Filesystem:
             self._forget_stored_early(buf)
             del self.buffers[ino]
             if not self.lookups.get(ino) and not self.read_only:
-                self._purge_if_unlinked(ino)
+                self._purge_quietly(ino)
 
     def _new_handle(self, ino: int, flags: int) -> int:
         fh = self._next_fh
@@ -879,6 +889,7 @@ class Filesystem:
             try_compress = buf.try_compress is not False
             stored: dict[int, StoredChunk | None] = {}
             queued_image = False
+            failed = True
 
             for event in [buf.storing[i] for i in snap if i in buf.storing]:
                 await event.wait()
@@ -900,6 +911,7 @@ class Filesystem:
                     for idx, (data, _) in snap.items():
                         if idx * self.block_size < size:
                             nursery.start_soon(store_one, idx, data)
+                await self.index.available()
                 with self.index.write() as txn:
                     rec = self.ns.get(txn, ino)
                     for idx, sc in stored.items():
@@ -917,14 +929,15 @@ class Filesystem:
                     self.ns.put(txn, ino, rec)
                     if final:
                         queued_image = self.images.record_content(txn, ino, size)
+                failed = False
             except* FsError as group:
                 raise group.exceptions[0] from None
             finally:
+                buf.flush_failed = failed
                 self.chunks.release([sc for sc in stored.values() if sc is not None])
                 self.chunks.release(list(early.values()))
                 self._garbage_wakeup.set()
             buf.mark_flushed(snap, size)
-        self._unsynced = True
         if queued_image:
             self.images.wake()
 
@@ -947,13 +960,19 @@ class Filesystem:
         if buf is None:
             return
         try:
-            await self._flush(h.ino)
+            if not buf.flush_failed:   # else close() reported the failure: keep the old content
+                await self._flush(h.ino)
         finally:
             buf.open_count -= 1
             if buf.needs_flush and buf.open_count == 0:
-                log.error("inode %d: unflushed data dropped at release", h.ino)
+                if buf.flush_failed:
+                    log.warning("inode %d: changes dropped after a failed flush; the previous "
+                                "content is kept", h.ino)
+                else:
+                    log.error("inode %d: unflushed data dropped at release", h.ino)
                 buf.dirty.clear()
                 buf.meta_dirty = False
+                self.drop_kernel_cache(h.ino)   # it still holds the written pages
             self._drop_buffer_if_idle(h.ino)
 
     # xattrs ----------------------------------------------------------------------------

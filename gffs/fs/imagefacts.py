@@ -38,6 +38,8 @@ ANALYSIS_MEMORY_LIMIT = 1 << 30   # address space of the analysis process
 ANALYSIS_NICE = 10                # below the daemon and the user's cp
 IDLE_BEFORE_ANALYSIS = 0.3        # seconds without writes before an image is analysed...
 MAX_ANALYSIS_DELAY = 20.0         # ...unless it has waited this long already
+COMMIT_BACKOFF = 1.0              # seconds before a failed facts commit is retried, doubling
+MAX_COMMIT_BACKOFF = 30.0
 
 
 def _worker_init(memory_limit: int = ANALYSIS_MEMORY_LIMIT) -> None:
@@ -122,6 +124,7 @@ class ImageFacts:
         self._first_seen: dict[bytes, float] = {}
         self._consumer_running = False
         self._postponed: set[bytes] = set()   # resource failures: stay queued for the next mount
+        self._backoff = COMMIT_BACKOFF
         self.nursery: trio.Nursery | None = None
 
     # hooks called by the filesystem --------------------------------------------------
@@ -204,7 +207,16 @@ class ImageFacts:
             except Exception:
                 log.exception("image analysis of inode %d failed", ino)
                 facts, stored = {"error": "analysis failed"}, []
-            self._commit(cid, facts, stored, flow)
+            try:
+                await self.index.available()
+                self._commit(cid, facts, stored, flow)
+            except FsError as exc:  # disk full, I/O error: the row stays queued, retried later
+                log.warning("storing image facts of inode %d failed, will retry in %.0f s: %s",
+                            ino, self._backoff, exc)
+                await trio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, MAX_COMMIT_BACKOFF)
+            else:
+                self._backoff = COMMIT_BACKOFF
         finally:
             self.chunks.release([sc for _, sc in stored])
 

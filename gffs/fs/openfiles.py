@@ -32,6 +32,9 @@ class FileBuffer:
     # write-behind: full blocks stored while the file is still being written
     stored_early: dict[int, tuple[int, StoredChunk]] = field(default_factory=dict)
     storing: dict[int, trio.Event] = field(default_factory=dict)
+    # the last flush failed: the close that reported it keeps the previous content,
+    # so the release after it must not store the changes after all
+    flush_failed: bool = False
     read_pos: int = -1            # end of the last read, to detect sequential reads
     ahead_of: int = -1            # first block the last read-ahead started from
 

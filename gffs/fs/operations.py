@@ -13,6 +13,7 @@ import logging
 from typing import Any, Callable
 
 import pyfuse3
+import trio
 
 from gffs.errors import FsError
 from gffs.fs.desktopthumbs import DesktopThumbnails, Listing
@@ -30,6 +31,7 @@ def _guard(func: Callable) -> Callable:
     @functools.wraps(func)
     async def wrapper(self: "Operations", *args: Any) -> Any:
         try:
+            await self.fs.index.available()   # not while a group commit holds the index
             return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
@@ -66,6 +68,18 @@ def entry_attributes(ino: int, rec: InodeRecord,
     return e
 
 
+def _invalidate_soon(ino: int) -> None:
+    """Make the kernel drop its cached pages of *ino* (changes a failed close did not
+    store). In a thread: the kernel may call back into us while it invalidates."""
+    def invalidate() -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, False)
+        except OSError as exc:   # the kernel no longer knows the inode: nothing cached
+            log.debug("invalidate inode %d: %s", ino, exc)
+
+    trio.lowlevel.start_thread_soon(invalidate, lambda _outcome: None)
+
+
 def _caller(ctx: pyfuse3.RequestContext) -> Caller:
     return Caller(ctx.uid, ctx.gid)
 
@@ -82,6 +96,7 @@ class Operations(pyfuse3.Operations):
         self.desktop = DesktopThumbnails(fs.index, fs.chunks, mountpoint, fs.stats)
         self._listings: dict[int, Listing] = {}   # directory handle -> who opened it
         self._next_dir_fh = 1
+        fs.drop_kernel_cache = _invalidate_soon
 
     def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         self.fs.remember(ino)
@@ -107,6 +122,7 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list):
         try:
+            await self.fs.index.available()
             self.fs.forget(inode_list)
         except Exception:
             log.exception("forget failed")

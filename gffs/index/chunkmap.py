@@ -331,6 +331,9 @@ class ChunkMap:
                 break
         return out
 
+    def is_garbage(self, txn: lmdb.Transaction, digest: bytes) -> bool:
+        return txn.get(digest, db=self._garbage) is not None
+
     def forget_garbage(self, txn: lmdb.Transaction, digest: bytes) -> None:
         txn.delete(digest, db=self._garbage)
 

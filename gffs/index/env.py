@@ -11,18 +11,23 @@ import json
 import os
 import time
 import uuid
-from contextlib import contextmanager
+import threading
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import lmdb
+import trio
 
 from gffs.errors import ConfigError, FsError
+from gffs.index.commit import MAIN_DB, GroupCommit, GroupView, RecordingTxn, replay
+from gffs.index.journal import Journal
 from gffs.index.records import from_u64, u64
 
 SCHEMA_VERSION = 1
 DEFAULT_BLOCK_SIZE = 1 << 20
 MAP_SIZE = 1 << 40  # virtual; the file grows only with use
+JOURNAL_NAME = "journal"  # redo records of the open group (gffs/index/journal.py)
 LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk full"
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
@@ -61,7 +66,19 @@ class Index:
         self.readonly = readonly
         self.db = {name: self.env.open_db(name.encode(), create=not readonly)
                    for name in DB_NAMES} if not readonly else self._open_ro()
+        self.dbs_by_number: dict[int, object] = {i: self.db[name] for i, name in enumerate(DB_NAMES)}
+        self.dbs_by_number[MAIN_DB] = None
+        self._dbnums = {id(h): i for i, h in self.dbs_by_number.items() if h is not None}
+        self.group: GroupCommit | None = None
+        self.journal: Journal | None = None
         self._init_meta(block_size)
+        if not readonly:
+            try:
+                self.journal = Journal(path / JOURNAL_NAME)
+            except BlockingIOError:  # a running mount owns it: commit directly, like a reader
+                self.journal = None
+            else:
+                replay(self, self.journal)
 
     def _open_ro(self) -> dict:
         dbs = {}
@@ -98,12 +115,36 @@ class Index:
             self.block_size = from_u64(txn.get(b"block_size", db=self.db["meta"]))
             self.store_id = txn.get(b"store_id", db=self.db["meta"]).decode()
 
+    def dbnum(self, db) -> int:
+        """The journal's number for a database handle."""
+        return MAIN_DB if db is None else self._dbnums[id(db)]
+
+    def _grouped_here(self) -> bool:
+        """True on the thread that uses the open group (the trio thread of the mount)."""
+        group = self.group
+        if group is None:
+            return False
+        if threading.get_ident() == group.owner:
+            return True
+        return False
+
     @contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction; a full disk or full map becomes ENOSPC, nothing half-done."""
+    def write(self) -> Iterator[lmdb.Transaction | RecordingTxn]:
+        """A write transaction; a full disk or full map becomes ENOSPC, nothing half-done.
+
+        With group commit running (a mount) this is a child of the open group on
+        the trio thread: atomic, visible to later reads at once, kill -9 safe when
+        the block ends, durable at the next group commit (:meth:`durable`).
+        """
+        if self.group is not None and not self._grouped_here():
+            raise RuntimeError("index writes during group commit belong on the trio thread")
         try:
-            with self.env.begin(write=True) as txn:
-                yield txn
+            if self.group is not None:
+                with self.group.child() as txn:
+                    yield txn
+            else:
+                with self.env.begin(write=True) as txn:
+                    yield txn
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise FsError(errno.ENOSPC, f"index: {exc}") from exc
         except lmdb.Error as exc:
@@ -119,8 +160,52 @@ class Index:
             return False
         return st.f_bavail * st.f_frsize < LOW_SPACE
 
-    def read(self) -> lmdb.Transaction:
+    def read(self) -> lmdb.Transaction | GroupView:
+        """A read transaction; on the trio thread of a mount, the open group (read-your-writes).
+
+        Other threads (maintenance planning, backups) read the committed state.
+        """
+        if self._grouped_here():
+            return self.group.view()
         return self.env.begin(buffers=False)
+
+    def read_committed(self) -> lmdb.Transaction:
+        """The committed (durable) state, on any thread: what a power loss would leave."""
+        return self.env.begin(buffers=False)
+
+    # group commit ------------------------------------------------------------------
+    @asynccontextmanager
+    async def grouped(self, sync_chunks: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+        """Run group commit (see gffs/index/commit.py) until the block ends, then commit."""
+        if self.journal is None:
+            raise RuntimeError(f"index {self.path} is in use by another process")
+        group = GroupCommit(self, self.journal, sync_chunks)
+        self.group = group
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(group.run)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            try:
+                with trio.CancelScope(shield=True):
+                    await group.close()
+            finally:
+                self.group = None
+
+    async def available(self) -> None:
+        """Wait while a group commit has the index (FUSE handlers call this first)."""
+        if self.group is not None:
+            await self.group.available()
+
+    async def durable(self) -> None:
+        """Every change made so far is on stable storage when this returns."""
+        if self.group is not None:
+            await self.group.durable()
+        else:
+            await trio.to_thread.run_sync(self.sync)
 
     # counters -----------------------------------------------------------
     def counter(self, txn: lmdb.Transaction, key: bytes) -> int:
@@ -153,4 +238,7 @@ class Index:
         self.env.sync(True)
 
     def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
         self.env.close()
