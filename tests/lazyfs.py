@@ -23,6 +23,9 @@ What it models, honestly:
   Dirty mmap pages arrive as ordinary WRITEs: they are pending until fsync, like the rest.
 - flock and POSIX locks are kept by the kernel (pyfuse3 does not ask for FUSE lock requests),
   which is correct for processes of one machine. No xattrs (ENOSYS), no RENAME_EXCHANGE.
+- After the cut, descriptors still open on the dead mount can read pages the kernel had
+  cached (every request fails with ENOTCONN): kill the programs using it first, as
+  tests/test_power_loss.py does with the gffs daemon.
 - Requests are served one at a time on the trio thread with blocking syscalls: slow, simple.
 """
 

@@ -1,0 +1,290 @@
+"""Power loss under a gffs mount: fsync()ed files survive it, the index never dangles.
+
+The store's data_dir (index + the default local backend) lives on lazyfs
+(tests/lazyfs.py), which keeps every written-but-unsynced byte in memory and loses it at
+the cut. A writer keeps creating, overwriting, fsyncing, renaming and deleting files while
+the cut comes at a seeded random moment; then the daemon is killed, lazyfs restarted on the
+same disk, gffs mounted again (no repair step) and checked.
+
+What must hold after the cut, per name (every content written is unique random bytes):
+- ``history[name]`` lists, in order, every state the name was put into by an operation
+  that *started* before the cut: absent, empty (created or truncated, not yet committed),
+  or a content once all of its bytes were written (its close/fsync may have committed it);
+- ``floor[name]`` is the position in that list of the state an ``os.fsync`` on the file
+  returned for. The name must now be in one of the states ``history[name][floor:]``:
+  exactly the fsynced content if nothing touched the name after the fsync, else that or a
+  later one (an overwrite, or absent after a rename away or a delete);
+- every file present reads without error (EIO would be a chunk the index references whose
+  bytes never reached the disk) and ``gffs-admin fsck --verify-data`` finds nothing but
+  unreferenced chunk files (which gc may delete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fsck_util import fsck
+from gffs.config import load_config
+from lazyfs import LazyFS
+from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
+
+pytestmark = [pytest.mark.mount, pytest.mark.skipif(not FUSE_AVAILABLE, reason=SKIP_REASON)]
+
+KIB = 1 << 10
+ABSENT = None
+HARMLESS = {"object_unrecorded", "repair_pending"}  # unreferenced leftovers, info
+
+
+class Stack:
+    """lazyfs on ``root/disk`` mounted at ``root/data`` (the store), gffs at ``root/mnt``."""
+
+    def __init__(self, root: Path) -> None:
+        self.config = root / "gffs.toml"
+        self.config.write_text(f'[store]\ndata_dir = "{root / "data"}"\nanalyze_images = false\n'
+                               f'log_file = "{root / "gffs.log"}"\n')
+        self.lazy = LazyFS(root / "disk", root / "data").start()
+        self.gffs = Mount(root, self.config).mount()
+        self.log = root / "gffs.log"
+
+    def power_cut(self) -> None:
+        """The daemon dies, then every unsynced byte below it (one instant for the disk)."""
+        self.gffs.kill9()
+        self.lazy.cut()
+
+    def power_on(self) -> None:
+        self.lazy.start()
+        self.gffs.mount()
+
+    def close(self) -> None:
+        try:
+            self.gffs.cleanup()
+        except OSError:  # the store is on a dead lazyfs
+            pass
+        self.lazy.stop()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path)
+    yield s
+    s.close()
+
+
+class Writer(threading.Thread):
+    """Random file operations in *flow*, recorded in ``history``/``floor`` before each call."""
+
+    def __init__(self, flow: Path, seed: int, history: dict, floor: dict, serial: list) -> None:
+        super().__init__(daemon=True)
+        self.flow, self.rng = flow, random.Random(seed)
+        self.history, self.floor, self.serial = history, floor, serial
+        self.stop = threading.Event()
+        self.fsyncs = 0
+        self.error: BaseException | None = None
+
+    def fresh(self) -> str:
+        self.serial[0] += 1
+        return f"f{self.serial[0]:05d}"
+
+    def write(self, name: str, fd: int) -> None:
+        data = self.rng.randbytes(int(KIB * (3 * KIB) ** self.rng.random()))
+        for off in range(0, len(data), 256 * KIB):
+            os.write(fd, data[off:off + 256 * KIB])
+        self.history[name].append(data)
+        if self.rng.random() < 0.5:
+            self.do_fsync(name, fd)
+
+    def do_fsync(self, name: str, fd: int) -> None:
+        at = len(self.history[name]) - 1
+        os.fsync(fd)
+        self.floor[name] = at
+        self.fsyncs += 1
+
+    def step(self) -> None:
+        live = [n for n, h in self.history.items() if h[-1] is not ABSENT]
+        op = self.rng.choice(["new"] * 5 + ["overwrite", "fsync", "rename", "delete"]
+                             if live else ["new"])
+        name = self.rng.choice(live) if op != "new" else self.fresh()
+        path = self.flow / name
+        if op in ("new", "overwrite"):
+            self.history.setdefault(name, [ABSENT]).append(b"")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                self.write(name, fd)
+            finally:
+                os.close(fd)
+        elif op == "fsync":
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                self.do_fsync(name, fd)
+            finally:
+                os.close(fd)
+        elif op == "rename":
+            new = self.fresh()
+            self.history[new] = [ABSENT, self.history[name][-1]]
+            self.history[name].append(ABSENT)
+            os.rename(path, self.flow / new)
+        else:
+            self.history[name].append(ABSENT)
+            os.unlink(path)
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                self.step()
+        except OSError:
+            pass  # the power went
+        except BaseException as exc:  # pragma: no cover - reported by the test
+            self.error = exc
+
+
+def check_names(flow: Path, history: dict, floor: dict) -> list[str]:
+    """Problems of the recovered namespace against the model; resets the model to it."""
+    problems = []
+    present = set(os.listdir(flow))
+    for name in sorted(present - set(history)):
+        problems.append(f"{name}: present but never created")
+    for name in sorted(set(history)):
+        allowed = history[name][floor.get(name, 0):]
+        state = ABSENT
+        if name in present:
+            try:
+                state = (flow / name).read_bytes()
+            except OSError as exc:
+                problems.append(f"{name}: read fails: {exc.strerror}"
+                                f"{' (fsynced)' if name in floor else ''}")
+                os.unlink(flow / name)
+                state = ABSENT
+                history[name] = [ABSENT]
+                continue
+        if not any(state == a for a in allowed):
+            what = "absent" if state is ABSENT else f"{len(state)} bytes of another content"
+            want = ["absent" if a is ABSENT else f"{len(a)} bytes" for a in allowed]
+            problems.append(f"{name}: {what}, allowed {want}"
+                            f"{' (fsynced)' if name in floor else ''}")
+        history[name] = [state]
+    floor.clear()
+    for name in [n for n, h in history.items() if h == [ABSENT]]:
+        del history[name]
+    return problems
+
+
+def check_fsck(config: Path, data_dir: Path) -> list[str]:
+    result = fsck(load_config(config, str(data_dir)), verify_data=True)
+    return [f"fsck {k}: {v['found']}" for k, v in result["summary"].items()
+            if v["found"] and k not in HARMLESS]
+
+
+def test_power_cut_while_writing_keeps_fsynced_files(stack):
+    flow = stack.gffs.path / "pl"
+    flow.mkdir()
+    dfd = os.open(flow, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)  # the flow itself is durable from here on
+    os.close(dfd)
+    rng = random.Random(20240611)
+    history: dict[str, list] = {}
+    floor: dict[str, int] = {}
+    serial = [0]
+    problems: list[str] = []
+    for round_ in range(4):
+        w = Writer(flow, rng.randrange(1 << 30), history, floor, serial)
+        w.start()
+        time.sleep(rng.uniform(0.5, 4.0))  # any moment is a valid test; none is needed
+        stack.power_cut()
+        w.stop.set()
+        w.join(60)
+        assert not w.is_alive(), "writer hung after the power cut"
+        assert w.error is None, repr(w.error)
+        fsynced = len(floor)
+        stack.power_on()  # no repair step: it just mounts
+        assert flow.is_dir(), "the flow (fsynced) is gone after the power cut"
+        found = check_names(flow, history, floor)
+        found += check_fsck(stack.config, stack.gffs.data_dir)
+        print(f"round {round_}: {serial[0]} names so far, {w.fsyncs} fsyncs, "
+              f"{fsynced} fsynced names; {len(found)} problems")
+        problems += [f"round {round_}: {p}" for p in found]
+    assert not problems, f"{len(problems)} problems after power cuts:\n" + "\n".join(problems[:60])
+
+
+def test_lazyfs_loses_exactly_the_unsynced_data(tmp_path):
+    """The harness itself: pending data is visible before the cut and gone after it."""
+    if not FUSE_AVAILABLE:
+        pytest.skip(SKIP_REASON)
+    lazy = LazyFS(tmp_path / "disk", tmp_path / "mnt").start()
+    mnt = tmp_path / "mnt"
+    try:
+        with open(mnt / "synced", "wb") as f:
+            f.write(b"A" * 10000)
+            f.flush()
+            os.fsync(f.fileno())
+            f.seek(5000)
+            f.write(b"B" * 10000)  # after the fsync: lost
+        with open(mnt / "closed", "wb") as f:
+            f.write(b"C" * 3000)  # closed, never fsynced
+        os.rename(mnt / "closed", mnt / "renamed")  # metadata: applied at once
+        assert (mnt / "synced").read_bytes() == b"A" * 5000 + b"B" * 10000
+        assert (mnt / "renamed").read_bytes() == b"C" * 3000
+        assert (tmp_path / "disk" / "renamed").stat().st_size == 0
+        fd = os.open(mnt / "synced", os.O_RDWR)
+        lazy.cut()
+        with pytest.raises(OSError):  # every request after the cut fails
+            os.fsync(fd)
+        with contextlib.suppress(OSError):  # the flush at close fails too
+            os.close(fd)
+        assert os.listdir(mnt) == []  # the dead mount is gone
+        lazy.start()
+        assert (mnt / "synced").read_bytes() == b"A" * 10000
+        assert (mnt / "renamed").read_bytes() == b""
+        assert not (mnt / "closed").exists()
+    finally:
+        lazy.stop()
+
+
+def test_lmdb_on_lazyfs(tmp_path):
+    """LMDB's mmap reads see its pwrites; synced commits survive a cut, unsynced ones not."""
+    import fcntl
+    import subprocess
+    import sys
+
+    import lmdb
+    if not FUSE_AVAILABLE:
+        pytest.skip(SKIP_REASON)
+    lazy = LazyFS(tmp_path / "disk", tmp_path / "mnt").start()
+    env_dir = tmp_path / "mnt" / "env"
+    try:
+        env = lmdb.open(str(env_dir), map_size=1 << 28)  # sync + metasync: durable commits
+        for i in range(100):
+            with env.begin(write=True) as txn:
+                txn.put(b"durable%03d" % i, os.urandom(3000))
+        env.close()
+        env = lmdb.open(str(env_dir), map_size=1 << 28, sync=False)  # commits never fsynced
+        with env.begin(write=True) as txn:
+            txn.put(b"volatile", b"x" * 5000)
+        with env.begin() as txn:
+            assert txn.get(b"volatile") == b"x" * 5000 and txn.stat()["entries"] == 101
+        reader = [sys.executable, "-c", "import lmdb,sys; e = lmdb.open(sys.argv[1], readonly=True);"
+                  "print(e.begin().stat()['entries'])", str(env_dir)]
+        assert subprocess.run(reader, capture_output=True, text=True, check=True).stdout == "101\n"
+        env.close()  # closing syncs nothing
+        fd = os.open(env_dir / "x.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd2 = os.open(env_dir / "x.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lazy.cut()
+        for f in (fd, fd2):
+            with contextlib.suppress(OSError):
+                os.close(f)
+        lazy.start()
+        env = lmdb.open(str(env_dir), map_size=1 << 28)
+        with env.begin() as txn:
+            assert txn.get(b"volatile") is None and txn.stat()["entries"] == 100
+        env.close()
+    finally:
+        lazy.stop()
