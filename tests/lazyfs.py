@@ -193,33 +193,23 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
             except OSError as exc:
                 raise oserr(exc)
 
-        def _made(self, path: bytes, ctx) -> "pyfuse3.EntryAttributes":
-            os.lchown(path, ctx.uid, ctx.gid)
-            return self._entry(path, fresh=True)
+        def _make(self, parent: int, name: bytes, ctx, make) -> "pyfuse3.EntryAttributes":
+            try:
+                path = self._child(parent, name)
+                make(path)
+                os.lchown(path, ctx.uid, ctx.gid)
+                return self._entry(path, fresh=True)
+            except OSError as exc:
+                raise oserr(exc)
 
         async def mknod(self, parent, name, mode, rdev, ctx):
-            try:
-                path = self._child(parent, name)
-                os.mknod(path, mode, rdev)
-                return self._made(path, ctx)
-            except OSError as exc:
-                raise oserr(exc)
+            return self._make(parent, name, ctx, lambda p: os.mknod(p, mode, rdev))
 
         async def mkdir(self, parent, name, mode, ctx):
-            try:
-                path = self._child(parent, name)
-                os.mkdir(path, mode)
-                return self._made(path, ctx)
-            except OSError as exc:
-                raise oserr(exc)
+            return self._make(parent, name, ctx, lambda p: os.mkdir(p, mode))
 
         async def symlink(self, parent, name, target, ctx):
-            try:
-                path = self._child(parent, name)
-                os.symlink(target, path)
-                return self._made(path, ctx)
-            except OSError as exc:
-                raise oserr(exc)
+            return self._make(parent, name, ctx, lambda p: os.symlink(target, p))
 
         async def link(self, inode, new_parent, new_name, ctx):
             try:

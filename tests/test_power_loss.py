@@ -22,12 +22,16 @@ What must hold after the cut, per name (every content written is unique random b
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from fsck_util import fsck
@@ -46,12 +50,11 @@ class Stack:
     """lazyfs on ``root/disk`` mounted at ``root/data`` (the store), gffs at ``root/mnt``."""
 
     def __init__(self, root: Path) -> None:
-        self.config = root / "gffs.toml"
+        self.config = root / "gffs.toml"  # the log outside the store: it survives the cut
         self.config.write_text(f'[store]\ndata_dir = "{root / "data"}"\nanalyze_images = false\n'
                                f'log_file = "{root / "gffs.log"}"\n')
-        self.lazy = LazyFS(root / "disk", root / "data").start()
-        self.gffs = Mount(root, self.config).mount()
-        self.log = root / "gffs.log"
+        self.lazy = LazyFS(root / "disk", root / "data")
+        self.gffs = Mount(root, self.config)
 
     def power_cut(self) -> None:
         """The daemon dies, then every unsynced byte below it (one instant for the disk)."""
@@ -73,8 +76,21 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path):
     s = Stack(tmp_path)
-    yield s
-    s.close()
+    try:
+        s.power_on()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def lazy(tmp_path):
+    """lazyfs alone: ``tmp_path/disk`` mounted at ``tmp_path/mnt``."""
+    fs = LazyFS(tmp_path / "disk", tmp_path / "mnt")
+    try:
+        yield fs.start()
+    finally:
+        fs.stop()
 
 
 class Model:
@@ -255,79 +271,71 @@ def test_power_cut_just_after_close(stack):
     assert not problems, "\n".join(problems)
 
 
-def test_lazyfs_loses_exactly_the_unsynced_data(tmp_path):
+def test_lazyfs_loses_exactly_the_unsynced_data(lazy, tmp_path):
     """The harness itself: pending data is visible before the cut and gone after it."""
-    if not FUSE_AVAILABLE:
-        pytest.skip(SKIP_REASON)
-    lazy = LazyFS(tmp_path / "disk", tmp_path / "mnt").start()
-    mnt = tmp_path / "mnt"
-    try:
-        with open(mnt / "synced", "wb") as f:
-            f.write(b"A" * 10000)
-            f.flush()
-            os.fsync(f.fileno())
-            f.seek(5000)
-            f.write(b"B" * 10000)  # after the fsync: lost
-        with open(mnt / "closed", "wb") as f:
-            f.write(b"C" * 3000)  # closed, never fsynced
-        os.rename(mnt / "closed", mnt / "renamed")  # metadata: applied at once
-        assert (mnt / "synced").read_bytes() == b"A" * 5000 + b"B" * 10000
-        assert (mnt / "renamed").read_bytes() == b"C" * 3000
-        assert (tmp_path / "disk" / "renamed").stat().st_size == 0
-        fd = os.open(mnt / "synced", os.O_RDWR)
-        lazy.cut()
-        with pytest.raises(OSError):  # every request after the cut fails
-            os.fsync(fd)
-        with contextlib.suppress(OSError):  # the flush at close fails too
-            os.close(fd)
-        assert os.listdir(mnt) == []  # the dead mount is gone
-        lazy.start()
-        assert (mnt / "synced").read_bytes() == b"A" * 10000
-        assert (mnt / "renamed").read_bytes() == b""
-        assert not (mnt / "closed").exists()
-    finally:
-        lazy.stop()
+    mnt, disk = tmp_path / "mnt", tmp_path / "disk"
+    with open(mnt / "synced", "wb") as f:
+        f.write(b"A" * 10000)
+        f.flush()
+        os.fsync(f.fileno())
+        f.seek(5000)
+        f.write(b"B" * 10000)  # after the fsync: lost
+    with open(mnt / "closed", "wb") as f:
+        f.write(b"C" * 3000)  # closed, never fsynced
+    os.rename(mnt / "closed", mnt / "renamed")  # metadata: applied at once
+    with open(mnt / "cut", "wb") as f:
+        f.write(b"D" * 9000)
+        os.fsync(f.fileno())
+    os.truncate(mnt / "cut", 4100)  # truncate is metadata too
+    assert (mnt / "synced").read_bytes() == b"A" * 5000 + b"B" * 10000
+    assert (mnt / "renamed").read_bytes() == b"C" * 3000
+    assert (disk / "renamed").stat().st_size == 0 and (mnt / "renamed").stat().st_size == 3000
+    fd = os.open(mnt / "synced", os.O_RDWR)
+    lazy.cut()
+    with pytest.raises(OSError):  # every request after the cut fails
+        os.fsync(fd)
+    with contextlib.suppress(OSError):  # the flush at close fails too
+        os.close(fd)
+    assert os.listdir(mnt) == []  # the dead mount is gone
+    lazy.start()
+    assert (mnt / "synced").read_bytes() == b"A" * 10000
+    assert (mnt / "renamed").read_bytes() == b""
+    assert not (mnt / "closed").exists()
+    assert (mnt / "cut").read_bytes() == b"D" * 4100
+    (mnt / "kept").write_bytes(b"E" * 5000)
+    lazy.stop()  # a clean unmount writes everything
+    assert (disk / "kept").read_bytes() == b"E" * 5000
 
 
-def test_lmdb_on_lazyfs(tmp_path):
-    """LMDB's mmap reads see its pwrites; synced commits survive a cut, unsynced ones not."""
-    import fcntl
-    import subprocess
-    import sys
-
-    import lmdb
-    if not FUSE_AVAILABLE:
-        pytest.skip(SKIP_REASON)
-    lazy = LazyFS(tmp_path / "disk", tmp_path / "mnt").start()
+def test_lmdb_on_lazyfs(lazy, tmp_path):
+    """LMDB's mmap reads see its pwrites, its lock file's shared writable map and flock
+    work; synced commits survive a cut, unsynced ones do not."""
     env_dir = tmp_path / "mnt" / "env"
-    try:
-        env = lmdb.open(str(env_dir), map_size=1 << 28)  # sync + metasync: durable commits
-        for i in range(100):
-            with env.begin(write=True) as txn:
-                txn.put(b"durable%03d" % i, os.urandom(3000))
-        env.close()
-        env = lmdb.open(str(env_dir), map_size=1 << 28, sync=False)  # commits never fsynced
+    env = lmdb.open(str(env_dir), map_size=1 << 28)  # sync + metasync: durable commits
+    for i in range(100):
         with env.begin(write=True) as txn:
-            txn.put(b"volatile", b"x" * 5000)
-        with env.begin() as txn:
-            assert txn.get(b"volatile") == b"x" * 5000 and txn.stat()["entries"] == 101
-        reader = [sys.executable, "-c", "import lmdb,sys; e = lmdb.open(sys.argv[1], readonly=True);"
-                  "print(e.begin().stat()['entries'])", str(env_dir)]
-        assert subprocess.run(reader, capture_output=True, text=True, check=True).stdout == "101\n"
-        env.close()  # closing syncs nothing
-        fd = os.open(env_dir / "x.lock", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fd2 = os.open(env_dir / "x.lock", os.O_RDWR)
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lazy.cut()
-        for f in (fd, fd2):
-            with contextlib.suppress(OSError):
-                os.close(f)
-        lazy.start()
-        env = lmdb.open(str(env_dir), map_size=1 << 28)
-        with env.begin() as txn:
-            assert txn.get(b"volatile") is None and txn.stat()["entries"] == 100
-        env.close()
-    finally:
-        lazy.stop()
+            txn.put(b"durable%03d" % i, os.urandom(3000))
+    env.close()
+    env = lmdb.open(str(env_dir), map_size=1 << 28, sync=False)  # commits never fsynced
+    with env.begin(write=True) as txn:
+        txn.put(b"volatile", b"x" * 5000)
+    with env.begin() as txn:
+        assert txn.get(b"volatile") == b"x" * 5000 and txn.stat()["entries"] == 101
+    reader = [sys.executable, "-c", "import lmdb,sys; e = lmdb.open(sys.argv[1], readonly=True);"
+              "print(e.begin().stat()['entries'])", str(env_dir)]
+    assert subprocess.run(reader, capture_output=True, text=True, check=True).stdout == "101\n"
+    env.close()  # closing syncs nothing
+    fd = os.open(env_dir / "x.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fd2 = os.open(env_dir / "x.lock", os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lazy.cut()
+    for f in (fd, fd2):
+        with contextlib.suppress(OSError):
+            os.close(f)
+    lazy.start()
+    env = lmdb.open(str(env_dir), map_size=1 << 28)
+    with env.begin() as txn:
+        assert txn.get(b"volatile") is None and txn.stat()["entries"] == 100
+    env.close()
