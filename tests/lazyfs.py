@@ -32,6 +32,8 @@ What it models, honestly:
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import os
 import signal
 import stat
@@ -48,8 +50,17 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
     import trio
     from pyfuse3 import FUSEError
 
-    def oserr(exc: OSError) -> FUSEError:
-        return FUSEError(exc.errno or errno.EIO)
+    def guard(handler):
+        """Every failure leaves a handler as an errno (a traceback would be EIO)."""
+        @functools.wraps(handler)
+        async def guarded(*args):
+            try:
+                return await handler(*args)
+            except OSError as exc:
+                raise FUSEError(exc.errno or errno.EIO) from None
+            except KeyError:  # an inode or handle this process never handed out
+                raise FUSEError(errno.ENOENT) from None
+        return guarded
 
     class Pending:
         """A file's written-but-unsynced data: logical size plus the pages that differ."""
@@ -157,50 +168,38 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
                     self.pending.pop(self._ino(st), None)
 
         async def lookup(self, parent, name, ctx):
-            try:
-                return self._entry(self._child(parent, name))
-            except OSError as exc:
-                raise oserr(exc)
+            return self._entry(self._child(parent, name))
 
         async def getattr(self, inode, ctx):
             return self._attrs(self._stat(inode))
 
         async def setattr(self, inode, attr, fields, fh, ctx):
-            path = self.paths.get(inode, b"")
-            try:
-                if fields.update_size:
-                    os.truncate(self.files[fh][1] if fh in self.files else path, attr.st_size)
-                    if inode in self.pending:
-                        self.pending[inode].truncate(attr.st_size)
-                if fields.update_mode:
-                    os.chmod(path, stat.S_IMODE(attr.st_mode))
-                if fields.update_uid or fields.update_gid:
-                    os.lchown(path, attr.st_uid if fields.update_uid else -1,
-                              attr.st_gid if fields.update_gid else -1)
-                if fields.update_atime or fields.update_mtime:
-                    st = os.lstat(path)
-                    os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
-                                       attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns),
-                             follow_symlinks=False)
-            except OSError as exc:
-                raise oserr(exc)
+            path = self.paths[inode]
+            if fields.update_size:
+                os.truncate(self.files[fh][1] if fh in self.files else path, attr.st_size)
+                if inode in self.pending:
+                    self.pending[inode].truncate(attr.st_size)
+            if fields.update_mode:
+                os.chmod(path, stat.S_IMODE(attr.st_mode))
+            if fields.update_uid or fields.update_gid:
+                os.lchown(path, attr.st_uid if fields.update_uid else -1,
+                          attr.st_gid if fields.update_gid else -1)
+            if fields.update_atime or fields.update_mtime:
+                st = os.lstat(path)
+                os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                                   attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns),
+                         follow_symlinks=False)
             return self._attrs(self._stat(inode))
 
         # namespace: applied to the backing directory at once --------------------------
         async def readlink(self, inode, ctx):
-            try:
-                return os.readlink(self.paths[inode])
-            except OSError as exc:
-                raise oserr(exc)
+            return os.readlink(self.paths[inode])
 
         def _make(self, parent: int, name: bytes, ctx, make) -> "pyfuse3.EntryAttributes":
-            try:
-                path = self._child(parent, name)
-                make(path)
-                os.lchown(path, ctx.uid, ctx.gid)
-                return self._entry(path, fresh=True)
-            except OSError as exc:
-                raise oserr(exc)
+            path = self._child(parent, name)
+            make(path)
+            os.lchown(path, ctx.uid, ctx.gid)
+            return self._entry(path, fresh=True)
 
         async def mknod(self, parent, name, mode, rdev, ctx):
             return self._make(parent, name, ctx, lambda p: os.mknod(p, mode, rdev))
@@ -212,37 +211,25 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
             return self._make(parent, name, ctx, lambda p: os.symlink(target, p))
 
         async def link(self, inode, new_parent, new_name, ctx):
-            try:
-                path = self._child(new_parent, new_name)
-                os.link(self.paths[inode], path, follow_symlinks=False)
-                return self._entry(path)
-            except OSError as exc:
-                raise oserr(exc)
+            path = self._child(new_parent, new_name)
+            os.link(self.paths[inode], path, follow_symlinks=False)
+            return self._entry(path)
 
         async def unlink(self, parent, name, ctx):
-            try:
-                path = self._child(parent, name)
-                st = os.lstat(path)
-                os.unlink(path)
-            except OSError as exc:
-                raise oserr(exc)
+            path = self._child(parent, name)
+            st = os.lstat(path)
+            os.unlink(path)
             self._dropped_link(st)
 
         async def rmdir(self, parent, name, ctx):
-            try:
-                os.rmdir(self._child(parent, name))
-            except OSError as exc:
-                raise oserr(exc)
+            os.rmdir(self._child(parent, name))
 
         async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
             if flags:
                 raise FUSEError(errno.EINVAL)
             old, new = self._child(parent_old, name_old), self._child(parent_new, name_new)
-            try:
-                replaced = os.lstat(new) if os.path.lexists(new) else None
-                os.replace(old, new)
-            except OSError as exc:
-                raise oserr(exc)
+            replaced = os.lstat(new) if os.path.lexists(new) else None
+            os.replace(old, new)
             self._dropped_link(replaced)
             for ino, path in list(self.paths.items()):  # the entry and, for a dir, its subtree
                 if path == old or path.startswith(old + b"/"):
@@ -253,10 +240,7 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
             return inode
 
         async def readdir(self, fh, start_id, token):
-            try:
-                names = sorted(os.listdir(self.paths[fh]))
-            except OSError as exc:
-                raise oserr(exc)
+            names = sorted(os.listdir(self.paths[fh]))
             for i, name in enumerate(names[start_id:], start=start_id + 1):
                 try:
                     attrs = self._entry(os.path.join(self.paths[fh], name))
@@ -275,54 +259,37 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
 
         # file data: pending in memory until fsync ----------------------------------------
         async def open(self, inode, flags, ctx):
-            try:  # read-write whatever the caller asked: writes need the base pages
-                fd = os.open(self.paths[inode], os.O_RDWR)
-            except OSError as exc:
-                raise oserr(exc)
+            fd = os.open(self.paths[inode], os.O_RDWR)  # whatever was asked: writes need reads
             self.files[fd] = (inode, fd)
             return pyfuse3.FileInfo(fh=fd)
 
         async def create(self, parent, name, mode, flags, ctx):
             path = self._child(parent, name)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | (flags & os.O_EXCL), mode)
-                os.fchown(fd, ctx.uid, ctx.gid)
-                attrs = self._entry(path, fresh=True)
-            except OSError as exc:
-                raise oserr(exc)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | (flags & os.O_EXCL), mode)
+            os.fchown(fd, ctx.uid, ctx.gid)
+            attrs = self._entry(path, fresh=True)
             self.files[fd] = (attrs.st_ino, fd)
             return pyfuse3.FileInfo(fh=fd), attrs
 
-        def _pending(self, ino: int, fd: int) -> Pending:
-            if ino not in self.pending:
-                self.pending[ino] = Pending(os.fstat(fd).st_size)
-            return self.pending[ino]
-
         async def read(self, fh, off, size):
             ino, fd = self.files[fh]
-            try:
-                if ino in self.pending:
-                    return self.pending[ino].read(fd, off, size)
-                return os.pread(fd, size, off)
-            except OSError as exc:
-                raise oserr(exc)
+            if ino in self.pending:
+                return self.pending[ino].read(fd, off, size)
+            return os.pread(fd, size, off)
 
         async def write(self, fh, off, buf):
             ino, fd = self.files[fh]
-            try:
-                self._pending(ino, fd).write(fd, off, buf)
-            except OSError as exc:
-                raise oserr(exc)
+            if ino not in self.pending:
+                self.pending[ino] = Pending(os.fstat(fd).st_size)
+            self.pending[ino].write(fd, off, buf)
             return len(buf)
 
         async def fsync(self, fh, datasync):
             ino, fd = self.files[fh]
-            try:
-                if ino in self.pending:
-                    self.pending.pop(ino).flush_to(fd)
-                os.fdatasync(fd) if datasync else os.fsync(fd)
-            except OSError as exc:
-                raise oserr(exc)
+            if ino in self.pending:
+                self.pending[ino].flush_to(fd)
+                del self.pending[ino]
+            os.fdatasync(fd) if datasync else os.fsync(fd)
 
         async def flush(self, fh):
             return None  # close() makes nothing durable
@@ -350,6 +317,9 @@ def _fuse_main(backing: str, mountpoint: str) -> None:
                     os.close(fd)
             self.pending.clear()
 
+    for name, handler in list(vars(LazyOps).items()):
+        if inspect.iscoroutinefunction(handler):
+            setattr(LazyOps, name, guard(handler))
     ops = LazyOps()
     pyfuse3.init(ops, mountpoint, set(pyfuse3.default_options) | {"fsname=lazyfs"})
     try:
@@ -370,32 +340,41 @@ class LazyFS:
 
     def __init__(self, backing: Path, mountpoint: Path) -> None:
         self.backing, self.mountpoint = backing, mountpoint
+        self.log = backing.with_name(backing.name + "-lazyfs.log")  # its stderr
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60) -> "LazyFS":
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, __file__, str(self.backing),
-                                      str(self.mountpoint)], stderr=subprocess.PIPE)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, __file__, str(self.backing),
+                                          str(self.mountpoint)], stderr=log)
         deadline = time.monotonic() + timeout
         while not _mounted(self.mountpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode() if self.proc.poll() is not None else ""
                 self.cut()
-                raise RuntimeError(f"lazyfs did not mount {self.mountpoint}: {err}")
+                raise RuntimeError(f"lazyfs did not mount {self.mountpoint}:\n{self.log_tail()}")
             time.sleep(0.05)
         return self
 
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
     def cut(self) -> None:
-        """Power cut: the process dies with every unsynced page; the dead mount is cleared."""
+        """Power cut: the process dies with every unsynced page; the dead mount is cleared.
+        Raises if lazyfs had died by itself (a harness bug must not pass for a power cut)."""
+        died = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGKILL)
+            elif self.proc.returncode != 0:
+                died = self.proc.returncode
             self.proc.wait(60)
-            self.proc.stderr.close()
             self.proc = None
         if _mounted(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True)
+        if died is not None:
+            raise RuntimeError(f"lazyfs had exited by itself ({died}):\n{self.log_tail()}")
 
     def stop(self) -> None:
         """Clean unmount: pending data is written to the backing files first."""
