@@ -216,12 +216,18 @@ def check_fsck(config: Path, data_dir: Path) -> list[str]:
             if v["found"] and k not in HARMLESS]
 
 
-def test_power_cut_while_writing_keeps_fsynced_files(stack):
-    flow = stack.gffs.path / "pl"
+def durable_flow(stack: Stack, name: str) -> Path:
+    """A new flow, fsynced: it exists after every cut that follows."""
+    flow = stack.gffs.path / name
     flow.mkdir()
     dfd = os.open(flow, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(dfd)  # the flow itself is durable from here on
+    os.fsync(dfd)
     os.close(dfd)
+    return flow
+
+
+def test_power_cut_while_writing_keeps_fsynced_files(stack):
+    flow = durable_flow(stack, "pl")
     rng = random.Random(20240611)
     model = Model()
     problems: list[str] = []
@@ -247,11 +253,7 @@ def test_power_cut_while_writing_keeps_fsynced_files(stack):
 def test_power_cut_just_after_close(stack):
     """The plainest case, twice: files closed (not fsynced), one more index commit, cut.
     A closed file may be lost, but the index must not point at chunks that were lost."""
-    flow = stack.gffs.path / "close"
-    flow.mkdir()
-    dfd = os.open(flow, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(dfd)
-    os.close(dfd)
+    flow = durable_flow(stack, "close")
     rng = random.Random(5)
     model = Model()
     problems: list[str] = []
@@ -262,8 +264,8 @@ def test_power_cut_just_after_close(stack):
             data = rng.randbytes(rng.randint(100 * KIB, 2048 * KIB))
             model.history[name].append(data)
             (flow / name).write_bytes(data)
-        (flow / f"marker{cycle}").touch()  # a later commit makes the closes' commits durable
         model.set(f"marker{cycle}", b"")
+        (flow / f"marker{cycle}").touch()  # a later commit makes the closes' commits durable
         stack.power_cut()
         stack.power_on()
         problems += [f"cycle {cycle}: {p}" for p in
