@@ -58,7 +58,7 @@ class Index:
         path.mkdir(parents=True, exist_ok=True)
         try:
             self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + 2,
-                                 metasync=False, sync=True, readahead=False,
+                                 metasync=True, sync=True, readahead=False,
                                  readonly=readonly, lock=True)
         except lmdb.Error as exc:
             raise ConfigError(f"cannot open index at {path}: {exc}") from exc
