@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -153,9 +153,9 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
     info: dict[str, Any] = {}
 
     def produce() -> dict[str, Any]:
-        def emit(table: str, plain: bytes, sha: str) -> None:
-            stored = None if sha in everywhere else codec.encode(plain, True)[1]
-            trio.from_thread.run(send.send, (table, sha, len(plain), stored))
+        def emit(table: str, sha: str, size: int, plain: Callable[[], bytes]) -> None:
+            stored = None if sha in everywhere else codec.encode(plain(), True)[1]
+            trio.from_thread.run(send.send, (table, sha, size, stored))
         data_dir = store.cfg.data_dir
         return snapshot_copy(store.index, data_dir / SNAPSHOT_DIR, emit, data_dir / CACHE_FILE)
 

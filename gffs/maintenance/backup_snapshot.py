@@ -1,18 +1,24 @@
 """Cutting a snapshot of the index into backup pieces, reusing the last backup's unchanged pieces.
 
 The cut rule (backup_format.py) is content-defined: after a cut, the next piece
-depends only on the records that follow. So if the next ``count`` records
-serialize to exactly the bytes of a piece of the last backup (same SHA-256),
-a full cut would produce that very piece again, without deciding a cut per
-record. A small local cache (``<data_dir>/index.backup-pieces``: per table,
-each piece's first key, record count, SHA-256, and whether the table's end
-closed it) lets the snapshot check a whole piece at C speed (cursor iteration,
-``b"".join``, one hashlib call) and fall back to the per-record cutter only
-around changed records, until a cut lands on an old boundary again.
+depends only on the records that follow. So if the next ``count`` records are
+exactly those of a piece of the last backup, a full cut would produce that very
+piece again, without deciding a cut per record. A small local cache
+(``<data_dir>/index.backup-pieces``: per table, each piece's first key, record
+count, SHA-256, size, a fingerprint of its records, and whether the table's end
+closed it) lets the snapshot check a whole piece at C speed and fall back to the
+per-record cutter only around changed records, until a cut lands on an old
+boundary again.
 
-Every reused piece is verified against the records themselves, so a stale,
-foreign or damaged cache only costs time: an incremental snapshot yields the
-same pieces, byte for byte, as a full one.
+The fingerprint is SHA-256 over the lengths of the piece's keys and values
+(``array('I')``) then their concatenation: an injective encoding of the records,
+built without Python bytecode per record and without the piece's headers, several
+times cheaper than serializing the piece (benchmarks/bench_backup.py). The
+plaintext of a reused piece is built only when some backend lacks it.
+
+Every reused piece is checked against the records themselves and the cache file
+carries its own checksum, so a stale, foreign or damaged cache only costs time:
+an incremental snapshot yields the same pieces, byte for byte, as a full one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+from array import array
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
@@ -34,7 +41,7 @@ log = logging.getLogger("gffs.backup")
 
 CACHE_FILE = "index.backup-pieces"   # under data_dir: the last snapshot's pieces
 CACHE_FORMAT = 1
-Emit = Callable[[str, bytes, str], None]        # (table, plaintext, sha256 hex)
+Emit = Callable[[str, str, int, Callable[[], bytes]], None]   # (table, sha256, size, plaintext)
 Record = tuple[bytes, bytes]
 
 
@@ -44,11 +51,14 @@ class CachedPiece:
 
     first: bytes      # its first key
     count: int        # its records
-    sha256: str
+    sha256: str       # of its plaintext: its name
+    size: int         # plaintext bytes
+    fingerprint: str  # of its records (see the module docstring)
     at_end: bool      # closed by the table's end rather than by the cut rule
 
     def as_json(self) -> list:
-        return [self.first.hex(), self.count, self.sha256, self.at_end]
+        return [self.first.hex(), self.count, self.sha256, self.size, self.fingerprint,
+                self.at_end]
 
 
 def _rule() -> tuple[int, int]:
@@ -62,7 +72,10 @@ def load_cache(path: Path) -> dict[str, list[CachedPiece]]:
         doc = json.loads(path.read_bytes())
         if doc.get("format") != CACHE_FORMAT or doc.get("rule") != list(_rule()):
             return {}
-        return {t: [CachedPiece(bytes.fromhex(f), int(c), str(s), bool(e)) for f, c, s, e in ps]
+        if doc.get("check") != _checksum(doc["tables"]):
+            raise ValueError("checksum mismatch")
+        return {t: [CachedPiece(bytes.fromhex(f), int(c), str(s), int(n), str(fp), bool(e))
+                    for f, c, s, n, fp, e in ps]
                 for t, ps in doc["tables"].items()}
     except FileNotFoundError:
         return {}
@@ -74,10 +87,23 @@ def load_cache(path: Path) -> dict[str, list[CachedPiece]]:
 def save_cache(path: Path, tables: dict[str, list[CachedPiece]]) -> None:
     """Write the cache atomically (a torn one would only cost a full cut, but why pay)."""
     tmp = path.with_name(path.name + ".tmp")
-    doc = {"format": CACHE_FORMAT, "rule": list(_rule()),
-           "tables": {t: [p.as_json() for p in ps] for t, ps in tables.items()}}
+    listed = {t: [p.as_json() for p in ps] for t, ps in tables.items()}
+    doc = {"format": CACHE_FORMAT, "rule": list(_rule()), "check": _checksum(listed),
+           "tables": listed}
     tmp.write_text(json.dumps(doc, separators=(",", ":")))
     os.replace(tmp, path)
+
+
+def _checksum(tables: Any) -> str:
+    return hashlib.sha256(json.dumps(tables, separators=(",", ":")).encode()).hexdigest()
+
+
+def fingerprint(recs: list[Record]) -> str:
+    """SHA-256 of the records' key and value lengths, then of their bytes: equal iff they are."""
+    flat = list(chain.from_iterable(recs))
+    h = hashlib.sha256(array("I", map(len, flat)).tobytes())
+    h.update(b"".join(flat))
+    return h.hexdigest()
 
 
 def serialize(recs: list[Record]) -> bytes:
@@ -98,19 +124,17 @@ class _Cutter:
         self.scale = (1 << 64) // (target - self.min)
         self.table, self.emit, self.out = table, emit, out
         self.buf = bytearray()
-        self.first = b""
-        self.count = 0
+        self.recs: list[Record] = []
 
     def feed(self, src: Iterable[Record]) -> int | None:
         """Take records from *src* until one closes a piece: how many it took, None if all."""
-        buf, taken = self.buf, 0
-        for key, value in src:
-            if not buf:
-                self.first = key
+        buf, recs, taken = self.buf, self.recs, 0
+        for rec in src:
+            key, value = rec
             buf += fmt.REC.pack(len(key), len(value))
             buf += key
             buf += value
-            self.count += 1
+            recs.append(rec)
             taken += 1
             if len(buf) >= self.max or (len(buf) >= self.min and fmt.ends_piece(
                     key, fmt.REC.size + len(key) + len(value), self.scale)):
@@ -119,21 +143,34 @@ class _Cutter:
         return None
 
     def close(self, at_end: bool) -> None:
-        if self.buf:
+        if self.recs:
             plain = bytes(self.buf)
             sha = hashlib.sha256(plain).hexdigest()
-            self.emit(self.table, plain, sha)
-            self.out.append(CachedPiece(self.first, self.count, sha, at_end))
+            self.emit(self.table, sha, len(plain), lambda: plain)
+            self.out.append(CachedPiece(self.recs[0][0], len(self.recs), sha, len(plain),
+                                        fingerprint(self.recs), at_end))
             self.buf.clear()
-            self.count = 0
+            self.recs = []
+
+
+def _unchanged(old: CachedPiece, recs: list[Record], pending: list[Record],
+               it: Iterator[Record]) -> bool:
+    """Whether *recs* (taken after a cut) would be cut into exactly the piece *old* again."""
+    if len(recs) != old.count or fingerprint(recs) != old.fingerprint:
+        return False
+    if old.at_end and not pending:      # the table must end here too
+        nxt = next(it, None)
+        if nxt is not None:
+            pending.append(nxt)
+    return not (old.at_end and pending)
 
 
 def cut_table(table: str, it: Iterator[Record], cached: list[CachedPiece], emit: Emit,
-              out: list[CachedPiece]) -> tuple[int, int]:
-    """Cut one table's records (key order) into pieces; (records, pieces reused)."""
+              out: list[CachedPiece]) -> int:
+    """Cut one table's records (key order) into *out*, reusing *cached*; pieces reused."""
     cutter = _Cutter(table, emit, out)
     pending: list[Record] = []          # records taken from *it* but not yet in a piece
-    n = reused = ci = 0
+    reused = ci = 0
     while True:                         # here a piece was just closed (or none begun)
         if not pending:
             head = next(it, None)
@@ -147,36 +184,23 @@ def cut_table(table: str, it: Iterator[Record], cached: list[CachedPiece], emit:
             old = cached[ci]
             recs = pending[:old.count]
             recs += islice(it, old.count - len(recs))
-            pending = pending[len(recs):] if len(pending) > len(recs) else []
-            plain = serialize(recs) if len(recs) == old.count else b""
-            if plain and hashlib.sha256(plain).hexdigest() == old.sha256:
-                if old.at_end and not pending:
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append(nxt)
-                if not old.at_end or not pending:
-                    emit(table, plain, old.sha256)
-                    out.append(old)
-                    n += old.count
-                    reused += 1
-                    ci += 1
-                    continue
+            pending = pending[len(recs):]
+            if _unchanged(old, recs, pending, it):
+                emit(table, old.sha256, old.size, lambda recs=recs: serialize(recs))
+                out.append(old)
+                reused += 1
+                ci += 1
+                continue
             pending = recs + pending
         taken = cutter.feed(pending)
-        if taken is None:               # no cut in what was pending: go on from the cursor
-            n += len(pending)
-            pending = []
-            before = cutter.count
-            taken = cutter.feed(it)
-            if taken is None:
-                n += cutter.count - before
-                break
-            n += taken
-        else:
-            n += taken
+        if taken is not None:
             pending = pending[taken:]
+            continue
+        pending = []                    # no cut in what was pending: go on from the cursor
+        if cutter.feed(it) is None:
+            break
     cutter.close(at_end=True)
-    return n, reused
+    return reused
 
 
 def snapshot(index: Index, emit: Emit, cached: dict[str, list[CachedPiece]]
@@ -192,8 +216,8 @@ def snapshot(index: Index, emit: Emit, cached: dict[str, list[CachedPiece]]
         for table in DB_NAMES:
             out = pieces[table] = []
             cur = txn.cursor(db=index.db[table])
-            tables[table], r = cut_table(table, cur.iternext(), cached.get(table, []), emit, out)
-            reused += r
+            reused += cut_table(table, cur.iternext(), cached.get(table, []), emit, out)
+            tables[table] = sum(p.count for p in out)
         info = {"txnid": txn.id(), "tables": tables, "reused": reused,
                 "summary": {"inodes": index.counter(txn, N_INODES),
                             "chunks": index.counter(txn, N_CHUNKS),
