@@ -225,6 +225,18 @@ def snapshot(index: Index, emit: Emit, cached: dict[str, list[CachedPiece]]
     return info, pieces
 
 
+def _prefetch(path: Path) -> None:
+    """Ask the kernel to read the copy ahead in one sweep: LMDB may write it with O_DIRECT
+    (not in the page cache) and the index maps it with readahead off, so the cut would
+    otherwise fault it in page by page (a first read of a fresh copy measured about 3x
+    slower than a second one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
+
+
 def snapshot_copy(index: Index, workdir: Path, emit: Emit, cache: Path | None = None
                   ) -> dict[str, Any]:
     """:func:`snapshot` of a compact copy of *index*, so the live index is read only briefly.
@@ -242,6 +254,7 @@ def snapshot_copy(index: Index, workdir: Path, emit: Emit, cache: Path | None = 
     try:
         txnid = index.env.info()["last_txnid"]      # the copy holds at least this state
         index.env.copy(str(workdir), compact=True)
+        _prefetch(workdir / "data.mdb")
         copy = Index(workdir, readonly=True)
         try:
             info, pieces = snapshot(copy, emit, load_cache(cache) if cache else {})
