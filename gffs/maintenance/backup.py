@@ -17,11 +17,10 @@ reported; they never fail the mount.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -29,7 +28,8 @@ from gffs.chunks import codec
 from gffs.errors import ConfigError
 from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRef, encode_manifest,
                                             manifest, new_version_id, parse_manifest, piece_name,
-                                            snapshot_copy, version_name, version_of)
+                                            version_name, version_of)
+from gffs.maintenance.backup_snapshot import CACHE_FILE, snapshot_copy
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs_backends.base import Backend, BackendError, ObjectMissing
@@ -118,6 +118,7 @@ async def backup_index(store: Store, progress: Progress,
         live = {n: b for n, b in targets.items() if n not in failed}
         progress.begin("index backup", unit="pieces")
         refs, info = await _upload_snapshot(store, live, state, progress, failed)
+        reused = info.pop("reused", 0)
         progress.finish_phase()
         vid = new_version_id()
         m = manifest(vid, store.index.store_id, store.index.block_size, info, refs)
@@ -137,7 +138,7 @@ async def backup_index(store: Store, progress: Progress,
         if targets and not failed:
             state.txnid = info["txnid"]
     return {"exit_code": EXIT_FAILED if failed or not targets else EXIT_OK,
-            "pieces": len(refs), "bytes": sum(p.size for p in refs),
+            "pieces": len(refs), "pieces_reused": reused, "bytes": sum(p.size for p in refs),
             "summary": info["summary"], "backends": results}
 
 
@@ -152,11 +153,11 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
     info: dict[str, Any] = {}
 
     def produce() -> dict[str, Any]:
-        def emit(table: str, plain: bytes) -> None:
-            sha = hashlib.sha256(plain).hexdigest()
-            stored = None if sha in everywhere else codec.encode(plain, True)[1]
-            trio.from_thread.run(send.send, (table, sha, len(plain), stored))
-        return snapshot_copy(store.index, store.cfg.data_dir / SNAPSHOT_DIR, emit)
+        def emit(table: str, sha: str, size: int, plain: Callable[[], bytes]) -> None:
+            stored = None if sha in everywhere else codec.encode(plain(), True)[1]
+            trio.from_thread.run(send.send, (table, sha, size, stored))
+        data_dir = store.cfg.data_dir
+        return snapshot_copy(store.index, data_dir / SNAPSHOT_DIR, emit, data_dir / CACHE_FILE)
 
     async def producer() -> None:
         async with send:

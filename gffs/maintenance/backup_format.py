@@ -20,15 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import struct
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from gffs.index.env import DB_NAMES, SCHEMA_VERSION, Index
-from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, N_INODES
+from gffs.index.env import DB_NAMES, SCHEMA_VERSION
 
 FORMAT = "gffs-index-backup"
 FORMAT_VERSION = 1
@@ -36,7 +33,7 @@ VERSIONS = "index/versions/"
 PIECES = "index/pieces/"
 TARGET_PIECE = 256 << 10        # mean piece size (plaintext)
 MAX_PIECE = 8 << 20             # a piece is cut here whatever the hashes say
-_REC = struct.Struct("<II")
+REC = struct.Struct("<II")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_RE = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
 
@@ -81,66 +78,10 @@ def new_version_id(now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z"
 
 
-def _ends_piece(key: bytes | memoryview, record_len: int, scale: int) -> bool:
+def ends_piece(key: bytes | memoryview, record_len: int, scale: int) -> bool:
     """Content-defined cut: true with probability record_len * scale / 2**64, decided by the key."""
     h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
     return h < record_len * scale
-
-
-def snapshot(index: Index, emit: Callable[[str, bytes], None]) -> dict[str, Any]:
-    """Serialize every table in one read transaction; ``emit(table, plaintext)`` per piece.
-
-    Call it from one thread for its whole run (LMDB transactions are thread-bound).
-    Returns what the manifest says about the snapshot besides its pieces.
-    """
-    min_piece = TARGET_PIECE // 4
-    scale = (1 << 64) // (TARGET_PIECE - min_piece)
-    with index.env.begin(buffers=True) as txn:
-        tables: dict[str, int] = {}
-        for table in DB_NAMES:
-            buf = bytearray()
-            n = 0
-            for key, value in txn.cursor(db=index.db[table]):
-                buf += _REC.pack(len(key), len(value))
-                buf += key
-                buf += value
-                n += 1
-                if len(buf) >= MAX_PIECE or (len(buf) >= min_piece and _ends_piece(
-                        key, _REC.size + len(key) + len(value), scale)):
-                    emit(table, bytes(buf))
-                    buf.clear()
-            if buf:
-                emit(table, bytes(buf))
-            tables[table] = n
-        return {"txnid": txn.id(), "tables": tables,
-                "summary": {"inodes": index.counter(txn, N_INODES),
-                            "chunks": index.counter(txn, N_CHUNKS),
-                            "logical_bytes": index.counter(txn, LOGICAL_BYTES)}}
-
-
-def snapshot_copy(index: Index, workdir: Path, emit: Callable[[str, bytes], None]
-                  ) -> dict[str, Any]:
-    """:func:`snapshot` of a compact copy of *index*, so the live index is read only briefly.
-
-    ``env.copy(compact=True)`` holds one read transaction only while it writes
-    the copy to local disk; the pieces are then cut (and uploaded, however slowly
-    a backend takes them) from the copy, so the live data.mdb does not grow under
-    writes for the length of an upload. Blocking: one worker thread for the whole
-    call (LMDB transactions are thread-bound). The copy is deleted afterwards.
-    """
-    if workdir.exists():
-        shutil.rmtree(workdir)          # left by a backup that died
-    workdir.mkdir(parents=True)
-    try:
-        txnid = index.env.info()["last_txnid"]      # the copy holds at least this state
-        index.env.copy(str(workdir), compact=True)
-        copy = Index(workdir, readonly=True)
-        try:
-            return {**snapshot(copy, emit), "txnid": txnid}
-        finally:
-            copy.close()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def records(plaintext: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -148,10 +89,10 @@ def records(plaintext: bytes) -> Iterator[tuple[bytes, bytes]]:
     view = memoryview(plaintext)
     pos = 0
     while pos < len(view):
-        if pos + _REC.size > len(view):
+        if pos + REC.size > len(view):
             raise BadBackup("piece ends inside a record header")
-        klen, vlen = _REC.unpack_from(view, pos)
-        pos += _REC.size
+        klen, vlen = REC.unpack_from(view, pos)
+        pos += REC.size
         if klen == 0 or pos + klen + vlen > len(view):
             raise BadBackup("piece ends inside a record")
         yield bytes(view[pos:pos + klen]), bytes(view[pos + klen:pos + klen + vlen])
