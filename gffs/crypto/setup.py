@@ -44,6 +44,11 @@ def cached_key(store_id: str) -> StoreKey | None:
     return key
 
 
+def remember_key(store_id: str, key: StoreKey) -> None:
+    """*key* (with its ring) is now the store's: later wrappers of this process use it."""
+    _LOADED[store_id] = key
+
+
 def recorded_key_id(index: Index) -> str | None:
     with index.read() as txn:
         return index.meta_json(txn, KEY_ID_META)
@@ -66,6 +71,11 @@ def store_key(index: Index, create: bool = True) -> StoreKey:
     if recorded is None and not index.readonly:
         with index.write() as txn:
             index.set_meta_json(txn, KEY_ID_META, key.key_id)
+    elif recorded is not None and recorded in {k.key_id for k in key.previous}:
+        # a rotation wrote its new key file, then stopped before recording the new id
+        if not index.readonly:
+            with index.write() as txn:
+                index.set_meta_json(txn, KEY_ID_META, key.key_id)
     elif recorded is not None and recorded != key.key_id:
         raise ConfigError(f"{path} holds key {key.key_id}, but store {store_id} is encrypted "
                           f"with key {recorded}: wrong key file")
