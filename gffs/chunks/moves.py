@@ -106,9 +106,10 @@ class ChunkMover:
             rec = self.cm.chunk(txn, digest)
             live = rec is not None and was in rec.locations
             if live:
+                # the "replace" row stays until the old object is gone: settle() sees
+                # the new locator recorded and deletes the old one
                 self.cm.set_locations(txn, digest, [Location(name, locator) if loc == was else loc
                                                     for loc in rec.locations])
-                self.cm.add_intent(txn, digest, name, "delete", old)
             else:   # deleted or moved meanwhile; the new object is gc's (never a recorded one)
                 self.cm.drop_intent(txn, digest, name)
         if live:

@@ -204,7 +204,10 @@ class CryptBackend(Backend):
         return [(k.chunk_name(key), inner) for k in keys]
 
     async def delete(self, key: str, locator: str = "") -> None:
-        await self.delete_many([(key, locator)])
+        await self._check()
+        for name, inner in self._doomed(key, locator):
+            await self.inner.delete(name, inner)
+            self._strays.discard(name)
 
     async def delete_many(self, items: list[tuple[str, str]]) -> None:
         await self._check()

@@ -47,14 +47,13 @@ class Rewrite:
     size: int
 
 
-def plan(index: Index, crypt: dict[str, str]) -> list[Rewrite]:
-    """Recorded copies on encrypted backends not under the current key (*crypt*:
-    backend -> current key tag); blocking, for a worker thread."""
+def plan(index: Index, backends: set[str], tag: str | None) -> list[Rewrite]:
+    """Recorded copies on *backends* not sealed under the key *tag* (None: every copy
+    there, what a rotation starting now would rewrite); blocking, for a worker thread."""
     out = []
     for digest, rec in ChunkMap.scan_chunks(index):
         for loc in rec.locations:
-            tag = crypt.get(loc.backend)
-            if tag is not None and not loc.locator.startswith(f"k{tag}:"):
+            if loc.backend in backends and (tag is None or not loc.locator.startswith(f"k{tag}:")):
                 out.append(Rewrite(digest, loc.backend, loc.locator, rec.stored_size))
     return out
 
@@ -111,9 +110,8 @@ class Rotator:
                      size_limit: int | None) -> str | None:
         """Rewrite what the plan finds, in windows; the limit that stopped it, or None."""
         index = self.store.index
-        tags = {n: self.key.tag for n in self.crypt}
         for _round in range(ROUNDS):
-            todo = await trio.to_thread.run_sync(plan, index, tags)
+            todo = await trio.to_thread.run_sync(plan, index, set(self.crypt), self.key.tag)
             if not todo:
                 return None
             with index.read() as txn:
@@ -168,8 +166,8 @@ async def key_rotate(store: Store, args: dict, progress: Progress) -> dict:
     if key is None:
         raise JobRefused("no backend of this store is encrypted: there is no key to rotate")
     if args.get("dry_run"):
-        tags = {n: key.tag for n in rotation.crypt_backends(store)}
-        todo = await trio.to_thread.run_sync(plan, store.index, tags)
+        todo = await trio.to_thread.run_sync(plan, store.index, set(rotation.crypt_backends(store)),
+                                             key.tag if key.previous else None)
         return {"dry_run": True, "rotating": bool(key.previous), "copies_to_rewrite": len(todo),
                 "bytes_to_rewrite": sum(r.size for r in todo)}
     continuing = bool(key.previous)
@@ -186,8 +184,7 @@ async def key_rotate(store: Store, args: dict, progress: Progress) -> dict:
     if stopped:
         return {**result, "failures": rotor.failures, "exit_code": EXIT_LIMIT}
     left = await rotor.backups()
-    tags = {n: key.tag for n in rotor.crypt}
-    remaining = len(await trio.to_thread.run_sync(plan, store.index, tags))
+    remaining = len(await trio.to_thread.run_sync(plan, store.index, set(rotor.crypt), key.tag))
     result.update(failures=rotor.failures, copies_left=remaining, backup_objects_left=left)
     if remaining or left or rotor.failures:
         return {**result, "exit_code": EXIT_FAILED}
