@@ -37,6 +37,7 @@ SEAL_INLINE = 16 * 1024     # smaller objects are sealed on the trio thread
 _KEY_RE = re.compile(r"[0-9a-f]{8,128}")
 TAG_LEN = 8                 # hex digits of the key id in a locator: "k<tag>:<inner locator>"
 _TAG_RE = re.compile(rf"k[0-9a-f]{{{TAG_LEN}}}:")
+PLAIN_TAG = "p:"            # locator prefix of a plaintext object on a migrating backend
 
 
 class ObjectCorrupt(ObjectMissing):
@@ -56,15 +57,19 @@ class CryptBackend(Backend):
 
     def __init__(self, inner: Backend, store_id: str | None, key: StoreKey | None,
                  known_ids: Callable[[], Iterable[bytes]] | None = None,
-                 find_key: Callable[[str], StoreKey | None] | None = None) -> None:
+                 find_key: Callable[[str], StoreKey | None] | None = None,
+                 plaintext: bool = False) -> None:
         """*store_id* and *key* None: learn them from the backend's marker (a fresh
-        machine restoring its index), with *find_key(store_id)* giving our key files."""
+        machine restoring its index), with *find_key(store_id)* giving our key files.
+        *plaintext*: the backend is migrating to encryption and may still hold
+        chunks in the clear under their own ids (read, listed and deleted as such)."""
         super().__init__(inner.name)
         self.inner = inner
         self.store_id = store_id
         self.key = key
         self.known_ids = known_ids
         self.find_key = find_key
+        self.plaintext = plaintext
         self._recent: OrderedDict[str, str] = OrderedDict()   # name -> chunk id
         self._strays: set[str] = set()
         self._checked = False
@@ -143,21 +148,32 @@ class CryptBackend(Backend):
             return key
         return self.key.chunk_name(key)
 
-    def _sealers(self, locator: str) -> tuple[list[StoreKey], str]:
-        """The keys that may have sealed the object at *locator*, and the inner locator.
+    def _sealers(self, locator: str) -> tuple[list[StoreKey | None], str]:
+        """The keys that may have sealed the object at *locator* (None: stored in the
+        clear), and the inner locator.
 
         put() prefixes locators with ``k<key tag>:``, so an object names its key;
-        an untagged locator (written before rotation existed) may be under any
-        key of the ring, current first. A tag of no key we hold: a retired key."""
+        ``p:`` names a plaintext object of a migrating backend; an untagged
+        locator (written before either existed) may be any of those, sealed
+        first. A tag of no key we hold: a retired key."""
         if _TAG_RE.match(locator):
             tag, inner = locator[1:TAG_LEN + 1], locator[TAG_LEN + 2:]
             return [k for k in self.key.ring() if k.tag == tag], inner
-        return self.key.ring(), locator
+        if locator.startswith(PLAIN_TAG):
+            return [None], locator[len(PLAIN_TAG):]
+        return [*self.key.ring(), *([None] if self.plaintext else [])], locator
 
     def key_tag(self, locator: str) -> str | None:
-        """The tag of the key an object's *locator* names (None: untagged, written
-        before rotation existed, so under the oldest key of the ring)."""
+        """The tag of the key an object's *locator* names (None: untagged or plaintext)."""
         return locator[1:TAG_LEN + 1] if _TAG_RE.match(locator) else None
+
+    @staticmethod
+    def _object_name(k: StoreKey | None, key: str) -> str:
+        return key if k is None else k.chunk_name(key)
+
+    @staticmethod
+    def _tagged(k: StoreKey | None, inner: str) -> str:
+        return f"{PLAIN_TAG}{inner}" if k is None else f"k{k.tag}:{inner}"
 
     async def _run(self, fn: Callable[..., bytes], *args: Any) -> bytes:
         if sum(len(a) for a in args if isinstance(a, (bytes, bytearray, memoryview))) <= SEAL_INLINE:
@@ -175,7 +191,7 @@ class CryptBackend(Backend):
         self._recent.move_to_end(name)
         while len(self._recent) > RECENT_NAMES:
             self._recent.popitem(last=False)
-        return f"k{sealer.tag}:{locator}"
+        return self._tagged(sealer, locator)
 
     async def get(self, key: str, locator: str = "") -> bytes:
         await self._check()
@@ -184,10 +200,12 @@ class CryptBackend(Backend):
         missing: ObjectMissing | None = None
         for k in keys:
             try:
-                sealed = await self.inner.get(k.chunk_name(key), inner)
+                sealed = await self.inner.get(self._object_name(k, key), inner)
             except ObjectMissing as exc:
                 missing = exc
                 continue
+            if k is None:
+                return sealed   # plaintext: the chunk store checks its hash, as unencrypted
             try:
                 return await self._run(k.open_chunk, key, sealed)
             except SealError as exc:
@@ -201,7 +219,7 @@ class CryptBackend(Backend):
         if key in self._strays:
             return [(key, locator)]
         keys, inner = self._sealers(locator)
-        return [(k.chunk_name(key), inner) for k in keys]
+        return [(self._object_name(k, key), inner) for k in keys]
 
     async def delete(self, key: str, locator: str = "") -> None:
         await self._check()
@@ -218,12 +236,13 @@ class CryptBackend(Backend):
     async def resolve(self, key: str, locator: str) -> str | None:
         """*locator* tagged with the key whose object exists (current first); None if none does."""
         await self._check()
-        if self.key_tag(locator) is not None:
+        if self.key_tag(locator) is not None or locator.startswith(PLAIN_TAG):
             return locator
         self._check_key(key)
-        for k in self.key.ring():
-            if await self.inner.stat(k.chunk_name(key), locator) is not None:
-                return f"k{k.tag}:{locator}"
+        keys, inner = self._sealers(locator)
+        for k in keys:
+            if await self.inner.stat(self._object_name(k, key), inner) is not None:
+                return self._tagged(k, inner)
         return None
 
     @staticmethod
@@ -236,7 +255,7 @@ class CryptBackend(Backend):
         self._check_key(key)
         keys, inner = self._sealers(locator)
         for k in keys:
-            info = await self.inner.stat(k.chunk_name(key), inner)
+            info = await self.inner.stat(self._object_name(k, key), inner)
             if info is not None:
                 return ObjectInfo(key, info.size, info.mtime)
         return None
@@ -249,6 +268,8 @@ class CryptBackend(Backend):
                 key = digest.hex()
                 for k in ring:
                     names[k.chunk_name(key)] = key
+                if self.plaintext:   # migrating: the plaintext object is the chunk's too
+                    names[key] = key
         return names
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
@@ -281,12 +302,14 @@ class CryptBackend(Backend):
         """Under the current key, else under a key being rotated away."""
         await self._check()
         missing: ObjectMissing | None = None
-        for k in self.key.ring():
+        for k in [*self.key.ring(), *([None] if self.plaintext else [])]:
             try:
-                sealed = await self.inner.get_meta(self._meta_name(name, k))
+                sealed = await self.inner.get_meta(name if k is None else self._meta_name(name, k))
             except ObjectMissing as exc:
                 missing = exc
                 continue
+            if k is None:
+                return sealed   # from before encryption; backup code checks its hashes
             try:
                 return await self._run(k.open_meta, name, sealed)
             except SealError as exc:
@@ -298,8 +321,9 @@ class CryptBackend(Backend):
         await self._check()
         return sorted({name for name, _k, _s in await self.sealed_meta(prefix)})
 
-    async def sealed_meta(self, prefix: str = "") -> list[tuple[str, StoreKey, str]]:
-        """(name, key that sealed it, stored name) of each metadata object under *prefix*."""
+    async def sealed_meta(self, prefix: str = "") -> list[tuple[str, StoreKey | None, str]]:
+        """(name, key that sealed it or None if in the clear, stored name) of each
+        metadata object under *prefix*."""
         head = prefix[:prefix.rfind("/") + 1] if "/" in prefix else prefix
         found = []
         ring = self.key.ring()
@@ -310,12 +334,17 @@ class CryptBackend(Backend):
                     if name.startswith(prefix):
                         found.append((name, k, stored))
                     break
+            else:   # migrating: the store's metadata from before encryption, in the clear
+                if self.plaintext and stored.startswith(prefix) and not stored.startswith(MARKER_DIR):
+                    found.append((stored, None, stored))
         return found
 
     async def delete_meta(self, name: str) -> None:
         await self._check()
         for k in self.key.ring():
             await self.inner.delete_meta(self._meta_name(name, k))
+        if self.plaintext:
+            await self.inner.delete_meta(name)
 
     # the rest is the wrapped backend's -------------------------------------------------
     async def capacity(self) -> Capacity | None:

@@ -67,9 +67,12 @@ def _ordered(todo: list[Rewrite], cursor: str | None) -> list[Rewrite]:
 
 
 class Rotator:
-    def __init__(self, store: Store, key: StoreKey) -> None:
+    """Rewrites copies on encrypted backends (*only*: on these) until all are under *key*."""
+
+    def __init__(self, store: Store, key: StoreKey, only: set[str] | None = None) -> None:
         self.store, self.key = store, key
-        self.crypt = rotation.crypt_backends(store)
+        self.crypt = {n: b for n, b in rotation.crypt_backends(store).items()
+                      if only is None or n in only}
         self.mover = ChunkMover(store.chunks)
         self.done = {"copies_rewritten": 0, "bytes_rewritten": 0, "backup_objects_resealed": 0}
         self.failures: list[str] = []
@@ -136,7 +139,8 @@ class Rotator:
         return None
 
     async def backups(self) -> int:
-        """Re-seal every metadata object still under an old key; how many remain."""
+        """Re-seal every metadata object still under an old key (or, on a migrating
+        backend, in the clear); how many remain."""
         left = 0
         for name, backend in sorted(self.crypt.items()):
             try:
@@ -149,7 +153,9 @@ class Rotator:
                 if key is self.key:
                     continue
                 try:
-                    data = key.open_meta(meta, await backend.inner.get_meta(stored))
+                    data = await backend.inner.get_meta(stored)
+                    if key is not None:
+                        data = key.open_meta(meta, data)
                     await backend.put_meta(meta, data)
                     await backend.inner.delete_meta(stored)
                     self.done["backup_objects_resealed"] += 1
@@ -157,6 +163,29 @@ class Rotator:
                     self.failures.append(f"{name}: index backup object {meta}: {exc}")
                     left += 1
         return left
+
+
+async def migrate(store: Store, progress: Progress, deadline: float | None,
+                  size_limit: int | None) -> dict:
+    """Rebalance's part of turning ``encrypt`` on for a backend holding plaintext: each
+    plaintext copy there rewritten sealed; the migration ends when none is left."""
+    from gffs.crypto.setup import end_migration, migrating_backends
+    key = rotation.current_key(store)
+    names = migrating_backends(store.index) & set(rotation.crypt_backends(store))
+    if key is None or not names:
+        return {}
+    rotor = Rotator(store, key, names)
+    stopped = await rotor.chunks(progress, deadline, size_limit)
+    left = 0 if stopped else await rotor.backups()
+    out = {"migrating": sorted(names), **rotor.done, "failures": rotor.failures,
+           "stopped": stopped}
+    if not stopped and not left and not rotor.failures and not await trio.to_thread.run_sync(
+            plan, store.index, names, key.tag):
+        end_migration(store.index, names)
+        for b in rotor.crypt.values():
+            b.plaintext = False
+        out["migrated"] = sorted(names)
+    return out
 
 
 @job("key-rotate")
