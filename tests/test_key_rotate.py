@@ -158,6 +158,10 @@ def test_rotation_in_the_mount_daemon_stops_at_the_size_limit_and_a_rerun_finish
     out = json.loads(res.stdout)
     assert out["stopped"] == "size-limit"
     assert 0 < out["copies_rewritten"] < planned["copies_to_rewrite"]
+    m.remount()       # a new daemon: it never put the old-key objects itself
+    res = admin(cfg, m.data_dir, "gc", "--min-age", "0", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["unreferenced_deleted"] == 0   # old-key copies are no strays
     later = os.urandom(300_000)            # written under the new key while the rotation pauses
     (m.path / "flow" / "later").write_bytes(later)
     files["later"] = later
