@@ -282,3 +282,23 @@ def test_encrypt_off_on_a_backend_holding_chunks_is_refused_and_on_starts_a_migr
     with pytest.raises(ConfigError, match="holds encrypted chunks.*set encrypt = true"):
         check_modes(cfg("encrypt = false"), index)
     index.close()
+
+
+def test_key_file_keeps_the_previous_key_of_a_rotation_under_the_passphrase(tmp_path):
+    """During a rotation both keys must open objects: the file holds both, sealed together."""
+    from gffs.crypto import keyfile
+    old, new = keyfile.new_key(), keyfile.new_key()
+    new.previous = [old]
+    for phrase in (None, "correct horse"):
+        raw = keyfile.encode_key("s1", new, phrase)
+        assert (old.master.hex() in raw.decode()) == (phrase is None)   # sealed with the new
+        doc = keyfile.parse_key_file(raw, "f")
+        assert doc["key_id"] == new.key_id and doc["previous_key_ids"] == [old.key_id]
+        back = keyfile.unseal(doc, "f", phrase)
+        assert [k.key_id for k in back.ring()] == [new.key_id, old.key_id]
+        doc["previous_key_ids"] = []          # a file whose ids do not match its keys
+        with pytest.raises(ConfigError, match="damaged"):
+            keyfile.unseal(doc, "f", phrase)
+    retired = keyfile.unseal(keyfile.parse_key_file(keyfile.encode_key("s1", StoreKey(new.master)),
+                                                    "f"), "f")
+    assert retired.key_id == new.key_id and not retired.previous
