@@ -252,10 +252,11 @@ def test_sealed_object_of_codec_payload_round_trips():
         assert KEY.open_chunk(key_of(data), sealed) == stored
 
 
-def test_flipping_encrypt_on_a_backend_holding_chunks_is_refused(tmp_path):
+def test_encrypt_off_on_a_backend_holding_chunks_is_refused_and_on_starts_a_migration(tmp_path):
     """An upgrade that turns the default on must not make a plaintext S3 look empty (gc
-    would then delete it), nor may turning it off hide sealed objects."""
-    from gffs.crypto.setup import check_modes
+    would then delete it): it becomes a migration, whose wrapper reads both forms; turning
+    encryption off must not hide sealed objects."""
+    from gffs.crypto.setup import check_modes, migrating_backends
     from gffs.index.records import ChunkRecord, Location
 
     def cfg(s3_encrypt: str):
@@ -269,10 +270,10 @@ def test_flipping_encrypt_on_a_backend_holding_chunks_is_refused(tmp_path):
     check_modes(cfg("encrypt = false"), index)        # and may still change while empty
     with index.write() as txn:
         ChunkMap(index).ref(txn, b"\x01" * 32, ChunkRecord(0, 10, 11, 0, [Location("s3", "abc")]))
-    with pytest.raises(ConfigError, match=r"\[backends.s3\]: encrypt = true, but it holds "
-                                          r"plaintext chunks.*set encrypt = false"):
-        check_modes(cfg(""), index)
-    check_modes(cfg("encrypt = false"), index)
+    assert check_modes(cfg(""), index) == {"s3"} == migrating_backends(index)
+    assert check_modes(cfg(""), index) == {"s3"}      # still migrating at the next open
+    with pytest.raises(ConfigError, match="holds encrypted chunks.*set encrypt = true"):
+        check_modes(cfg("encrypt = false"), index)
     index.close()
     index = Index(tmp_path / "index2")
     check_modes(cfg(""), index)
@@ -281,3 +282,23 @@ def test_flipping_encrypt_on_a_backend_holding_chunks_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="holds encrypted chunks.*set encrypt = true"):
         check_modes(cfg("encrypt = false"), index)
     index.close()
+
+
+def test_key_file_keeps_the_previous_key_of_a_rotation_under_the_passphrase(tmp_path):
+    """During a rotation both keys must open objects: the file holds both, sealed together."""
+    from gffs.crypto import keyfile
+    old, new = keyfile.new_key(), keyfile.new_key()
+    new.previous = [old]
+    for phrase in (None, "correct horse"):
+        raw = keyfile.encode_key("s1", new, phrase)
+        assert (old.master.hex() in raw.decode()) == (phrase is None)   # sealed with the new
+        doc = keyfile.parse_key_file(raw, "f")
+        assert doc["key_id"] == new.key_id and doc["previous_key_ids"] == [old.key_id]
+        back = keyfile.unseal(doc, "f", phrase)
+        assert [k.key_id for k in back.ring()] == [new.key_id, old.key_id]
+        doc["previous_key_ids"] = []          # a file whose ids do not match its keys
+        with pytest.raises(ConfigError, match="damaged"):
+            keyfile.unseal(doc, "f", phrase)
+    retired = keyfile.unseal(keyfile.parse_key_file(keyfile.encode_key("s1", StoreKey(new.master)),
+                                                    "f"), "f")
+    assert retired.key_id == new.key_id and not retired.previous

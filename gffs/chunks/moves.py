@@ -12,6 +12,12 @@ and removed after the outcome is recorded, so every crash state is visible:
                                               rebalance removes it
     crash after forgetting, before delete   → intent "delete": settle() deletes it
 
+A copy is *replaced* in place (key rotation: same backend, new object) as
+intent "replace" with the old locator → put → read back and verify → record
+the new locator instead of the old → delete the old object. settle() then
+deletes the old object if the new one is recorded; if the old one still is,
+the new object is left for the rerun to put again (puts are idempotent).
+
 Nothing here decides *where* copies should be; that is the rebalance plan.
 """
 
@@ -77,6 +83,39 @@ class ChunkMover:
             await self.delete_object(digest, dest, locator)
         return live
 
+    async def replace_copy(self, digest: bytes, name: str, old: str, stored: bytes) -> bool:
+        """Put *stored* again on *name*, verify it, record its locator instead of *old*,
+        then delete the object at *old*; False when that copy is no longer recorded.
+
+        *old* must name the old object alone (for an encrypted backend: a locator
+        tagged with the old key), so its delete cannot touch the new one.
+        """
+        backend = self.chunks.backends[name]
+        key = digest.hex()
+        with self.index.write() as txn:
+            self.cm.add_intent(txn, digest, name, "replace", old)
+        try:
+            async with self._limits[name]:
+                locator = await self.chunks.call(backend, "put", key, stored)
+                echoed = await self.chunks.call(backend, "get", key, locator)
+            await trio.to_thread.run_sync(codec.decode, echoed, digest)
+        except (BackendError, codec.CorruptChunk) as exc:
+            raise MoveFailed(f"rewrite of {key[:16]} on {name}: {exc}") from None
+        was = Location(name, old)
+        with self.index.write() as txn:
+            rec = self.cm.chunk(txn, digest)
+            live = rec is not None and was in rec.locations
+            if live:
+                # the "replace" row stays until the old object is gone: settle() sees
+                # the new locator recorded and deletes the old one
+                self.cm.set_locations(txn, digest, [Location(name, locator) if loc == was else loc
+                                                    for loc in rec.locations])
+            else:   # deleted or moved meanwhile; the new object is gc's (never a recorded one)
+                self.cm.drop_intent(txn, digest, name)
+        if live:
+            await self.delete_object(digest, name, old)
+        return live
+
     async def remove_copies(self, digest: bytes, names: set[str], counted: set[str],
                             required: int) -> list[str]:
         """Forget and delete the copies on *names* if ≥ *required* trusted copies on
@@ -138,6 +177,9 @@ class ChunkMover:
             with self.index.read() as txn:
                 rec = self.cm.known(txn, digest)
             recorded = rec is not None and any(loc.backend == name for loc in rec.locations)
+            if row.get("op") == "replace":
+                # the old object goes once the new one is recorded in its place
+                recorded = rec is not None and Location(name, row["locator"]) in rec.locations
             if recorded:
                 with self.index.write() as txn:
                     self.cm.drop_intent(txn, digest, name)

@@ -1,4 +1,4 @@
-"""`gffs-admin key init | show | export | import | change-passphrase`: the store key.
+"""`gffs-admin key init | show | export | import | change-passphrase | rotate`: the store key.
 
 The key lives in ``$XDG_CONFIG_HOME/gffs/<store id>.key`` (docs/ENCRYPTION.md).
 Without it the data on encrypted backends is unreadable, so ``export`` it to a
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from gffs.cli.admin_jobs import _limit_options, cli_run
 from gffs.config import Config
 from gffs.errors import ConfigError
 
@@ -149,6 +150,31 @@ def _change_passphrase(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _render_rotate(r: dict) -> None:
+    if r.get("dry_run"):
+        state = "a rotation is in progress" if r["rotating"] else "no rotation in progress"
+        print(f"{state}; {r['copies_to_rewrite']} copies not under the current key")
+        return
+    print(f"key {r['key_id']}: rewrote {r['copies_rewritten']} copies, re-sealed "
+          f"{r['backup_objects_resealed']} index backup objects")
+    if r.get("stopped"):
+        print(f"stopped at the {r['stopped']}; run 'gffs-admin key rotate' again to continue")
+    elif "retired" in r:
+        print(f"done: retired key {', '.join(r['retired'])}; export the key file again "
+              f"(gffs-admin key export FILE): older exports no longer open the data")
+    else:
+        print(f"not finished: {r['copies_left']} copies and {r['backup_objects_left']} backup "
+              f"objects are still under the old key; run it again")
+    for failure in r.get("failures", [])[:10]:
+        print(f"  {failure}")
+
+
+def _rotate(cfg: Config, args: argparse.Namespace) -> int:
+    return cli_run(cfg, "key-rotate", {"dry_run": args.dry_run, "time_limit": args.time_limit,
+                                       "size_limit": args.size_limit},
+                   json_output=args.json, render=_render_rotate)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("key", help="the store's encryption key (docs/ENCRYPTION.md)")
     ksub = p.add_subparsers(dest="key_command", required=True)
@@ -167,5 +193,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(handler=_import)
     c = ksub.add_parser("change-passphrase", help="protect the key file with a new passphrase")
     c.set_defaults(handler=_change_passphrase)
+    r = ksub.add_parser("rotate", help="re-encrypt everything under a new key (resumable)")
+    _limit_options(r)
+    r.set_defaults(handler=_rotate)
     for q in (s, e, c):
         q.add_argument("--store-id", help="a store whose index is not here")

@@ -35,6 +35,9 @@ MARKER_DIR = "crypt/"
 RECENT_NAMES = 65536        # names of recent puts remembered for list()
 SEAL_INLINE = 16 * 1024     # smaller objects are sealed on the trio thread
 _KEY_RE = re.compile(r"[0-9a-f]{8,128}")
+TAG_LEN = 8                 # hex digits of the key id in a locator: "k<tag>:<inner locator>"
+_TAG_RE = re.compile(rf"k[0-9a-f]{{{TAG_LEN}}}:")
+PLAIN_TAG = "p:"            # locator prefix of a plaintext object on a migrating backend
 
 
 class ObjectCorrupt(ObjectMissing):
@@ -54,15 +57,19 @@ class CryptBackend(Backend):
 
     def __init__(self, inner: Backend, store_id: str | None, key: StoreKey | None,
                  known_ids: Callable[[], Iterable[bytes]] | None = None,
-                 find_key: Callable[[str], StoreKey | None] | None = None) -> None:
+                 find_key: Callable[[str], StoreKey | None] | None = None,
+                 plaintext: bool = False) -> None:
         """*store_id* and *key* None: learn them from the backend's marker (a fresh
-        machine restoring its index), with *find_key(store_id)* giving our key files."""
+        machine restoring its index), with *find_key(store_id)* giving our key files.
+        *plaintext*: the backend is migrating to encryption and may still hold
+        chunks in the clear under their own ids (read, listed and deleted as such)."""
         super().__init__(inner.name)
         self.inner = inner
         self.store_id = store_id
         self.key = key
         self.known_ids = known_ids
         self.find_key = find_key
+        self.plaintext = plaintext
         self._recent: OrderedDict[str, str] = OrderedDict()   # name -> chunk id
         self._strays: set[str] = set()
         self._checked = False
@@ -103,14 +110,19 @@ class CryptBackend(Backend):
             except ValueError:
                 raise KeyMismatch(f"{self.name}: damaged encryption marker {name}") from None
             if doc is None:
-                await self.inner.put_meta(name, json.dumps(
-                    {"store_id": self.store_id, "key_id": self.key.key_id,
-                     "cipher": "ChaCha20-Poly1305", "names": "HMAC-SHA256"}).encode())
+                await self._write_marker(name)
+            elif doc.get("key_id") in {k.key_id for k in self.key.previous}:
+                await self._write_marker(name)   # a rotation began: name the new key
             elif doc.get("key_id") != self.key.key_id:
                 raise KeyMismatch(f"{self.name}: its data of store {self.store_id} is encrypted "
                                   f"with key {doc.get('key_id')}, not with key {self.key.key_id} "
                                   f"(wrong key file?)")
             self._checked = True
+
+    async def _write_marker(self, name: str) -> None:
+        await self.inner.put_meta(name, json.dumps(
+            {"store_id": self.store_id, "key_id": self.key.key_id,
+             "cipher": "ChaCha20-Poly1305", "names": "HMAC-SHA256"}).encode())
 
     async def _adopt_marker(self) -> None:
         """Without a store id: the store whose marker is here and whose key we hold."""
@@ -126,12 +138,42 @@ class CryptBackend(Backend):
         raise KeyMismatch(f"{self.name}: holds encrypted data of store {', '.join(ids)}, and "
                           f"there is no key for it: import it with 'gffs-admin key import FILE'")
 
-    def _name(self, key: str, stray_ok: bool = False) -> str:
+    def _check_key(self, key: str) -> None:
         if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise BackendError(f"{self.name}: invalid object key {key!r}")
+
+    def _name(self, key: str, stray_ok: bool = False) -> str:
+        self._check_key(key)
         if stray_ok and key in self._strays:
             return key
         return self.key.chunk_name(key)
+
+    def _sealers(self, locator: str) -> tuple[list[StoreKey | None], str]:
+        """The keys that may have sealed the object at *locator* (None: stored in the
+        clear), and the inner locator.
+
+        put() prefixes locators with ``k<key tag>:``, so an object names its key;
+        ``p:`` names a plaintext object of a migrating backend; an untagged
+        locator (written before either existed) may be any of those, sealed
+        first. A tag of no key we hold: a retired key."""
+        if _TAG_RE.match(locator):
+            tag, inner = locator[1:TAG_LEN + 1], locator[TAG_LEN + 2:]
+            return [k for k in self.key.ring() if k.tag == tag], inner
+        if locator.startswith(PLAIN_TAG):
+            return [None], locator[len(PLAIN_TAG):]
+        return [*self.key.ring(), *([None] if self.plaintext else [])], locator
+
+    def key_tag(self, locator: str) -> str | None:
+        """The tag of the key an object's *locator* names (None: untagged or plaintext)."""
+        return locator[1:TAG_LEN + 1] if _TAG_RE.match(locator) else None
+
+    @staticmethod
+    def _object_name(k: StoreKey | None, key: str) -> str:
+        return key if k is None else k.chunk_name(key)
+
+    @staticmethod
+    def _tagged(k: StoreKey | None, inner: str) -> str:
+        return f"{PLAIN_TAG}{inner}" if k is None else f"k{k.tag}:{inner}"
 
     async def _run(self, fn: Callable[..., bytes], *args: Any) -> bytes:
         if sum(len(a) for a in args if isinstance(a, (bytes, bytearray, memoryview))) <= SEAL_INLINE:
@@ -141,35 +183,67 @@ class CryptBackend(Backend):
     # chunks -----------------------------------------------------------------------------
     async def put(self, key: str, data: bytes) -> str:
         await self._check()
+        sealer = self.key
         name = self._name(key)
-        sealed = await self._run(self.key.seal_chunk, key, data)
+        sealed = await self._run(sealer.seal_chunk, key, data)
         locator = await self.inner.put(name, sealed)
         self._recent[name] = key
         self._recent.move_to_end(name)
         while len(self._recent) > RECENT_NAMES:
             self._recent.popitem(last=False)
-        return locator
+        return self._tagged(sealer, locator)
 
     async def get(self, key: str, locator: str = "") -> bytes:
         await self._check()
-        name = self._name(key)
-        sealed = await self.inner.get(name, locator)
-        try:
-            return await self._run(self.key.open_chunk, key, sealed)
-        except SealError as exc:
-            raise ObjectCorrupt(f"{self.name}: chunk {key[:16]}: {exc}") from None
+        self._check_key(key)
+        keys, inner = self._sealers(locator)
+        missing: ObjectMissing | None = None
+        for k in keys:
+            try:
+                sealed = await self.inner.get(self._object_name(k, key), inner)
+            except ObjectMissing as exc:
+                missing = exc
+                continue
+            if k is None:
+                return sealed   # plaintext: the chunk store checks its hash, as unencrypted
+            try:
+                return await self._run(k.open_chunk, key, sealed)
+            except SealError as exc:
+                raise ObjectCorrupt(f"{self.name}: chunk {key[:16]}: {exc}") from None
+        raise missing or ObjectMissing(f"{self.name}: chunk {key[:16]} is under a retired key")
+
+    def _doomed(self, key: str, locator: str) -> list[tuple[str, str]]:
+        """Inner (name, locator) pairs a delete of *key* at *locator* removes: the
+        object under its tagged key, or under every key of the ring if untagged."""
+        self._check_key(key)
+        if key in self._strays:
+            return [(key, locator)]
+        keys, inner = self._sealers(locator)
+        return [(self._object_name(k, key), inner) for k in keys]
 
     async def delete(self, key: str, locator: str = "") -> None:
         await self._check()
-        name = self._name(key, stray_ok=True)
-        await self.inner.delete(name, locator)
-        self._strays.discard(name)
+        for name, inner in self._doomed(key, locator):
+            await self.inner.delete(name, inner)
+            self._strays.discard(name)
 
     async def delete_many(self, items: list[tuple[str, str]]) -> None:
         await self._check()
-        names = [(self._name(k, stray_ok=True), loc) for k, loc in items]
+        names = [pair for k, loc in items for pair in self._doomed(k, loc)]
         await self.inner.delete_many(names)
         self._strays.difference_update(n for n, _ in names)
+
+    async def resolve(self, key: str, locator: str) -> str | None:
+        """*locator* tagged with the key whose object exists (current first); None if none does."""
+        await self._check()
+        if self.key_tag(locator) is not None or locator.startswith(PLAIN_TAG):
+            return locator
+        self._check_key(key)
+        keys, inner = self._sealers(locator)
+        for k in keys:
+            if await self.inner.stat(self._object_name(k, key), inner) is not None:
+                return self._tagged(k, inner)
+        return None
 
     @staticmethod
     def stored_size(n: int) -> int:
@@ -178,15 +252,24 @@ class CryptBackend(Backend):
 
     async def stat(self, key: str, locator: str = "") -> ObjectInfo | None:
         await self._check()
-        info = await self.inner.stat(self._name(key), locator)
-        return None if info is None else ObjectInfo(key, info.size, info.mtime)
+        self._check_key(key)
+        keys, inner = self._sealers(locator)
+        for k in keys:
+            info = await self.inner.stat(self._object_name(k, key), inner)
+            if info is not None:
+                return ObjectInfo(key, info.size, info.mtime)
+        return None
 
     def _name_map(self) -> dict[str, str]:
         names = dict(self._recent)
         if self.known_ids is not None:
+            ring = self.key.ring()   # during a rotation both forms are the chunk's, not strays
             for digest in self.known_ids():
                 key = digest.hex()
-                names[self.key.chunk_name(key)] = key
+                for k in ring:
+                    names[k.chunk_name(key)] = key
+                if self.plaintext:   # migrating: the plaintext object is the chunk's too
+                    names[key] = key
         return names
 
     async def list(self) -> AsyncIterator[ObjectInfo]:
@@ -201,12 +284,12 @@ class CryptBackend(Backend):
             yield ObjectInfo(key, info.size, info.mtime)
 
     # metadata objects -------------------------------------------------------------------
-    def _meta_name(self, name: str) -> str:
+    def _meta_name(self, name: str, key: StoreKey | None = None) -> str:
         check_meta_name(self.name, name)
         if name.startswith(MARKER_DIR):
             raise BackendError(f"{self.name}: {MARKER_DIR} is reserved for encryption markers")
         try:
-            return self.key.meta_name(name)
+            return (key or self.key).meta_name(name)
         except ValueError as exc:
             raise BackendError(f"{self.name}: {exc}") from None
 
@@ -216,28 +299,52 @@ class CryptBackend(Backend):
         await self.inner.put_meta(stored, await self._run(self.key.seal_meta, name, data))
 
     async def get_meta(self, name: str) -> bytes:
+        """Under the current key, else under a key being rotated away."""
         await self._check()
-        stored = self._meta_name(name)
-        sealed = await self.inner.get_meta(stored)
-        try:
-            return await self._run(self.key.open_meta, name, sealed)
-        except SealError as exc:
-            raise ObjectCorrupt(f"{self.name}: metadata object {name}: {exc}") from None
+        missing: ObjectMissing | None = None
+        for k in [*self.key.ring(), *([None] if self.plaintext else [])]:
+            try:
+                sealed = await self.inner.get_meta(name if k is None else self._meta_name(name, k))
+            except ObjectMissing as exc:
+                missing = exc
+                continue
+            if k is None:
+                return sealed   # from before encryption; backup code checks its hashes
+            try:
+                return await self._run(k.open_meta, name, sealed)
+            except SealError as exc:
+                raise ObjectCorrupt(f"{self.name}: metadata object {name}: {exc}") from None
+        raise missing  # type: ignore[misc]  # the ring holds at least the current key
 
     async def list_meta(self, prefix: str = "") -> list[str]:
         check_meta_prefix(self.name, prefix)
         await self._check()
+        return sorted({name for name, _k, _s in await self.sealed_meta(prefix)})
+
+    async def sealed_meta(self, prefix: str = "") -> list[tuple[str, StoreKey | None, str]]:
+        """(name, key that sealed it or None if in the clear, stored name) of each
+        metadata object under *prefix*."""
         head = prefix[:prefix.rfind("/") + 1] if "/" in prefix else prefix
         found = []
+        ring = self.key.ring()
         for stored in await self.inner.list_meta(head):
-            name = self.key.plain_meta_name(stored)
-            if name is not None and name.startswith(prefix):
-                found.append(name)
-        return sorted(found)
+            for k in ring:
+                name = k.plain_meta_name(stored)
+                if name is not None:
+                    if name.startswith(prefix):
+                        found.append((name, k, stored))
+                    break
+            else:   # migrating: the store's metadata from before encryption, in the clear
+                if self.plaintext and stored.startswith(prefix) and not stored.startswith(MARKER_DIR):
+                    found.append((stored, None, stored))
+        return found
 
     async def delete_meta(self, name: str) -> None:
         await self._check()
-        await self.inner.delete_meta(self._meta_name(name))
+        for k in self.key.ring():
+            await self.inner.delete_meta(self._meta_name(name, k))
+        if self.plaintext:
+            await self.inner.delete_meta(name)
 
     # the rest is the wrapped backend's -------------------------------------------------
     async def capacity(self) -> Capacity | None:

@@ -44,16 +44,19 @@ def _kek(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
 def encode_key(store_id: str, key: StoreKey, passphrase: str | None = None) -> bytes:
     """The key file's bytes for *key* (sealed under *passphrase* when one is given)."""
     doc: dict = {"format": FILE_FORMAT, "store_id": store_id, "key_id": key.key_id}
+    if key.previous:   # a rotation in progress: the old keys still open objects
+        doc["previous_key_ids"] = [old.key_id for old in key.previous]
+    masters = b"".join(k.master for k in key.ring())
     if passphrase:
         salt, nonce = os.urandom(16), os.urandom(12)
         kek = _kek(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
         doc["kdf"] = {"name": "scrypt", "salt": salt.hex(), "n": SCRYPT_N, "r": SCRYPT_R,
                       "p": SCRYPT_P}
         doc["nonce"] = nonce.hex()
-        doc["sealed_key"] = ChaCha20Poly1305(kek).encrypt(nonce, key.master,
+        doc["sealed_key"] = ChaCha20Poly1305(kek).encrypt(nonce, masters,
                                                            store_id.encode()).hex()
     else:
-        doc["key"] = key.master.hex()
+        doc["key"] = masters.hex()
     return (json.dumps(doc, indent=1) + "\n").encode()
 
 
@@ -91,7 +94,7 @@ def unseal(doc: dict, where: str, passphrase: str | None = None) -> StoreKey:
     """The StoreKey of a parsed key file; ConfigError for a wrong or missing passphrase."""
     try:
         if not needs_passphrase(doc):
-            key = StoreKey(bytes.fromhex(doc["key"]))
+            masters = bytes.fromhex(doc["key"])
         else:
             if passphrase is None:
                 passphrase = ask_passphrase(f"passphrase of the gffs key {where}: ")
@@ -101,15 +104,18 @@ def unseal(doc: dict, where: str, passphrase: str | None = None) -> StoreKey:
             kdf = doc["kdf"]
             kek = _kek(passphrase, bytes.fromhex(kdf["salt"]), int(kdf["n"]), int(kdf["r"]),
                        int(kdf["p"]))
-            master = ChaCha20Poly1305(kek).decrypt(bytes.fromhex(doc["nonce"]),
-                                                   bytes.fromhex(doc["sealed_key"]),
-                                                   doc["store_id"].encode())
-            key = StoreKey(master)
+            masters = ChaCha20Poly1305(kek).decrypt(bytes.fromhex(doc["nonce"]),
+                                                    bytes.fromhex(doc["sealed_key"]),
+                                                    doc["store_id"].encode())
+        # the current key, then the keys a rotation is replacing (docs/ENCRYPTION.md)
+        ring = [StoreKey(masters[i:i + KEY_BYTES]) for i in range(0, len(masters), KEY_BYTES)]
+        key, key.previous = ring[0], ring[1:]
     except InvalidTag:
         raise ConfigError(f"wrong passphrase for {where}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ConfigError(f"{where} is damaged: {exc}") from None
-    if key.key_id != doc["key_id"]:
+    if key.key_id != doc["key_id"] or [k.key_id for k in key.previous] != doc.get(
+            "previous_key_ids", []):
         raise ConfigError(f"{where} is damaged: its key does not match its key id")
     return key
 

@@ -90,6 +90,17 @@ class StoreKey:
         self._meta = ChaCha20Poly1305(sub["meta data"])
         self._meta_names = AESSIV(sub["meta names"])
         self.key_id = sub["key id"][:16].hex()   # safe to show: says which key, reveals nothing
+        # keys being rotated away: still read, never written (gffs/maintenance/rotate.py)
+        self.previous: list[StoreKey] = []
+
+    @property
+    def tag(self) -> str:
+        """Short key id carried in the locators of the objects this key sealed."""
+        return self.key_id[:8]
+
+    def ring(self) -> list[StoreKey]:
+        """This key, then the keys being rotated away."""
+        return [self, *self.previous]
 
     def _derive(self, label: str, size: int) -> bytes:
         return HKDF(hashes.SHA256(), size, salt=None,

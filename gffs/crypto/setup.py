@@ -27,6 +27,7 @@ log = logging.getLogger("gffs.crypto")
 
 KEY_ID_META = b"crypt_key_id"
 MODES_META = b"crypt_backends"       # names of the backends whose objects are sealed
+MIGRATING_META = b"crypt_migrating"  # ... of those, the ones that may still hold plaintext
 _LOADED: dict[str, StoreKey] = {}    # store id -> key, so one process asks once
 
 
@@ -42,6 +43,11 @@ def cached_key(store_id: str) -> StoreKey | None:
         if key is not None:
             _LOADED[store_id] = key
     return key
+
+
+def remember_key(store_id: str, key: StoreKey) -> None:
+    """*key* (with its ring) is now the store's: later wrappers of this process use it."""
+    _LOADED[store_id] = key
 
 
 def recorded_key_id(index: Index) -> str | None:
@@ -66,27 +72,37 @@ def store_key(index: Index, create: bool = True) -> StoreKey:
     if recorded is None and not index.readonly:
         with index.write() as txn:
             index.set_meta_json(txn, KEY_ID_META, key.key_id)
+    elif recorded is not None and recorded in {k.key_id for k in key.previous}:
+        # a rotation wrote its new key file, then stopped before recording the new id
+        if not index.readonly:
+            with index.write() as txn:
+                index.set_meta_json(txn, KEY_ID_META, key.key_id)
     elif recorded is not None and recorded != key.key_id:
         raise ConfigError(f"{path} holds key {key.key_id}, but store {store_id} is encrypted "
                           f"with key {recorded}: wrong key file")
     return key
 
 
-def check_modes(cfg: Config, index: Index) -> None:
-    """Refuse a config that flips ``encrypt`` on a backend holding chunks of this store.
+def check_modes(cfg: Config, index: Index) -> set[str]:
+    """Refuse a config that turns ``encrypt`` off on a backend holding sealed chunks;
+    turning it on for one holding plaintext starts a migration.
 
-    Sealed objects read as plaintext (or plaintext ones as sealed) would look
-    missing, and gc would delete them as strays: the whole backend lost to one
-    changed line (or to an upgrade that turned the default on). A backend
+    Sealed objects read as plaintext would look missing, and gc would delete
+    them as strays: the whole backend lost to one changed line. The other way
+    round the backend is recorded as *migrating* (``meta crypt_migrating``): its
+    wrapper reads both forms, gc counts both as the chunk's, and rebalance
+    rewrites each plaintext copy sealed (gffs/maintenance/rotate.py). A backend
     holding nothing may change; the index records which backends are sealed.
+    Returns the migrating backends.
     """
     with index.read() as txn:
         recorded = set(index.meta_json(txn, MODES_META, []))
+        migrating = set(index.meta_json(txn, MIGRATING_META, []))
     configured = {bc.name for bc in cfg.backends}
     want = {bc.name for bc in cfg.backends if bc.encrypt}
     changed = (want ^ recorded) & configured
     if not changed:
-        return
+        return migrating
     from gffs.index import ChunkMap
     holding: set[str] = set()
     with index.read() as txn:
@@ -94,22 +110,38 @@ def check_modes(cfg: Config, index: Index) -> None:
             holding.update(loc.backend for loc in rec.locations if loc.backend in changed)
             if holding == changed:
                 break
-    for name in sorted(changed & holding):
-        now = "encrypt = true" if name in want else "encrypt = false"
-        held = "plaintext" if name in want else "encrypted"
-        raise ConfigError(f"{cfg.source} [backends.{name}]: {now}, but it holds {held} chunks "
-                          f"of this store; set encrypt = {str(name not in want).lower()} for it "
+    for name in sorted((changed - want) & holding):
+        raise ConfigError(f"{cfg.source} [backends.{name}]: encrypt = false, but it holds "
+                          f"encrypted chunks of this store; set encrypt = true for it "
                           f"(or drain it first; see docs/ENCRYPTION.md)")
+    started = changed & want & holding
     if not index.readonly:
         with index.write() as txn:
             index.set_meta_json(txn, MODES_META, sorted((recorded - configured) | want))
+            if started:
+                index.set_meta_json(txn, MIGRATING_META, sorted(migrating | started))
+    for name in sorted(started):
+        log.warning("backend %s: encrypt = true, and it holds plaintext chunks: "
+                    "'gffs-admin rebalance' rewrites them encrypted", name)
+    return migrating | started
+
+
+def migrating_backends(index: Index) -> set[str]:
+    """Encrypted backends that may still hold plaintext chunks of this store."""
+    with index.read() as txn:
+        return set(index.meta_json(txn, MIGRATING_META, []))
+
+
+def end_migration(index: Index, names: set[str]) -> None:
+    with index.write() as txn:
+        index.set_meta_json(txn, MIGRATING_META,
+                            sorted(set(index.meta_json(txn, MIGRATING_META, [])) - names) or None)
 
 
 def wrap_backends(cfg: Config, backends: dict[str, Backend], index: Index | None = None,
                   store_id: str | None = None) -> dict[str, Backend]:
     """*backends* with each one the config marks ``encrypt`` wrapped in a CryptBackend."""
-    if index is not None:
-        check_modes(cfg, index)
+    plain = check_modes(cfg, index) if index is not None else set()
     names = {bc.name for bc in cfg.backends if bc.encrypt}
     if not names:
         return backends
@@ -121,7 +153,8 @@ def wrap_backends(cfg: Config, backends: dict[str, Backend], index: Index | None
     sid = index.store_id if index is not None else store_id
     out = dict(backends)
     for name in names:
-        wrapped = CryptBackend(backends[name], sid, key, find_key=cached_key)
+        wrapped = CryptBackend(backends[name], sid, key, find_key=cached_key,
+                               plaintext=name in plain)
         wrapped.deferred = getattr(backends[name], "deferred", False)
         out[name] = wrapped
     if index is not None:

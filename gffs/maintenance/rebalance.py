@@ -289,8 +289,17 @@ async def rebalance(store: Store, args: dict, progress: Progress) -> dict:
         return {**summary, "dry_run": True}
     await check_space(store, plan)
     time_limit, size_limit = _limits(args)
+    started = time.monotonic()
     outcome = await execute(store, plan, mover, progress, time_limit=time_limit,
                             size_limit=size_limit)
+    if not outcome["stopped"] and flow is None:   # encrypt turned on: plaintext copies sealed
+        from gffs.maintenance.rotate import migrate
+        left = None if size_limit is None else max(size_limit - outcome["copied_bytes"], 1)
+        sealing = await migrate(store, progress, time_limit and started + time_limit, left)
+        if sealing:
+            outcome["sealing"] = sealing
+            outcome["stopped"] = sealing["stopped"]
+            outcome["failures"] += sealing["failures"]
     result = {**summary, **outcome}
     if outcome["stopped"]:
         result["exit_code"] = EXIT_LIMIT
