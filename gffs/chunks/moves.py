@@ -113,6 +113,7 @@ class ChunkMover:
             else:   # deleted or moved meanwhile; the new object is gc's (never a recorded one)
                 self.cm.drop_intent(txn, digest, name)
         if live:
+            await self.index.durable()   # the new locator on record durably, then the old goes
             await self.delete_object(digest, name, old)
         return live
 
