@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gffs.control")
 
 SOCKET_NAME = "control.sock"
-READ_ONLY_JOBS = {"fsck"}   # change nothing anywhere: the only jobs a read-only mount runs
+READ_ONLY_JOBS = {"fsck", "commit"}   # change nothing anywhere: the only jobs a read-only mount runs
 MAX_REQUEST = 64 << 10
 
 

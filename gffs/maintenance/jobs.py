@@ -57,7 +57,8 @@ def load_jobs() -> dict[str, Job]:
     """Import every module that registers jobs, then return the registry."""
     import importlib
     for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.gc",
-                   "gffs.maintenance.fsck", "gffs.maintenance.backup", "gffs.maintenance.rotate"):
+                   "gffs.maintenance.fsck", "gffs.maintenance.backup", "gffs.maintenance.rotate",
+                   "gffs.maintenance.commit"):
         importlib.import_module(module)
     return JOBS
 
