@@ -66,7 +66,8 @@ class Index:
         self.readonly = readonly
         self.db = {name: self.env.open_db(name.encode(), create=not readonly)
                    for name in DB_NAMES} if not readonly else self._open_ro()
-        self.dbs_by_number: dict[int, object] = {i: self.db[name] for i, name in enumerate(DB_NAMES)}
+        self.dbs_by_number: dict[int, object] = {i: self.db[name] for i, name in enumerate(DB_NAMES)
+                                                if name in self.db}  # optional tables may be absent (ro)
         self.dbs_by_number[MAIN_DB] = None
         self._dbnums = {id(h): i for i, h in self.dbs_by_number.items() if h is not None}
         self.group: GroupCommit | None = None

@@ -142,8 +142,8 @@ class ControlServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_forward, stream, events_out)
                 nursery.start_soon(_cancel_on_hangup, stream, nursery.cancel_scope)
-                outcome = await _outcome(job.fn(self.store, dict(request.get("args") or {}),
-                                                 progress))
+                outcome = await _outcome(self._committed(job, dict(request.get("args") or {}),
+                                                         progress))
                 progress.finish_phase()
                 events_in.send_nowait(outcome)
                 events_in.close()
@@ -151,6 +151,18 @@ class ControlServer:
         finally:
             if job.writes:
                 self.writer = None
+
+
+    async def _committed(self, job, args: dict[str, Any], progress: EventProgress) -> dict:
+        """Run *job* between two commits of the index group: it sees (and other
+        processes reading the index see) every request that finished before it, and
+        what it changed is on disk when its client hears the result."""
+        if not self.store.read_only:
+            await self.store.index.durable()
+        result = await job.fn(self.store, args, progress)
+        if job.writes and not self.store.read_only:
+            await self.store.index.durable()
+        return result
 
 
 async def _outcome(work) -> dict[str, Any]:
