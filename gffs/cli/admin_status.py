@@ -23,6 +23,7 @@ from gffs.config import Config
 from gffs.errors import ConfigError
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import DRAINING, LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
+from gffs.maintenance.control import commit_mounted
 from gffs.maintenance.progress import human_bytes
 from gffs.maintenance.rebalance import COPY_CENSUS, make_plan
 from gffs.store import StoreLock, build_placement, check_backends, open_backends
@@ -39,8 +40,10 @@ def status(cfg: Config, full: bool = False) -> dict:
     if not (cfg.index_dir / "data.mdb").exists():
         raise ConfigError(f"no gffs store at {cfg.data_dir}")
     holder = _holder(cfg)
-    if holder:
-        _commit_mounted(cfg)
+    problem = commit_mounted(cfg.data_dir) if holder else None
+    if problem:
+        print(f"gffs-admin: the mount daemon did not commit ({problem}); figures may be "
+              "a second old", file=sys.stderr)
     index = Index(cfg.index_dir, readonly=True)
     try:
         ns, cm = Namespace(index), ChunkMap(index)
@@ -102,18 +105,6 @@ def status(cfg: Config, full: bool = False) -> dict:
         return out
     result["backends"] = trio.run(capacities)
     return result
-
-
-def _commit_mounted(cfg: Config) -> None:
-    """Let the daemon commit its open group, so the figures include every finished
-    request; a daemon that does not answer leaves them as last committed (~1 s old)."""
-    from gffs.maintenance.control import request_job
-    from gffs.maintenance.progress import Progress
-    try:
-        request_job(cfg.data_dir, "commit", {}, Progress())
-    except Exception as exc:  # noqa: BLE001 (status still reports the committed state)
-        print(f"gffs-admin: the mount daemon did not commit ({exc}); figures may be "
-              "a second old", file=sys.stderr)
 
 
 def _holder(cfg: Config) -> str | None:

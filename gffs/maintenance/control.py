@@ -214,6 +214,17 @@ async def _read_request(stream: trio.SocketStream) -> dict[str, Any]:
 
 # client side -----------------------------------------------------------------------
 
+def commit_mounted(data_dir: Path) -> str | None:
+    """Ask the daemon holding *data_dir* to commit its open index group, for a process
+    about to read the index itself; None when done, else why not (the index then
+    shows the state of the last commit, about a second old)."""
+    try:
+        request_job(data_dir, "commit", {}, Progress())
+    except Exception as exc:  # noqa: BLE001 (the reader goes on with committed state)
+        return str(exc) or type(exc).__name__
+    return None
+
+
 def request_job(data_dir: Path, name: str, args: dict[str, Any], progress: Progress,
                 timeout: float = 10.0) -> dict[str, Any]:
     """Run *name* in the daemon that holds *data_dir*; relay its progress; return its result.

@@ -11,6 +11,8 @@ skipped; it never stops the scan.
 
 from __future__ import annotations
 
+import logging
+
 import os
 import stat
 from dataclasses import dataclass, field
@@ -41,6 +43,9 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
 
 
+log = logging.getLogger(__name__)
+
+
 def store_mount(cfg: Config) -> str:
     """Where the store of *cfg* is mounted (scan reads and writes through the mount)."""
     want = os.path.realpath(cfg.data_dir)
@@ -57,6 +62,10 @@ class StoreFiles:
 
     def __init__(self, cfg: Config, mountpoint: str) -> None:
         self.mountpoint = mountpoint
+        from gffs.maintenance.control import commit_mounted
+        problem = commit_mounted(cfg.data_dir)   # files closed just now are in the open group
+        if problem:
+            log.warning("reading the index as last committed: %s", problem)
         index = Index(cfg.index_dir, readonly=True)
         try:
             self.block_size = index.block_size
