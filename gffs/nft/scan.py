@@ -12,7 +12,6 @@ skipped; it never stops the scan.
 from __future__ import annotations
 
 import logging
-
 import os
 import stat
 from dataclasses import dataclass, field
