@@ -61,19 +61,24 @@ class ChunkMover:
         except Exception as exc:
             raise MoveFailed(str(exc)) from None
 
-    async def add_copy(self, digest: bytes, dest: str, stored: bytes) -> bool:
-        """Put, verify and record a copy on *dest*; False when the chunk died meanwhile."""
-        backend = self.chunks.backends[dest]
-        key = digest.hex()
-        with self.index.write() as txn:
-            self.cm.add_intent(txn, digest, dest, "put")
+    async def _put_verified(self, digest: bytes, name: str, stored: bytes, what: str) -> str:
+        """Put *stored* on *name* and read it back against the hash; its locator.
+        *what* names the step in a failure ("copy of {} to {}": chunk, backend)."""
+        backend, key = self.chunks.backends[name], digest.hex()
         try:
-            async with self._limits[dest]:
+            async with self._limits[name]:
                 locator = await self.chunks.call(backend, "put", key, stored)
                 echoed = await self.chunks.call(backend, "get", key, locator)
             await trio.to_thread.run_sync(codec.decode, echoed, digest)
         except (BackendError, codec.CorruptChunk) as exc:
-            raise MoveFailed(f"copy of {key[:16]} to {dest}: {exc}") from None
+            raise MoveFailed(f"{what.format(key[:16], name)}: {exc}") from None
+        return locator
+
+    async def add_copy(self, digest: bytes, dest: str, stored: bytes) -> bool:
+        """Put, verify and record a copy on *dest*; False when the chunk died meanwhile."""
+        with self.index.write() as txn:
+            self.cm.add_intent(txn, digest, dest, "put")
+        locator = await self._put_verified(digest, dest, stored, "copy of {} to {}")
         with self.index.write() as txn:
             live = self.cm.chunk(txn, digest) is not None
             if live:
@@ -90,17 +95,9 @@ class ChunkMover:
         *old* must name the old object alone (for an encrypted backend: a locator
         tagged with the old key), so its delete cannot touch the new one.
         """
-        backend = self.chunks.backends[name]
-        key = digest.hex()
         with self.index.write() as txn:
             self.cm.add_intent(txn, digest, name, "replace", old)
-        try:
-            async with self._limits[name]:
-                locator = await self.chunks.call(backend, "put", key, stored)
-                echoed = await self.chunks.call(backend, "get", key, locator)
-            await trio.to_thread.run_sync(codec.decode, echoed, digest)
-        except (BackendError, codec.CorruptChunk) as exc:
-            raise MoveFailed(f"rewrite of {key[:16]} on {name}: {exc}") from None
+        locator = await self._put_verified(digest, name, stored, "rewrite of {} on {}")
         was = Location(name, old)
         with self.index.write() as txn:
             rec = self.cm.chunk(txn, digest)
