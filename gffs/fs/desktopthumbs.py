@@ -20,9 +20,13 @@ on its first look (no race, no original read). What is written:
   session or whose thumbnail cache exists already (a root ``find`` on a server
   has neither), at most :data:`MAX_FILES_PER_MINUTE` files per user.
 
-A failure costs the file manager's own thumbnail, never the listing: errors are
-logged at debug level and the reply goes out, after at most
-:data:`BATCH_TIME_LIMIT` seconds even when the thumbnails' backend is slow.
+The work runs as a background task, in the listing's order, a few files at a
+time (loaded concurrently, then written in one worker-thread call): the reply
+waits for it at most :data:`BATCH_TIME_LIMIT` seconds (a slow backend, a
+starved machine), keeps whatever was written by then, and the task goes on
+writing the rest for file managers that look again (scrolling, a second
+window) for up to :data:`BACKGROUND_TIME_LIMIT`. A failure costs the file
+manager's own thumbnail, never the listing: errors are logged at debug level.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import trio
 
@@ -40,7 +45,7 @@ from gffs.images import usercache
 from gffs.images.thumbnails import with_file_text
 from gffs.images.usercache import Viewer
 from gffs.index import ROOT_INO, Index, Namespace
-from gffs.index.images import ImageIndex
+from gffs.index.images import ImageIndex, ThumbnailRow
 from gffs.index.records import InodeRecord
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,10 @@ SIZES = ("normal", "large")       # Nautilus/GLib: large; PCManFM and Thunar: no
 MAX_FILES_PER_MINUTE = 6000       # per viewing uid: a tree walk cannot flood a home
 MAX_NAME_SCAN = 100_000           # entries scanned to find a directory's name in its parent
 BATCH_TIME_LIMIT = 5.0            # seconds one readdir reply may wait (a slow backend's chunks)
+BACKGROUND_TIME_LIMIT = 120.0     # seconds the rest of a listing's thumbnails may take after that
+GROUP = 16                        # thumbnails loaded together and written in one thread call
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], bool]
 
 
 @dataclass(slots=True)
@@ -65,8 +74,9 @@ class Listing:
 
 class DesktopThumbnails:
     def __init__(self, index: Index, chunks: ChunkStore, mountpoint: str,
-                 stats: dict[str, int]) -> None:
+                 stats: dict[str, int], spawn: Spawn | None = None) -> None:
         self.index = index
+        self.spawn = spawn   # starts a background task; False when none can run
         self.ns = Namespace(index)
         self.images = ImageIndex(index)
         self.chunks = chunks
@@ -122,16 +132,27 @@ class DesktopThumbnails:
         viewer = self._viewer(listing)
         if viewer is None:
             return
-        try:
-            with trio.move_on_after(BATCH_TIME_LIMIT):
-                await self._warm(listing.ino, files, viewer)
-        except Exception:  # noqa: BLE001 - the listing matters more than a thumbnail
-            log.debug("user thumbnail cache of uid %d not filled", viewer.uid, exc_info=True)
+        finished = trio.Event()
+
+        async def warm() -> None:
+            try:
+                with trio.move_on_after(BACKGROUND_TIME_LIMIT):
+                    await self._warm(listing.ino, files, viewer)
+            except Exception:  # noqa: BLE001 - the listing matters more than a thumbnail
+                log.debug("user thumbnail cache of uid %d not filled", viewer.uid, exc_info=True)
+            finally:
+                finished.set()
+
+        with trio.move_on_after(BATCH_TIME_LIMIT):
+            if self.spawn is not None and self.spawn(warm):
+                await finished.wait()
+            else:
+                await warm()
 
     async def _warm(self, dir_ino: int, files: list[tuple[bytes, int, InodeRecord]],
                     viewer: Viewer) -> None:
         wanted: list[tuple[str, bytes, str]] = []
-        rows = []
+        rows: list[ThumbnailRow] = []
         with self.index.read() as txn:
             dir_path = self._dir_path(txn, dir_ino)
             if dir_path is None:
@@ -149,14 +170,28 @@ class DesktopThumbnails:
                         rows.append(thumbs[size])
         if not wanted:
             return
+        for start in range(0, len(wanted), GROUP):
+            await self._write_group(viewer, wanted[start:start + GROUP], rows[start:start + GROUP])
+
+    async def _write_group(self, viewer: Viewer, wanted: list[tuple[str, bytes, str]],
+                           rows: list[ThumbnailRow]) -> None:
+        """Write the thumbnails of *wanted* the viewer's cache lacks (checked now: another
+        listing may have written them meanwhile)."""
         todo = await trio.to_thread.run_sync(usercache.missing, viewer, wanted)
         todo = todo[:self._allow(viewer.uid, len(todo))]
+        pngs: dict[int, bytes | memoryview] = {}
+
+        async def load(i: int) -> None:
+            pngs[i] = await self.chunks.load(rows[i].digest)
+
+        async with trio.open_nursery() as nursery:
+            for i in todo:
+                nursery.start_soon(load, i)
         items = []
         for i in todo:
             size, uri, mtime = wanted[i]
-            png = await self.chunks.load(rows[i].digest)
-            if len(png) == rows[i].length:
-                items.append((size, uri, with_file_text(bytes(png), uri, mtime)))
+            if len(pngs[i]) == rows[i].length:
+                items.append((size, uri, with_file_text(bytes(pngs[i]), uri, mtime)))
         if items:
             self.stats["user_cache_writes"] += await trio.to_thread.run_sync(
                 usercache.write, viewer, items)

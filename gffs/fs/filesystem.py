@@ -139,6 +139,14 @@ class Filesystem:
             finally:
                 self._background = self.images.nursery = None
 
+    def spawn(self, task) -> bool:
+        """Run *task* (an async function without arguments) in the background nursery;
+        False when the filesystem is not running one (then the caller does it itself)."""
+        if self._background is None:
+            return False
+        self._background.start_soon(task)
+        return True
+
     async def _garbage_loop(self) -> None:
         """Delete unreferenced chunks (once their drop is durable), retry failed purges."""
         while True:
