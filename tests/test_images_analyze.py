@@ -16,7 +16,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 from pathlib import Path
 
@@ -108,19 +107,10 @@ def samples() -> Path:
     return SAMPLES
 
 
-DURATIONS: dict[str, float] = {}
-
-
 @pytest.fixture(scope="module")
 def results(samples) -> dict[str, dict[str, str]]:
-    """Every sample analysed once (about 1.5 s in all), timing each call."""
-    facts = {}
-    for path in sample_files():
-        data = path.read_bytes()
-        start = time.perf_counter()
-        facts[rel(path)] = analyze(data)
-        DURATIONS[rel(path)] = time.perf_counter() - start
-    return facts
+    """Every sample analysed once (how fast is benchmarks/bench_images.py's business)."""
+    return {rel(path): analyze(path.read_bytes()) for path in sample_files()}
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +148,6 @@ def test_every_sample_is_analysed_without_exception(samples, results):
             assert facts["format"] in {"jpeg", "tiff", "heic"}
             assert int(facts["width"]) > 0 and int(facts["height"]) > 0
             assert facts["dominant_color"].startswith("#") and len(facts["dominant_color"]) == 7
-
-
-def test_each_sample_is_fast(results):
-    assert DURATIONS.keys() == results.keys()
-    slow = {name: round(t, 2) for name, t in DURATIONS.items() if t > 2.0}
-    assert not slow
 
 
 def test_stored_dimensions_and_format_match_pillow(samples, results):
@@ -364,11 +348,10 @@ def test_hostile_exif_strings_are_sanitized():
     assert facts["format"] == "jpeg"
 
 
-def test_decompression_bombs_are_refused_fast_and_small():
+def test_decompression_bombs_are_refused():
+    """Refused from the header (test_bombs_use_little_memory shows nothing was decoded)."""
     for data in (bomb_png(), bomb_gif(), bomb_jpeg()):
-        start = time.perf_counter()
         facts = analyze(data)
-        assert time.perf_counter() - start < 1.0
         assert facts["error"].startswith("decompression bomb: "), facts
         assert "bomb" in facts["error"] and list(facts) == ["error"]
     assert analyze(bomb_png(20_000, 10_001)) == {
