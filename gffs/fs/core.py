@@ -21,10 +21,11 @@ from gffs.chunks.service import StoreLoops
 from gffs.chunks.store import ChunkStore
 from gffs.errors import FsError
 from gffs.fs import sharedthumbs
-from gffs.fs.imagefacts import ImageFacts
+from gffs.fs.imagexattrs import ImageXattrs
 from gffs.fs.openfiles import FileBuffer
-from gffs.fs.sharedthumbs import DIRNAME as THUMB_DIR
 from gffs.fs.sharedthumbs import SharedThumbnails, is_virtual
+from gffs.fs.sharedthumbs import DIRNAME as THUMB_DIR
+from gffs.images.facts import ImageFacts
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.records import InodeRecord
 
@@ -70,6 +71,7 @@ class FsCore:
         self._background: trio.Nursery | None = None  # write-behind and read-ahead tasks
         self.images = ImageFacts(index, chunks, self._read_committed, self._flow_of_ino,
                                  enabled=analyze_images and not read_only)
+        self.image_xattrs = ImageXattrs(index)
         self.thumbs = SharedThumbnails(index, chunks)
         self.thumb_files: dict[int, bytes] = {}   # fh -> bytes of an open thumbnail
         # file -> the file listed after it by the last readdir of its directory: a reader

@@ -39,8 +39,8 @@ class XattrOps(FsCore):
         if is_virtual(ino):
             self.thumbs.node(ino)
             raise FsError(errno.ENODATA)
-        if self.images.is_ours(name):
-            return self.images.get(ino, name)
+        if self.image_xattrs.is_ours(name):
+            return self.image_xattrs.get(ino, name)
         if name.startswith(sharedthumbs.XATTR_PREFIX):
             return self.thumbs.xattr(ino, name)
         if ino == ROOT_INO and name.startswith(STATS_PREFIX):
@@ -88,9 +88,9 @@ class XattrOps(FsCore):
     def _refuse_computed_xattr(self, ino: int, name: bytes) -> None:
         """Image facts, thumbnail paths and counters are computed by gffs: EPERM to change."""
         self._not_virtual(ino)
-        if (self.images.is_ours(name) or name.startswith(sharedthumbs.XATTR_PREFIX)
+        if (self.image_xattrs.is_ours(name) or name.startswith(sharedthumbs.XATTR_PREFIX)
                 or (ino == ROOT_INO and name.startswith(STATS_PREFIX))):
-            self.images.refuse_change()
+            self.image_xattrs.refuse_change()
 
     def listxattr(self, ino: int) -> list[bytes]:
         if is_virtual(ino):
@@ -100,7 +100,7 @@ class XattrOps(FsCore):
             self.ns.get(txn, ino)
             names = list(self.ns.xattr_names(txn, ino))
             cid = self.images.images.content_id(txn, ino)
-            names += self.images.names(txn, cid) + self.thumbs.xattr_names(txn, cid)
+            names += self.image_xattrs.names(txn, cid) + self.thumbs.xattr_names(txn, cid)
         if ino == ROOT_INO:
             names += [STATS_PREFIX + k.encode() for k in STATS]
         return names

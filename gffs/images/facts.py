@@ -1,17 +1,16 @@
-"""What gffs knows about the images it stores, shown as read-only xattrs.
+"""Image analysis of stored files: the queue, the worker process, thumbnail storage.
 
 When a file is closed after writing, its content id is recorded; if no facts
 exist for that content yet, the image is analysed in the background — in one
 separate process, niced and memory-limited, one image at a time, after writes
 have paused for a moment (or waited 20 s) so an ingest keeps the CPU — and the
-facts stored in the index. Reading
+facts stored in the index; gffs/fs/imagexattrs.py shows them as read-only xattrs, so reading
 them (`getfattr -d`) never touches the image again. Broken or hostile files
 are stored exactly as written and get ``user.gf.image.error`` instead.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import multiprocessing
 import os
@@ -30,7 +29,6 @@ from gffs.index.images import ImageIndex
 
 log = logging.getLogger(__name__)
 
-PREFIX = b"user.gf.image."
 MAX_ANALYSED_BYTES = 256 << 20   # larger files are not read back for analysis
 
 
@@ -264,26 +262,3 @@ class ImageFacts:
 
     def close(self) -> None:
         self._worker.close()
-
-    # xattrs ----------------------------------------------------------------------------
-    @staticmethod
-    def is_ours(name: bytes) -> bool:
-        return name.startswith(PREFIX)
-
-    def get(self, ino: int, name: bytes) -> bytes:
-        with self.index.read() as txn:
-            facts = self.images.facts_of(txn, ino) or {}
-        value = facts.get(name[len(PREFIX):].decode(errors="replace"))
-        if value is None:
-            raise FsError(errno.ENODATA)
-        return value.encode()
-
-    def names(self, txn, cid: bytes | None) -> list[bytes]:
-        """Fact attribute names of a content (inside the caller's listxattr transaction)."""
-        facts = (self.images.facts(txn, cid) if cid is not None else None) or {}
-        return [PREFIX + k.encode() for k in sorted(facts)]
-
-    @staticmethod
-    def refuse_change() -> None:
-        raise FsError(errno.EPERM, "user.gf.image.*, user.gf.thumbnail.* and user.gf.stats.* "
-                      "are computed by gffs: read-only")
