@@ -12,6 +12,7 @@ import trio
 from gffs.chunks import codec
 from gffs.chunks.state import StoreState
 from gffs.errors import FsError
+from gffs.index.errors import IndexFailure
 from gffs.index.records import ChunkRecord, Location
 from gffs.placement.policy import STAGING
 from gffs_backends.base import BackendError
@@ -56,7 +57,7 @@ class RepairPath(StoreState):
         self.pin([digest])  # a rebalance settling intents must not delete our put
         try:
             return await self._repair_one(digest, flow, restore)
-        except (BackendError, FsError, codec.CorruptChunk) as exc:
+        except (BackendError, FsError, IndexFailure, codec.CorruptChunk) as exc:
             log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
             return False
         finally:

@@ -27,6 +27,7 @@ from gffs.fs.sharedthumbs import SharedThumbnails, is_virtual
 from gffs.fs.sharedthumbs import DIRNAME as THUMB_DIR
 from gffs.images.facts import ImageFacts
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
+from gffs.index.errors import IndexFailure
 from gffs.index.records import InodeRecord
 
 log = logging.getLogger("gffs.fs.filesystem")
@@ -149,7 +150,7 @@ class FsCore:
         (the inode is in `orphans`, so a restart purges it too)."""
         try:
             self._purge_if_unlinked(ino)
-        except FsError as exc:
+        except (FsError, IndexFailure) as exc:
             log.warning("purging unlinked inode %d failed, will retry: %s", ino, exc)
             self._purge_later.add(ino)
 

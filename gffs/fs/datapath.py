@@ -17,6 +17,7 @@ from gffs.fs.core import Caller, FsCore, Handle, _now
 from gffs.fs.openfiles import FileBuffer
 from gffs.fs.sharedthumbs import is_virtual
 from gffs.index import ROOT_INO
+from gffs.index.errors import IndexFailure, NotFound
 from gffs.index.records import InodeRecord
 
 log = logging.getLogger("gffs.fs.filesystem")
@@ -50,7 +51,7 @@ class DataPath(FsCore):
                 break
             try:
                 ino, rec = rec.parent, self.ns.get(txn, rec.parent)
-            except FsError:  # the directory it was created in is gone (it lives on as a link)
+            except NotFound:  # the directory it was created in is gone (it lives on as a link)
                 return None
         if rec.parent != ROOT_INO:
             return None
@@ -365,7 +366,7 @@ class DataPath(FsCore):
                     if final:
                         queued_image = self.images.record_content(txn, ino, size)
                 failed = False
-            except* FsError as group:
+            except* (FsError, IndexFailure) as group:
                 raise group.exceptions[0] from None
             finally:
                 buf.flush_failed = failed

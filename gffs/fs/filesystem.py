@@ -15,10 +15,12 @@ from gffs.chunks.service import GARBAGE_INTERVAL, REPAIR_INTERVAL, UNMOUNT_UPLOA
 from gffs.errors import FsError
 from gffs.fs.core import Caller, Handle
 from gffs.fs.datapath import DataPath, MAX_DIRTY_PER_FILE, MAX_FILE_SIZE, READ_AHEAD_BLOCKS
+from gffs.fs.errnos import index_errors_as_errno
 from gffs.fs.namespace_ops import LISTED_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, NamespaceOps
 from gffs.fs.statfs import statfs_figures
 from gffs.fs.xattrs import STATS, STATS_PREFIX, XATTR_LIST_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX, XattrOps
 from gffs.index.env import LOGICAL_BYTES, N_INODES, STORED_BYTES
+from gffs.index.errors import IndexFailure
 
 log = logging.getLogger("gffs.fs.filesystem")
 
@@ -28,6 +30,7 @@ __all__ = ["Caller", "Filesystem", "Handle", "GARBAGE_INTERVAL", "LISTED_MAX", "
            "XATTR_VALUE_MAX"]
 
 
+@index_errors_as_errno
 class Filesystem(NamespaceOps, DataPath, XattrOps):
     """The facade the FUSE operations, the daemon and the tests call: lifecycle and statfs
     here; namespace operations, the data path and xattrs in their own modules."""
@@ -75,7 +78,7 @@ class Filesystem(NamespaceOps, DataPath, XattrOps):
         for ino in list(self.buffers):
             try:
                 await self._flush(ino)
-            except FsError as exc:
+            except (FsError, IndexFailure) as exc:
                 log.error("could not flush inode %d at unmount: %s", ino, exc)
         if not self.read_only:
             await self.loops.drain()

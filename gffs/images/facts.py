@@ -25,6 +25,7 @@ from gffs.errors import FsError
 from gffs.images.analyze import OUT_OF_MEMORY, is_resource_failure, may_be_resource_failure
 from gffs.images.thumbnails import Thumbnail
 from gffs.index import ChunkMap, Index
+from gffs.index.errors import IndexFailure
 from gffs.index.images import ImageIndex
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ class ImageFacts:
                                 return
                             flow = self._flow_of(ino)
                             stored = await self._store_thumbnails(thumbs, flow)
-            except FsError as exc:  # unreadable or unstorable now (a backend is down): stays queued
+            except (FsError, IndexFailure) as exc:  # unreadable or unstorable now (a backend is down): stays queued
                 log.debug("image analysis of inode %d postponed: %s", ino, exc)
                 await trio.sleep(1.0)
                 return
@@ -208,7 +209,7 @@ class ImageFacts:
             try:
                 await self.index.available()
                 self._commit(cid, facts, stored, flow)
-            except FsError as exc:  # disk full, I/O error: the row stays queued, retried later
+            except (FsError, IndexFailure) as exc:  # disk full, I/O error: the row stays queued, retried later
                 log.warning("storing image facts of inode %d failed, will retry in %.0f s: %s",
                             ino, self._backoff, exc)
                 await trio.sleep(self._backoff)
