@@ -96,7 +96,17 @@ class Backend(ABC):
     Besides chunks, a backend keeps a few *metadata objects* (index backups):
     named by a path-like name (``index/versions/...``), replaceable, kept apart
     from chunks so that ``list()`` (and therefore gc) never sees them.
+
+    The class attributes below are what placement and gc ask of every backend,
+    declared here so that nobody recognises a backend by its class.
     """
+
+    #: a disk of this machine: read first, preferred as a fallback, never staged for
+    is_local: bool = False
+    #: a copy here counts toward a policy's copy count (IPFS: only on a node you run)
+    trusted: bool = True
+    #: copies here are made in the background, not before close() returns (from the config)
+    deferred: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -175,6 +185,12 @@ class Backend(ABC):
 
     async def close(self) -> None:
         """Release connections and files."""
+
+    def remove_stale_temps(self, older_than: float) -> int:
+        """Delete temp files a crash mid-put left behind (blocking; admin gc); how many.
+
+        Only a local disk has such files; elsewhere a put that died leaves nothing."""
+        return 0
 
 
 def load_backend_class(type_name: str) -> type[Backend]:

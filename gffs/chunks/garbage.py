@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import trio
 
 from gffs.chunks.state import StoreState
 from gffs_backends.base import Backend, BackendError
@@ -38,10 +37,8 @@ class GarbagePath(StoreState):
                 seen.add(sc.digest)
         if not rows:
             return 0
-        events = {d: trio.Event() for d, _ in rows}
-        self._deleting.update(events)
         deleted: list[bytes] = []
-        try:
+        with self.deleting([d for d, _ in rows]):
             by_backend: dict[str, list[tuple[str, str]]] = {}
             for d, rec in rows:
                 for loc in rec.locations:
@@ -66,10 +63,6 @@ class GarbagePath(StoreState):
                     if d.hex() not in failed:
                         self.chunkmap.forget_garbage(txn, d)
                         deleted.append(d)
-        finally:
-            for d, ev in events.items():
-                del self._deleting[d]
-                ev.set()
         return len(deleted)
 
     async def delete_unrecorded(self, backend: Backend, digests: list[bytes]) -> int:
@@ -81,13 +74,7 @@ class GarbagePath(StoreState):
         with self.index.read() as txn:
             doomed = [d for d in digests if not self.pinned(d)
                       and self.chunkmap.known(txn, d) is None]
-        events = {d: trio.Event() for d in doomed}
-        self._deleting.update(events)
-        try:
+        with self.deleting(doomed):
             if doomed:
                 await self.call(backend, "delete_many", [(d.hex(), "") for d in doomed])
-        finally:
-            for d, ev in events.items():
-                del self._deleting[d]
-                ev.set()
         return len(doomed)

@@ -151,7 +151,7 @@ class RepairPath(StoreState):
                 placed += 1
         missing = [n for n in missing if self.health.writable(n)]
         if missing:
-            stored = await self._stored_copy(digest, rec)
+            stored = await self.stored_copy(digest, rec)
             for name in missing:
                 try:
                     locator = await self.call(self.backends[name], "put", digest.hex(), stored)
@@ -190,7 +190,7 @@ class RepairPath(StoreState):
         self.chunkmap.set_locations(txn, digest, [l for l in rec.locations if l is not staged])
         return staged
 
-    async def _stored_copy(self, digest: bytes, rec: ChunkRecord) -> bytes:
+    async def stored_copy(self, digest: bytes, rec: ChunkRecord) -> bytes:
         """The stored form of a chunk from a verified good copy."""
         for name in self.placement.read_order([loc.backend for loc in rec.locations]):
             loc = next(l for l in rec.locations if l.backend == name)

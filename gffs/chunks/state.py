@@ -7,8 +7,9 @@ this one; ChunkStore combines them.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import trio
 
@@ -89,6 +90,25 @@ class StoreState:
 
     def pinned(self, digest: bytes) -> bool:
         return digest in self._pins or digest in self._deleting
+
+    @contextmanager
+    def deleting(self, digests: list[bytes]) -> Iterator[None]:
+        """Mark chunks as being deleted from their backends for the block's duration: a
+        writer storing the same bytes meanwhile waits (:meth:`wait_deleted`) and puts
+        them again afterwards. The caller checks that none is pinned or marked already."""
+        events = {d: trio.Event() for d in digests}
+        self._deleting.update(events)
+        try:
+            yield
+        finally:
+            for d, ev in events.items():
+                del self._deleting[d]
+                ev.set()
+
+    async def wait_deleted(self, digest: bytes) -> None:
+        """Return once no deletion of *digest* is in flight."""
+        while (pending := self._deleting.get(digest)) is not None:
+            await pending.wait()
 
     def unpin(self, digests: list[bytes]) -> None:
         for d in digests:

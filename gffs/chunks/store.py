@@ -61,8 +61,7 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
                 codec.encode_and_hash, data, try_compress, limiter=self._limiter)
         self._pins[digest] += 1
         try:
-            while digest in self._deleting:
-                await self._deleting[digest].wait()
+            await self.wait_deleted(digest)
             with self.index.read() as txn:
                 known = self.chunkmap.known(txn, digest)
             if known is not None:
