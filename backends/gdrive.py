@@ -34,7 +34,6 @@ import io
 import json
 import logging
 import os
-import random
 import stat
 import sys
 import threading
@@ -51,7 +50,7 @@ import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
                                 MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked_class,
-                                check_meta_name, check_meta_prefix, in_thread)
+                                check_meta_name, check_meta_prefix, in_thread, with_retry)
 from gffs_backends.gdrive_fresh import RecentWrites
 from gffs_backends.gdrive_pack import (MAX_MEMBERS, Loc, build_pack, encode_dead, pack_props,
                                        parse_index, parse_locator, parse_pack_props, valid_id,
@@ -101,6 +100,16 @@ def error_reason(content: bytes) -> str:
         return status
     except (ValueError, AttributeError, TypeError, IndexError):
         return ""
+
+
+class DailyLimitReached(BackendUnavailable):
+    """Drive's daily upload quota is used up: temporary, but not worth retrying today."""
+
+
+def _retry_now(err: BackendError) -> bool:
+    """Retry at once (with backoff): a temporary failure, except an exhausted daily quota
+    and an answer that makes no sense (asking again gets the same)."""
+    return err.temporary and not isinstance(err, (DailyLimitReached, MalformedAnswer))
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -336,8 +345,8 @@ class DriveBackend(Backend):
                     self._creds.refresh(google_auth_httplib2.Request(http.http))
         return fn(http)
 
-    def _translate(self, what: str, exc: BaseException) -> tuple[BackendError, bool]:
-        """(error to raise, worth retrying)."""
+    def _translate(self, what: str, exc: BaseException) -> BackendError:
+        """The BackendError of a failed request (retried when _retry_now says so)."""
         from google.auth import exceptions as gexc
         from googleapiclient.errors import HttpError
         import httplib2
@@ -347,57 +356,45 @@ class DriveBackend(Backend):
             reason = error_reason(exc.content)
             text = f"{prefix} failed: HTTP {status}{' ' + reason if reason else ''}"
             if status == 404:
-                return ObjectMissing(f"{prefix}: not found (HTTP 404)"), False
+                return ObjectMissing(f"{prefix}: not found (HTTP 404)")
             if status == 429 or (status == 403 and reason in RATE_REASONS):
-                return BackendUnavailable(f"{text} (rate limited)"), True
+                return BackendUnavailable(f"{text} (rate limited)")
             if status == 403 and reason in FULL_REASONS:
-                return BackendFull(f"{prefix}: Drive is full ({reason})"), False
+                return BackendFull(f"{prefix}: Drive is full ({reason})")
             if status == 403 and reason == "dailyLimitExceeded":
-                return BackendUnavailable(f"{text} (daily limit; retry tomorrow)"), False
+                return DailyLimitReached(f"{text} (daily limit; retry tomorrow)")
             if status >= 500 or status == 408:
-                return BackendUnavailable(text), True
+                return BackendUnavailable(text)
             if status == 401:
-                return BackendError(f"{prefix}: credentials rejected (HTTP 401)"), False
-            return BackendError(text), False
+                return BackendError(f"{prefix}: credentials rejected (HTTP 401)")
+            return BackendError(text)
         if isinstance(exc, trio.TooSlowError):
-            return BackendUnavailable(f"{prefix} timed out after {self.timeout:g}s"), True
+            return BackendUnavailable(f"{prefix} timed out after {self.timeout:g}s")
         if isinstance(exc, gexc.RefreshError):
             if getattr(exc, "retryable", False):
-                return BackendUnavailable(f"{prefix}: token refresh failed temporarily"), True
+                return BackendUnavailable(f"{prefix}: token refresh failed temporarily")
             return BackendError(f"{self.name}: Drive credentials were rejected by the token "
-                                f"endpoint (revoked or invalid key/token)"), False
+                                f"endpoint (revoked or invalid key/token)")
         if isinstance(exc, gexc.TransportError):
-            return BackendUnavailable(f"{prefix}: cannot reach the token endpoint"), True
+            return BackendUnavailable(f"{prefix}: cannot reach the token endpoint")
         if isinstance(exc, (OSError, httplib2.HttpLib2Error, http.client.HTTPException)):
-            return BackendUnavailable(f"{prefix}: connection failed ({type(exc).__name__})"), True
+            return BackendUnavailable(f"{prefix}: connection failed ({type(exc).__name__})")
         if isinstance(exc, (ValueError, KeyError, TypeError)):   # malformed answers
-            return MalformedAnswer(f"{prefix}: unexpected answer ({type(exc).__name__})"), False
+            return MalformedAnswer(f"{prefix}: unexpected answer ({type(exc).__name__})")
         raise exc
 
     async def _call(self, what: str, fn: Callable[[object], T]) -> T:
         """Run ``fn(http)`` in a worker thread, retrying temporary failures with backoff."""
-        start = trio.current_time()
-        attempt = 0
-        while True:
-            try:
-                with trio.fail_after(self.timeout):
-                    return await _in_thread(lambda: self._run(fn))
-            except Exception as exc:   # noqa: BLE001 - translated below
-                err, again = self._translate(what, exc)
-                cause = exc
-            if not again:
-                raise err from cause
-            cap = min(self.backoff_max, self.backoff * 2 ** attempt)
-            delay = random.uniform(cap / 2, cap)
-            spent = trio.current_time() - start
-            if spent + delay > self.retry_time:
-                raise BackendUnavailable(f"{err} (gave up after {attempt + 1} attempts, "
-                                         f"{spent:.1f}s)") from cause
-            self.stats["retries"] += 1
-            self.delays = (self.delays + [delay])[-32:]
-            log.warning("%s; retry %d in %.2fs", err, attempt + 1, delay)
-            await trio.sleep(delay)
-            attempt += 1
+        return await with_retry(lambda: _in_thread(lambda: self._run(fn)), timeout=self.timeout,
+                                classify=lambda exc: self._translate(what, exc),
+                                retry_time=self.retry_time, backoff=self.backoff,
+                                backoff_max=self.backoff_max, retry_if=_retry_now,
+                                on_retry=self._note_retry)
+
+    def _note_retry(self, err: BackendError, attempt: int, delay: float) -> None:
+        self.stats["retries"] += 1
+        self.delays = (self.delays + [delay])[-32:]
+        log.warning("%s; retry %d in %.2fs", err, attempt, delay)
 
     def _files(self):
         return self._svc.files()

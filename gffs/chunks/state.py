@@ -67,7 +67,10 @@ class StoreState:
         self.health = placement.health
 
     async def call(self, backend: Backend, op: str, *args):
-        """One backend operation, bounded in time, with its outcome recorded in health."""
+        """One backend operation, bounded in time, with its outcome recorded in health.
+
+        This deadline is the caller's, over the whole operation; a backend's own
+        per-request timeout and retries (gffs_backends.base.with_retry) run inside it."""
         try:
             with trio.fail_after(self.timeout):
                 result = await getattr(backend, op)(*args)
