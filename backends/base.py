@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 import re
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 import trio
+
+T = TypeVar("T")
 
 # trio >= 0.23 renamed cancellable= to abandon_on_cancel=
 _ABANDON_KW = ("abandon_on_cancel"
@@ -52,6 +55,53 @@ class BackendFull(BackendError):
 
 class ObjectMissing(BackendError):
     """The backend does not hold the requested object."""
+
+
+def is_temporary(err: BackendError) -> bool:
+    """The one notion of a temporary failure: retrying later may succeed."""
+    return err.temporary
+
+
+async def with_retry(attempt: Callable[[], Awaitable[T]], *, timeout: float,
+                     classify: Callable[[BaseException], BackendError], retry_time: float | None = None,
+                     backoff: float = 0.5, backoff_max: float = 16.0,
+                     retry_if: Callable[[BackendError], bool] = is_temporary,
+                     on_retry: Callable[[BackendError, int, float], None] | None = None) -> T:
+    """One backend request: each attempt bounded by *timeout*, failures classified,
+    temporary ones retried (the shape of S3QL's ``@retry``).
+
+    *classify* turns what an attempt raised (trio.TooSlowError for a timeout, a client
+    library's exception) into a BackendError, or re-raises what is a bug. A BackendError
+    the attempt raised itself is final. A classified error that *retry_if* accepts is
+    retried with jittered exponential backoff (*backoff* doubling up to *backoff_max*)
+    while the next try still starts within *retry_time* seconds (None: one attempt only,
+    for a client that retries itself); then BackendUnavailable says how many attempts were made. *on_retry(error, attempt, delay)* sees each retry.
+
+    This is the backend's own deadline and retry; ChunkStore.call bounds the whole
+    operation (retries included) by the caller's deadline and records health.
+    """
+    start = trio.current_time()
+    tries = 0
+    while True:
+        try:
+            with trio.fail_after(timeout):
+                return await attempt()
+        except BackendError:
+            raise
+        except Exception as exc:   # noqa: BLE001 - classified (or re-raised) below
+            err, cause = classify(exc), exc
+        if retry_time is None or not retry_if(err):
+            raise err from cause
+        cap = min(backoff_max, backoff * 2 ** tries)
+        delay = random.uniform(cap / 2, cap)
+        spent = trio.current_time() - start
+        if spent + delay > retry_time:
+            raise BackendUnavailable(f"{err} (gave up after {tries + 1} attempts, "
+                                     f"{spent:.1f}s)") from cause
+        if on_retry is not None:
+            on_retry(err, tries + 1, delay)
+        await trio.sleep(delay)
+        tries += 1
 
 
 # Names of metadata objects (index backups): short path-like names that can never
@@ -96,7 +146,17 @@ class Backend(ABC):
     Besides chunks, a backend keeps a few *metadata objects* (index backups):
     named by a path-like name (``index/versions/...``), replaceable, kept apart
     from chunks so that ``list()`` (and therefore gc) never sees them.
+
+    The class attributes below are what placement and gc ask of every backend,
+    declared here so that nobody recognises a backend by its class.
     """
+
+    #: a disk of this machine: read first, preferred as a fallback, never staged for
+    is_local: bool = False
+    #: a copy here counts toward a policy's copy count (IPFS: only on a node you run)
+    trusted: bool = True
+    #: copies here are made in the background, not before close() returns (from the config)
+    deferred: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -175,6 +235,12 @@ class Backend(ABC):
 
     async def close(self) -> None:
         """Release connections and files."""
+
+    def remove_stale_temps(self, older_than: float) -> int:
+        """Delete temp files a crash mid-put left behind (blocking; admin gc); how many.
+
+        Only a local disk has such files; elsewhere a put that died leaves nothing."""
+        return 0
 
 
 def load_backend_class(type_name: str) -> type[Backend]:

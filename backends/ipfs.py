@@ -40,7 +40,7 @@ import trio
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
                                 MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked,
                                 answers_checked_class,
-                                check_meta_name, check_meta_prefix, in_thread)
+                                check_meta_name, check_meta_prefix, in_thread, with_retry)
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"     # Kubo's default Addresses.API
 CHUNKER_SIZE = 262144                       # Kubo's default chunker, size-262144
@@ -424,12 +424,17 @@ class IpfsBackend(Backend):
                 from None
 
     async def _run(self, fn: Callable, *args) -> Any:
-        try:
-            with trio.fail_after(self.timeout), answers_checked(self.name, fn.__name__.strip("_")):
-                return await in_thread(fn, *args)
-        except trio.TooSlowError:
-            raise BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} gave no answer "
-                                     f"within {self.timeout:g} s") from None
+        """A blocking RPC call in a worker thread, bounded by the timeout (not retried:
+        a node that does not answer now is skipped by health)."""
+        with answers_checked(self.name, fn.__name__.strip("_")):
+            return await with_retry(lambda: in_thread(fn, *args), timeout=self.timeout,
+                                    classify=self._classify)
+
+    def _classify(self, exc: BaseException) -> BackendError:
+        if isinstance(exc, trio.TooSlowError):
+            return BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} gave no answer "
+                                      f"within {self.timeout:g} s")
+        raise exc   # requests' errors are translated in _rpc; parse errors by answers_checked
 
     # MFS index of the objects --------------------------------------------------------------
     def _fan_dir(self, key: str) -> str:

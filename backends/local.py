@@ -26,6 +26,8 @@ TMP_SUFFIX = ".tmp"
 
 
 class LocalBackend(Backend):
+    is_local = True
+
     def __init__(self, name: str, path: str | os.PathLike) -> None:
         super().__init__(name)
         self.root = Path(path).expanduser()

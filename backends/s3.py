@@ -41,7 +41,7 @@ import trio
 from gffs_backends.base import (PARSE_ERRORS, Backend, BackendError, BackendFull,
                                 BackendUnavailable, MalformedAnswer, ObjectInfo, ObjectMissing,
                                 answers_checked_class, check_meta_name, check_meta_prefix,
-                                in_thread)
+                                in_thread, with_retry)
 
 log = logging.getLogger(__name__)
 
@@ -353,16 +353,14 @@ class S3Backend(Backend):
         return BackendError(f"{self.name}: {what}: {type(exc).__name__}")
 
     async def _call(self, deadline: float, what: str, fn: Callable, *args, **kw):
-        """Run a blocking boto3 call in a worker thread, bounded by *deadline* seconds."""
-        try:
-            with trio.fail_after(deadline):
-                return await in_thread(fn, *args, **kw)
-        except trio.TooSlowError:
-            raise S3Unreachable(f"{self.name}: {what}: no answer within {deadline:g} s") from None
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise self._error(exc, what) from exc
+        """Run a blocking boto3 call in a worker thread, bounded by *deadline* seconds
+        (botocore retries within it: one attempt here)."""
+        def classify(exc: BaseException) -> BackendError:
+            if isinstance(exc, trio.TooSlowError):
+                return S3Unreachable(f"{self.name}: {what}: no answer within {deadline:g} s")
+            return self._error(exc, what)
+        return await with_retry(lambda: in_thread(fn, *args, **kw), timeout=deadline,
+                                classify=classify)
 
     async def _search(self, key: str, locator: str, op):
         """``op(bucket)`` on the locator's bucket, then every other bucket, until one

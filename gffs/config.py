@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from gffs.errors import ConfigError
-from gffs.nft.validate import CHAINS, TEZOS_CHAINS
+
+# chains gffs reads NFTs from (the [nft] section names their RPC/API endpoints;
+# gffs/nft/validate.py checks user.nft.chain against them)
+EVM_CHAINS = {"ethereum", "sepolia", "polygon", "base", "arbitrum", "optimism"}
+TEZOS_CHAINS = {"tezos", "ghostnet"}
+CHAINS = EVM_CHAINS | TEZOS_CHAINS
 
 STORE_KEYS = {"data_dir", "cache_mb", "log_file", "backend_timeout", "backend_retry_max",
               "block_size_kb", "analyze_images", "index_backup_interval", "index_backup_keep",

@@ -15,12 +15,12 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from gffs.cli.mounts import find_mount
 from gffs.config import Config
 from gffs.fs.filesystem import Filesystem
 from gffs.fs.operations import Operations
 from gffs.maintenance.backup import backup_loop, final_backup
 from gffs.maintenance.control import ControlServer
+from gffs.mounts import find_mount
 from gffs.store import Store
 
 log = logging.getLogger("gffs.daemon")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from gffs.cli.mounts import find_mount
+from gffs.mounts import find_mount
 
 FUSE_AVAILABLE = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 SKIP_REASON = "needs /dev/fuse and fusermount3 (Debian package fuse3)"

@@ -18,7 +18,7 @@ import pytest
 from fixtures_s3 import TEST_REGION
 from gffs.exitcodes import EXIT_FAILED, EXIT_OK, EXIT_USAGE, TABLE
 from gffs.index import Index
-from gffs.cli.mounts import find_mount
+from gffs.mounts import find_mount
 from mountutil import FUSE_AVAILABLE, SKIP_REASON, gffs_cli
 
 REPO = Path(__file__).resolve().parent.parent

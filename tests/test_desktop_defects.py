@@ -8,7 +8,7 @@ import pytest
 import trio
 from PIL import Image
 
-from gffs.fs.imagefacts import ANALYSIS_MEMORY_LIMIT, AnalysisProcess
+from gffs.images.facts import ANALYSIS_MEMORY_LIMIT, AnalysisProcess
 from gffs.index import ROOT_INO
 from mountutil import FUSE_AVAILABLE, SKIP_REASON, gffs_cli
 from test_filesystem import USER, Env

@@ -6,6 +6,7 @@ import json
 import os
 
 from gffs.config import load_config
+from gffs.maintenance.control import commit_mounted
 from gffs.nft.scan import StoreFiles, store_mount
 from test_nft_evm import admin, image_file, metadata, nft_attrs, write_config
 
@@ -24,7 +25,7 @@ def test_content_ids_of_fetched_bytes_find_stored_files(mounted, tmp_path):
     bodies["sparse.bin"] = bytes(3 << 20) + b"z"
     os.link(flow / "small.bin", flow / "again.bin")
     cfg = load_config(None, str(mounted.data_dir))
-    files = StoreFiles(cfg, store_mount(cfg))
+    files = StoreFiles(cfg, store_mount(cfg), commit_mounted)
     for name, body in bodies.items():
         found = files.paths(body)
         if name == "small.bin":

@@ -9,7 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from gffs.fs.imagefacts import _analyse_in_worker
+from gffs.images.facts import _analyse_in_worker
 from gffs.images.analyze import analyze, analyze_image
 from gffs.images.thumbnails import (LARGEST, SIZES, file_text, file_text_length, fit,
                                     with_file_text)

@@ -57,7 +57,7 @@ class ChunkMover:
         if rec is None:
             raise MoveFailed(f"chunk {digest.hex()[:16]} was deleted meanwhile")
         try:
-            return await self.chunks._stored_copy(digest, rec)
+            return await self.chunks.stored_copy(digest, rec)
         except Exception as exc:
             raise MoveFailed(str(exc)) from None
 
@@ -147,18 +147,15 @@ class ChunkMover:
         """
         backend = self.chunks.backends.get(name)
         if backend is not None:
-            while (pending := self.chunks._deleting.get(digest)) is not None:
-                await pending.wait()
-            done = self.chunks._deleting[digest] = trio.Event()
-            try:
-                async with self._limits[name]:
-                    await self.chunks.call(backend, "delete", digest.hex(), locator)
-            except BackendError as exc:
-                log.warning("deleting copy of %s on %s postponed: %s", digest.hex()[:16], name, exc)
-                return
-            finally:
-                del self.chunks._deleting[digest]
-                done.set()
+            await self.chunks.wait_deleted(digest)
+            with self.chunks.deleting([digest]):
+                try:
+                    async with self._limits[name]:
+                        await self.chunks.call(backend, "delete", digest.hex(), locator)
+                except BackendError as exc:
+                    log.warning("deleting copy of %s on %s postponed: %s", digest.hex()[:16],
+                                name, exc)
+                    return
         with self.index.write() as txn:
             self.cm.drop_intent(txn, digest, name)
 

@@ -133,6 +133,7 @@ def cmd_refresh(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_scan(cfg: Config, args: argparse.Namespace) -> int:
     from gffs.nft.fetch import Fetcher, NftError
     from gffs.nft.link import check_values
+    from gffs.maintenance.control import commit_mounted
     from gffs.nft.scan import scan
     chain = args.chain or ("ethereum" if args.owner.startswith("0x") else "tezos")
     try:
@@ -152,7 +153,7 @@ def cmd_scan(cfg: Config, args: argparse.Namespace) -> int:
 
     try:
         results = scan(cfg, Fetcher.from_config(cfg), chain, args.owner, args.contract,
-                       args.import_to, report)
+                       args.import_to, report, commit_mounted)
     except NftError as exc:
         _fail(str(exc))
         return 1

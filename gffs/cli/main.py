@@ -37,7 +37,7 @@ def _split_opts(values: list[str] | None) -> list[str]:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    from gffs.cli.mounts import find_mount
+    from gffs.mounts import find_mount
     from gffs.config import load_config
     from gffs.errors import ConfigError
     try:
@@ -134,14 +134,14 @@ def _spawn_daemon(args: argparse.Namespace, mountpoint: str) -> int:
 
 def _is_dead_gffs_mount(entry) -> bool:
     """A gffs mount whose store lock nobody holds: its daemon is gone."""
-    from gffs.cli.mounts import gffs_data_dir
+    from gffs.mounts import gffs_data_dir
     from gffs.store import StoreLock
     data_dir = gffs_data_dir(entry)
     return data_dir is not None and StoreLock.wait_free(Path(data_dir) / "gffs.lock", 0)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    from gffs.cli.mounts import find_mount, gffs_data_dir
+    from gffs.mounts import find_mount, gffs_data_dir
     mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))
     entry = find_mount(mountpoint)
     if entry is None:

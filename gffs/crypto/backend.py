@@ -76,16 +76,27 @@ class CryptBackend(Backend):
         self._check_lock = trio.Lock()
 
     def __getattr__(self, attr: str) -> Any:
-        # trusted, remove_stale_temps, rpc_credentials...: whatever the wrapped backend has
+        # rpc_credentials, test hooks...: whatever else the wrapped backend has
         inner = self.__dict__.get("inner")
         if inner is None:
             raise AttributeError(attr)
         return getattr(inner, attr)
 
+    # the wrapped backend's properties: encryption changes none of them
     @property
-    def local_disk(self) -> bool:
-        return type(self.inner).__name__ == "LocalBackend" or bool(
-            getattr(self.inner, "local_disk", False))
+    def is_local(self) -> bool:  # type: ignore[override]
+        return self.inner.is_local
+
+    @property
+    def trusted(self) -> bool:  # type: ignore[override]
+        return self.inner.trusted
+
+    @property
+    def deferred(self) -> bool:  # type: ignore[override]
+        return self.inner.deferred
+
+    def remove_stale_temps(self, older_than: float) -> int:
+        return self.inner.remove_stale_temps(older_than)
 
     async def check(self) -> None:
         """The wrapped backend is usable (the key is checked at first use, which may

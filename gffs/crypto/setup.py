@@ -155,7 +155,6 @@ def wrap_backends(cfg: Config, backends: dict[str, Backend], index: Index | None
     for name in names:
         wrapped = CryptBackend(backends[name], sid, key, find_key=cached_key,
                                plaintext=name in plain)
-        wrapped.deferred = getattr(backends[name], "deferred", False)
         out[name] = wrapped
     if index is not None:
         attach_index(out, index)

@@ -17,8 +17,10 @@ import trio
 
 from gffs.errors import FsError
 from gffs.fs.desktopthumbs import DesktopThumbnails, Listing
+from gffs.fs.errnos import fs_error
 from gffs.fs.filesystem import Caller, Filesystem
 from gffs.fs.sharedthumbs import is_virtual
+from gffs.index.errors import IndexFailure
 from gffs.index.records import InodeRecord
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,9 @@ def _guard(func: Callable) -> Callable:
             return await func(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except FsError as exc:
+        except (FsError, IndexFailure) as exc:
+            if isinstance(exc, IndexFailure):   # raised outside the Filesystem facade
+                exc = fs_error(exc)
             if exc.errno in (errno.EIO, errno.ENOSPC):
                 log.error("%s: %s", func.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None

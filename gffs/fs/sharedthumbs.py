@@ -33,6 +33,7 @@ from gffs.errors import FsError
 from gffs.images.thumbnails import SIZE_NAMES, file_text_length, with_file_text
 from gffs.images.usercache import URI_SAFE
 from gffs.index import ROOT_INO, Index, Namespace
+from gffs.index.errors import NotFound
 from gffs.index.images import ImageIndex, ThumbnailRow
 from gffs.index.records import InodeRecord
 
@@ -261,7 +262,7 @@ class SharedThumbnails:
             for child, name, cookie in self._children(txn, node, after):
                 try:
                     attr = self._attr(txn, child)
-                except FsError:  # two names with the same MD5, or gone meanwhile
+                except (FsError, NotFound):  # two names with the same MD5, or gone meanwhile
                     continue
                 yield name, self._ino(child), attr, cookie
 

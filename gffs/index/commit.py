@@ -23,7 +23,7 @@ seconds, or when the journal grows past :data:`MAX_GROUP_BYTES`. The commit:
 So the index never becomes durable before the chunks it references. A commit
 that fails (disk full, I/O error) loses nothing: the writer begins a new group,
 re-applies the journal to it, and the next attempt (after a back-off) tries
-again; callers of :meth:`durable` get the errno meanwhile.
+again; callers of :meth:`durable` get the failure (an IndexFailure) meanwhile.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 import lmdb
 import trio
 
-from gffs.errors import FsError
+from gffs.index.errors import IndexFailure, IndexFull, IndexUnwritable
 from gffs.index.journal import DELETE, PUT, VOID, Journal, Op
 from gffs.index.records import from_u64, u64
 
@@ -173,7 +173,7 @@ class GroupCommit:
             raw = txn.get(JOURNAL_SEQ, db=index.db["meta"])
         self.seq = self.durable_seq = from_u64(raw) if raw is not None else 0
         self.dirty = False
-        self.failure: FsError | None = None
+        self.failure: IndexFailure | None = None
         self._wakeup = trio.Event()
         self._committing: trio.Event | None = None
         self._token = trio.lowlevel.current_trio_token()
@@ -256,8 +256,8 @@ class GroupCommit:
             self.journal.append(seq, ops)
         except OSError as exc:
             txn.abort()
-            code = errno.ENOSPC if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO
-            raise FsError(code, f"index journal: {exc.strerror or exc}") from exc
+            kind = IndexFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else IndexUnwritable
+            raise kind(f"index journal: {exc.strerror or exc}") from exc
         self.seq = seq
         try:
             txn.commit()
@@ -287,7 +287,7 @@ class GroupCommit:
         while self.durable_seq < target:
             await self.commit()
             if self.failure is not None and self.durable_seq < target:
-                raise FsError(self.failure.errno, str(self.failure))
+                raise type(self.failure)(str(self.failure))
 
     async def commit(self) -> None:
         """Commit the group now (chunk files first), unless one is running (wait for that)."""
@@ -323,7 +323,7 @@ class GroupCommit:
                 self._gate_closed = False
                 self._thawed.set()
         except Exception as exc:
-            self.failure = _as_fs_error(exc)
+            self.failure = _as_index_failure(exc)
             log.error("index group commit failed (will retry): %s", self.failure)
             return
         self.failure = None
@@ -365,9 +365,9 @@ class GroupCommit:
         self._writer.shutdown()
 
 
-def _as_fs_error(exc: BaseException) -> FsError:
-    if isinstance(exc, FsError):
+def _as_index_failure(exc: BaseException) -> IndexFailure:
+    if isinstance(exc, IndexFailure):
         return exc
     if isinstance(exc, (lmdb.MapFullError, lmdb.DiskError)) or "No space left" in str(exc):
-        return FsError(errno.ENOSPC, f"index: {exc}")
-    return FsError(errno.EIO, f"index: {exc}")
+        return IndexFull(f"index: {exc}")
+    return IndexUnwritable(f"index: {exc}")

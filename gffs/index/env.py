@@ -6,7 +6,6 @@ namespace and the chunk table together (that is what makes crashes harmless).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
@@ -19,8 +18,9 @@ from typing import AsyncIterator, Awaitable, Callable, Iterator
 import lmdb
 import trio
 
-from gffs.errors import ConfigError, FsError
+from gffs.errors import ConfigError
 from gffs.index.commit import MAIN_DB, GroupCommit, GroupView, RecordingTxn, replay
+from gffs.index.errors import IndexFull, IndexUnwritable
 from gffs.index.journal import Journal
 from gffs.index.records import from_u64, u64
 
@@ -147,12 +147,12 @@ class Index:
                 with self.env.begin(write=True) as txn:
                     yield txn
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
-            raise FsError(errno.ENOSPC, f"index: {exc}") from exc
+            raise IndexFull(f"index: {exc}") from exc
         except lmdb.Error as exc:
             # LMDB reports a short write on a full disk as EIO: ask the disk
             if "No space left" in str(exc) or self._disk_nearly_full():
-                raise FsError(errno.ENOSPC, f"index: disk full ({exc})") from exc
-            raise FsError(errno.EIO, f"index: {exc}") from exc
+                raise IndexFull(f"index: disk full ({exc})") from exc
+            raise IndexUnwritable(f"index: {exc}") from exc
 
     def _disk_nearly_full(self) -> bool:
         try:

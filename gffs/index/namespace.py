@@ -7,15 +7,14 @@ module only keeps the tables consistent with each other.
 
 from __future__ import annotations
 
-import errno
 import stat
 import time
 from typing import Iterator
 
 import lmdb
 
-from gffs.errors import FsError
 from gffs.index.env import N_INODES, NEXT_COOKIE, NEXT_INO, Index
+from gffs.index.errors import InvalidName, NameTooLong, NotASymlink, NotFound
 from gffs.index.records import InodeRecord, from_u64, u64
 
 ROOT_INO = 1
@@ -24,9 +23,9 @@ NAME_MAX = 255
 
 def check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
-        raise FsError(errno.ENAMETOOLONG, f"name is {len(name)} bytes, at most {NAME_MAX}")
+        raise NameTooLong(f"name is {len(name)} bytes, at most {NAME_MAX}")
     if not name or b"/" in name or name in (b".", b".."):
-        raise FsError(errno.EINVAL, "invalid name")
+        raise InvalidName("invalid name")
 
 
 class Namespace:
@@ -51,7 +50,7 @@ class Namespace:
     def get(self, txn: lmdb.Transaction, ino: int) -> InodeRecord:
         raw = txn.get(u64(ino), db=self._inodes)
         if raw is None:
-            raise FsError(errno.ENOENT, f"inode {ino} does not exist")
+            raise NotFound(f"inode {ino} does not exist")
         return InodeRecord.unpack(raw)
 
     def exists(self, txn: lmdb.Transaction, ino: int) -> bool:
@@ -90,7 +89,7 @@ class Namespace:
         key = u64(parent) + name
         raw = txn.get(key, db=self._dirents)
         if raw is None:
-            raise FsError(errno.ENOENT)
+            raise NotFound(f"no entry {name!r} in directory {parent}")
         txn.delete(key, db=self._dirents)
         txn.delete(u64(parent) + raw[8:16], db=self._cookies)
         return from_u64(raw[:8])
@@ -131,7 +130,7 @@ class Namespace:
     def symlink_target(self, txn: lmdb.Transaction, ino: int) -> bytes:
         raw = txn.get(u64(ino), db=self._symlinks)
         if raw is None:
-            raise FsError(errno.EINVAL, "not a symlink")
+            raise NotASymlink("not a symlink")
         return bytes(raw)
 
     # xattrs ---------------------------------------------------------------

@@ -19,7 +19,6 @@ from gffs.maintenance.jobs import job
 from gffs.maintenance.progress import Progress
 from gffs.store import Store
 from gffs_backends.base import BackendError
-from gffs_backends.local import LocalBackend
 
 GC_MIN_AGE = 3600.0
 SWEEP_BATCH = 500
@@ -37,7 +36,7 @@ async def gc(store: Store, args: dict, progress: Progress) -> dict:
     settled = await ChunkMover(store.chunks).settle()
     unreferenced, failed = await _sweep_backends(store, time.time() - min_age, progress)
     for backend in store.backends.values():
-        if isinstance(getattr(backend, "inner", backend), LocalBackend):  # also under CryptBackend
+        if backend.is_local:   # only local disks keep temp files of a put that died
             await trio.to_thread.run_sync(backend.remove_stale_temps, min_age)
     images = _drop_dead_image_rows(store)
     await store.chunks.sync()

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import trio
 
 from gffs.chunks.moves import ChunkMover, MoveFailed
-from gffs.errors import FsError
 from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
-from gffs.placement import Placement
 from gffs.index.env import REBALANCE_CURSOR
+from gffs.index.errors import NotFound
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_LIMIT, JobRefused, job
 from gffs.maintenance.progress import Progress, human_bytes
+from gffs.placement import Placement
 from gffs.store import Store
 from gffs_backends.base import BackendError
 
@@ -114,7 +114,7 @@ def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None
                 seen.add(cur)
                 try:
                     rec = ns.get(txn, cur)
-                except FsError:         # removed between the listing and this snapshot
+                except NotFound:        # removed between the listing and this snapshot
                     continue
                 if stat.S_ISDIR(rec.mode):
                     stack.extend(child for _c2, _n, child in ns.entries(txn, cur))

@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from gffs.cli.mounts import mounts
 from gffs.config import Config
+from gffs.mounts import mounts
 from gffs.nft.ethereum import ChainToken, EvmClient
 from gffs.nft.fetch import Fetcher, NftError
 from gffs.nft.metadata import EVM_MEDIA_FIELDS, TZIP21_MEDIA_FIELDS, checked_uri, values_from_metadata

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from gffs.cli.mounts import gffs_data_dir, mounts
 from gffs.config import Config
 from gffs.index import Index, Namespace, ROOT_INO
 from gffs.index.images import content_id_of_bytes
 from gffs.index.records import from_u64
+from gffs.mounts import gffs_data_dir, mounts
 from gffs.nft.ethereum import EvmClient
 from gffs.nft.fetch import Fetcher, NftError
 from gffs.nft.link import Linked, TokenRef, read_nft, resolve, write_nft
@@ -59,9 +59,9 @@ def store_mount(cfg: Config) -> str:
 class StoreFiles:
     """Files of the store by content id, from the index opened read-only."""
 
-    def __init__(self, cfg: Config, mountpoint: str) -> None:
+    def __init__(self, cfg: Config, mountpoint: str,
+                 commit_mounted: Callable[[Path], str | None]) -> None:
         self.mountpoint = mountpoint
-        from gffs.maintenance.control import commit_mounted
         problem = commit_mounted(cfg.data_dir)   # files closed just now are in the open group
         if problem:
             log.warning("reading the index as last committed: %s", problem)
@@ -144,12 +144,15 @@ def _link_one(path: str, linked: Linked) -> str | None:
 
 
 def scan(cfg: Config, fetcher: Fetcher, chain: str, owner: str, contracts: list[str],
-         import_to: str | None, report: Callable[[ScanResult], None]) -> list[ScanResult]:
+         import_to: str | None, report: Callable[[ScanResult], None],
+         commit_mounted: Callable[[Path], str | None]) -> list[ScanResult]:
+    """*commit_mounted(data_dir)*: ask the mount's daemon to commit its open group first
+    (gffs.maintenance.control.commit_mounted; passed in, nft is a library below it)."""
     if import_to is not None and (not import_to or "/" in import_to
                                   or import_to.startswith(".")):
         raise NftError(f"--import-to {import_to!r}: name one flow (a top-level folder)")
     mountpoint = store_mount(cfg)
-    files = StoreFiles(cfg, mountpoint)
+    files = StoreFiles(cfg, mountpoint, commit_mounted)
     results = []
     for ref in owned_tokens(cfg, fetcher, chain, owner, contracts):
         result = ScanResult(str(ref), "failed")

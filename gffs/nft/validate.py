@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import re
 
+from gffs.config import CHAINS, EVM_CHAINS, TEZOS_CHAINS
+
 PREFIX = "user.nft."
 
-EVM_CHAINS = {"ethereum", "sepolia", "polygon", "base", "arbitrum", "optimism"}
-TEZOS_CHAINS = {"tezos", "ghostnet"}
-CHAINS = EVM_CHAINS | TEZOS_CHAINS
 STANDARDS = {"erc721", "erc1155", "fa2"}
 URI_SCHEMES = ("ipfs://", "https://", "http://", "data:", "ar://")
 

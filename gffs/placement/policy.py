@@ -58,7 +58,7 @@ class Placement:
             if not 1 <= policy.copies <= len(policy.backends):
                 raise ValueError(f"placement for {name}: copies must be between 1 and "
                                  f"{len(policy.backends)}, not {policy.copies}")
-            trusted = [b for b in policy.backends if getattr(self.by_name[b], "trusted", True)]
+            trusted = [b for b in policy.backends if self.by_name[b].trusted]
             if len(trusted) < policy.copies:
                 raise ValueError(f"placement for {name}: {policy.copies} copies need as many "
                                  f"trusted backends, it has {len(trusted)} (untrusted: "
@@ -69,11 +69,11 @@ class Placement:
     def trusted(self, name: str) -> bool:
         """Whether a copy on this backend counts toward a policy's copies.
 
-        A backend says so with a ``trusted`` attribute (IPFS: only when pinned
-        on a node you control); unknown backends do not count.
+        Backend.trusted says so (IPFS: only when pinned on a node you control);
+        unknown backends do not count.
         """
         b = self.by_name.get(name)
-        return b is not None and bool(getattr(b, "trusted", True))
+        return b is not None and b.trusted
 
     @property
     def copies(self) -> int:
@@ -126,7 +126,7 @@ class Placement:
 
     def deferred(self, name: str) -> bool:
         b = self.by_name.get(name)
-        return bool(getattr(b, "deferred", False))
+        return b is not None and b.deferred
 
     def fallbacks(self, exclude: set[str]) -> list[Backend]:
         """Other writable, non-deferred backends, local first: where data goes when targets fail."""
@@ -137,13 +137,9 @@ class Placement:
     def is_local(self, name: str) -> bool:
         """A local disk (a local backend, also when wrapped, or the staging area)."""
         b = self.by_name.get(name)
-        return name == STAGING or (b is not None and _local_disk(b))
+        return name == STAGING or (b is not None and b.is_local)
 
     def read_order(self, names: list[str]) -> list[str]:
         """Copies to try for a read: healthy first, local disks before remote stores."""
         return sorted(names, key=lambda n: (not self.health.available(n), not self.is_local(n)))
 
-
-def _local_disk(b: Backend) -> bool:
-    """A local disk, also when wrapped (an encrypting wrapper says so through local_disk)."""
-    return type(b).__name__ == "LocalBackend" or bool(getattr(b, "local_disk", False))

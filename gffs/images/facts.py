@@ -1,17 +1,16 @@
-"""What gffs knows about the images it stores, shown as read-only xattrs.
+"""Image analysis of stored files: the queue, the worker process, thumbnail storage.
 
 When a file is closed after writing, its content id is recorded; if no facts
 exist for that content yet, the image is analysed in the background — in one
 separate process, niced and memory-limited, one image at a time, after writes
 have paused for a moment (or waited 20 s) so an ingest keeps the CPU — and the
-facts stored in the index. Reading
+facts stored in the index; gffs/fs/imagexattrs.py shows them as read-only xattrs, so reading
 them (`getfattr -d`) never touches the image again. Broken or hostile files
 are stored exactly as written and get ``user.gf.image.error`` instead.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import multiprocessing
 import os
@@ -26,11 +25,11 @@ from gffs.errors import FsError
 from gffs.images.analyze import OUT_OF_MEMORY, is_resource_failure, may_be_resource_failure
 from gffs.images.thumbnails import Thumbnail
 from gffs.index import ChunkMap, Index
+from gffs.index.errors import IndexFailure
 from gffs.index.images import ImageIndex
 
 log = logging.getLogger(__name__)
 
-PREFIX = b"user.gf.image."
 MAX_ANALYSED_BYTES = 256 << 20   # larger files are not read back for analysis
 
 
@@ -200,7 +199,7 @@ class ImageFacts:
                                 return
                             flow = self._flow_of(ino)
                             stored = await self._store_thumbnails(thumbs, flow)
-            except FsError as exc:  # unreadable or unstorable now (a backend is down): stays queued
+            except (FsError, IndexFailure) as exc:  # unreadable or unstorable now (a backend is down): stays queued
                 log.debug("image analysis of inode %d postponed: %s", ino, exc)
                 await trio.sleep(1.0)
                 return
@@ -210,7 +209,7 @@ class ImageFacts:
             try:
                 await self.index.available()
                 self._commit(cid, facts, stored, flow)
-            except FsError as exc:  # disk full, I/O error: the row stays queued, retried later
+            except (FsError, IndexFailure) as exc:  # disk full, I/O error: the row stays queued, retried later
                 log.warning("storing image facts of inode %d failed, will retry in %.0f s: %s",
                             ino, self._backoff, exc)
                 await trio.sleep(self._backoff)
@@ -264,26 +263,3 @@ class ImageFacts:
 
     def close(self) -> None:
         self._worker.close()
-
-    # xattrs ----------------------------------------------------------------------------
-    @staticmethod
-    def is_ours(name: bytes) -> bool:
-        return name.startswith(PREFIX)
-
-    def get(self, ino: int, name: bytes) -> bytes:
-        with self.index.read() as txn:
-            facts = self.images.facts_of(txn, ino) or {}
-        value = facts.get(name[len(PREFIX):].decode(errors="replace"))
-        if value is None:
-            raise FsError(errno.ENODATA)
-        return value.encode()
-
-    def names(self, txn, cid: bytes | None) -> list[bytes]:
-        """Fact attribute names of a content (inside the caller's listxattr transaction)."""
-        facts = (self.images.facts(txn, cid) if cid is not None else None) or {}
-        return [PREFIX + k.encode() for k in sorted(facts)]
-
-    @staticmethod
-    def refuse_change() -> None:
-        raise FsError(errno.EPERM, "user.gf.image.*, user.gf.thumbnail.* and user.gf.stats.* "
-                      "are computed by gffs: read-only")
