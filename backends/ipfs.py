@@ -178,6 +178,43 @@ def unixfs_cid(data: bytes | memoryview, cid_version: int = 1) -> str:
     CIDv0: dag-pb leaves. CIDv1: raw leaves. Both: 256 KiB chunks, balanced layout with
     at most 174 links per node, sha2-256. A file of one chunk is its leaf itself.
     """
+    return cid_text(unixfs_file_root(data, cid_version)[0])
+
+
+def cid_text(cid: bytes) -> str:
+    """A binary CID as Kubo prints it: base58btc for CIDv0 (a bare multihash), base32 else."""
+    if cid[:2] == bytes([_SHA2_256, 32]) and len(cid) == 34:
+        return b58encode(cid)
+    return "b" + base64.b32encode(cid).decode().lower().rstrip("=")
+
+
+def cid_bytes(cid: str) -> bytes:
+    """The binary form of a CIDv0 or base32 CIDv1 (ValueError otherwise)."""
+    version, codec, digest = parse_cid(cid)
+    mh = bytes([_SHA2_256, 32]) + digest
+    return mh if version == 0 else _varint(1) + _varint(codec) + mh
+
+
+DIR_SHARD_THRESHOLD = 262144   # Kubo's Internal.UnixFSShardingSizeThreshold default (256 KiB)
+
+
+def unixfs_dir_root(entries: list[tuple[str, bytes, int]], cid_version: int = 0) -> tuple[bytes, int]:
+    """(binary CID, cumulative DAG size) of a plain UnixFS directory of *entries*
+    (name, binary CID, cumulative size), as Kubo builds it: links sorted by name bytes,
+    Data = UnixFS Type Directory. ValueError past Kubo's sharding threshold, where Kubo
+    would build a HAMT (not built here)."""
+    if sum(len(n.encode()) + len(c) for n, c, _ in entries) > DIR_SHARD_THRESHOLD:
+        raise ValueError("directory is past Kubo's HAMT sharding threshold (256 KiB of links)")
+    links = sorted(((n.encode(), c, t) for n, c, t in entries), key=lambda e: e[0])
+    body = b"".join(_pb_bytes(2, _pb_bytes(1, c) + _pb_bytes(2, n) + _pb_uint(3, t))
+                    for n, c, t in links) + _pb_bytes(1, _pb_uint(1, 1))
+    mh = bytes([_SHA2_256, 32]) + hashlib.sha256(body).digest()
+    cid = mh if cid_version == 0 else _varint(1) + _varint(_DAG_PB) + mh
+    return cid, len(body) + sum(t for _, _, t in links)
+
+
+def unixfs_file_root(data: bytes | memoryview, cid_version: int = 1) -> tuple[bytes, int]:
+    """(binary CID, cumulative DAG size) of the file DAG :func:`unixfs_cid` describes."""
     data = memoryview(data)
     pos = 0
 
@@ -207,9 +244,7 @@ def unixfs_cid(data: bytes | memoryview, cid_version: int = 1) -> str:
     while pos < len(data):
         root = fill([root], depth)
         depth += 1
-    if cid_version == 0:
-        return b58encode(root.cid)
-    return "b" + base64.b32encode(root.cid).decode().lower().rstrip("=")
+    return root.cid, root.tsize
 
 
 # API address ----------------------------------------------------------------------------
