@@ -410,11 +410,14 @@ class IpfsBackend(Backend):
         return cid
 
     def _rpc(self, cmd: str, params: list[tuple[str, str]], *, upload: bytes | None = None,
-             filename: str = "file") -> requests.Response:
-        """One blocking RPC call; a Response with status 200 or a BackendError."""
+             filename: str = "file", parts: list[tuple] | None = None) -> requests.Response:
+        """One blocking RPC call; a Response with status 200 or a BackendError.
+
+        *parts*: a multipart body of several files (``requests`` file tuples), as
+        ``add`` of a directory takes it."""
         url = f"{self.base_url}/api/v0/{cmd}"
-        files = {"file": (filename, upload, "application/octet-stream")} \
-            if upload is not None else None
+        files = parts if parts is not None else \
+            {"file": (filename, upload, "application/octet-stream")} if upload is not None else None
         try:
             resp = self._session.post(url, params=params, files=files,
                                       timeout=(min(self.timeout, 10.0), self.timeout))

@@ -166,8 +166,11 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
         deferred, optional = table.get("deferred", False), table.get("optional", False)
         _expect(isinstance(deferred, bool), bwhere, "deferred must be true or false")
         _expect(isinstance(optional, bool), bwhere, "optional must be true or false")
-        encrypt = table.get("encrypt", btype != "local")   # on wherever the disk is not ours
+        # on wherever the disk is not ours; a share source holds the publisher's plaintext
+        encrypt = table.get("encrypt", btype not in ("local", "ipfs-share"))
         _expect(isinstance(encrypt, bool), bwhere, "encrypt must be true or false")
+        _expect(not (encrypt and btype == "ipfs-share"), bwhere,
+                "an ipfs-share source is read-only: it cannot be encrypted")
         if btype == "local":
             _unknown(opts, {"path"}, bwhere)
             _expect(isinstance(opts.get("path"), str), bwhere, "'path' must be a string")

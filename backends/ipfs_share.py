@@ -1,0 +1,133 @@
+"""Read-only IPFS source of shared flows (type ``ipfs-share``): blocks of files someone published.
+
+An imported flow's chunks are not copies this store made: they are byte ranges of the
+publisher's UnixFS files, fetched through a Kubo node (its RPC API, as the ``ipfs``
+backend talks to it) from whoever provides them on the IPFS network. A location's
+locator is ``<file CID>:<offset>:<length>``; ``get`` answers ``cat`` of that range in the
+chunk codec's raw form, so the chunk store verifies the SHA-256 as for every copy.
+
+Nothing is ever written or deleted here: ``put`` refuses (placement never picks a
+backend marked ``read_only``), ``delete`` forgets nothing on the network, ``list`` is
+empty (gc and fsck find no unrecorded objects). Copies here are not trusted: they
+count toward no policy until ``gffs-admin flow pin`` (or a rebalance) copies them to
+the store's own backends. A publisher that is gone makes ``cat`` hang in Kubo: the
+``timeout`` (default 30 s) turns that into BackendUnavailable, i.e. EIO, never a hang.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+from gffs_backends.base import BackendError, ObjectInfo, ObjectMissing, answers_checked_class
+from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
+
+OPTIONS = {"api", "timeout", "auth_token", "username", "password"}
+_LOCATOR_RE = re.compile(r"([A-Za-z0-9]{10,200}):(\d{1,15}):(\d{1,10})")
+MAX_OBJECT = 64 << 20          # a manifest or thumbnail fetched whole
+
+
+def share_locator(cid: str, offset: int, length: int) -> str:
+    return f"{cid}:{offset}:{length}"
+
+
+@answers_checked_class
+class IpfsShareBackend(IpfsBackend):
+    """``[backends.NAME] type = "ipfs-share"``, ``api`` as for ``ipfs``, ``timeout``."""
+
+    trusted = False
+    read_only = True
+
+    def __init__(self, name: str, api: str | None = None, *, timeout: float = 30.0,
+                 **kw) -> None:
+        super().__init__(name, api, timeout=timeout, mfs_dir="/gffs-share-unused",
+                         cid_version=0, trusted=False, **kw)
+
+    @classmethod
+    def from_config(cls, name: str, options: dict) -> "IpfsShareBackend":
+        unknown = sorted(set(options) - OPTIONS)
+        if unknown:
+            raise ValueError(f"backend {name!r}: unknown option {unknown[0]!r} "
+                             f"(known: {', '.join(sorted(OPTIONS))})")
+        base = IpfsBackend.from_config(name, options)
+        return cls(name, base.base_url if not base._api_from_file else None,
+                   timeout=base.timeout, **_credentials(options))
+
+    def __repr__(self) -> str:
+        return f"IpfsShareBackend({self.name!r}, {self.base_url!r})"
+
+    # blocking ---------------------------------------------------------------------------
+    def _range(self, locator: str) -> tuple[str, int, int]:
+        m = _LOCATOR_RE.fullmatch(locator or "")
+        if not m:
+            raise BackendError(f"{self.name}: invalid share locator {locator!r}")
+        return self._check_cid(m.group(1)), int(m.group(2)), int(m.group(3))
+
+    def _cat_range(self, cid: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of *cid*, fetched from the network if need be."""
+        data = self._rpc("cat", [("arg", cid), ("offset", str(offset)),
+                                 ("length", str(length))]).content
+        if len(data) != length:
+            raise IpfsCorrupt(f"{self.name}: {cid} gave {len(data)} bytes at {offset}, "
+                              f"expected {length}")
+        return data
+
+    def _fetch_object(self, cid: str) -> bytes:
+        """A whole small object (a manifest), verified against its CID."""
+        data = self._rpc("cat", [("arg", self._check_cid(cid)),
+                                 ("length", str(MAX_OBJECT + 1))]).content
+        if len(data) > MAX_OBJECT:
+            raise BackendError(f"{self.name}: {cid} is larger than {MAX_OBJECT >> 20} MiB")
+        if unixfs_cid(data, parse_cid(cid)[0]) != cid:
+            raise IpfsCorrupt(f"{self.name}: the bytes of {cid} do not match it")
+        return data
+
+    # interface ----------------------------------------------------------------------------
+    async def put(self, key: str, data: bytes) -> str:
+        raise BackendError(f"{self.name}: an ipfs-share source is read-only")
+
+    async def get(self, key: str, locator: str = "") -> bytes:
+        self._check_key(key)
+        cid, offset, length = self._range(locator)
+        data = await self._run(self._cat_range, cid, offset, length)
+        return b"\0" + data            # the chunk codec's raw form (codec.CODEC_RAW)
+
+    async def fetch(self, cid: str) -> bytes:
+        """The verified bytes of a whole published object (manifest, thumbnail)."""
+        return await self._run(self._fetch_object, cid)
+
+    async def delete(self, key: str, locator: str = "") -> None:
+        """Nothing to delete: the publisher's objects are not ours."""
+
+    async def delete_many(self, items: list[tuple[str, str]]) -> None:
+        """Nothing to delete (see delete)."""
+
+    async def stat(self, key: str, locator: str = "") -> ObjectInfo | None:
+        self._check_key(key)
+        if not locator:
+            return None
+        _cid, _offset, length = self._range(locator)
+        return ObjectInfo(key, length + 1, 0.0)
+
+    async def list(self) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
+        return
+        yield  # an async generator that yields nothing
+
+    async def put_meta(self, name: str, data: bytes) -> None:
+        raise BackendError(f"{self.name}: an ipfs-share source is read-only")
+
+    async def get_meta(self, name: str) -> bytes:
+        raise ObjectMissing(f"{self.name}: an ipfs-share source holds no metadata objects")
+
+    async def list_meta(self, prefix: str = "") -> list[str]:
+        return []
+
+    async def delete_meta(self, name: str) -> None:
+        """Nothing to delete."""
+
+    async def capacity(self) -> None:
+        return None
+
+
+def _credentials(options: dict) -> dict:
+    return {k: options[k] for k in ("auth_token", "username", "password") if k in options}

@@ -1,0 +1,54 @@
+"""`gffs-admin flow publish | import | pin`: share flows peer to peer (docs/SHARING.md)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from gffs.cli.admin_jobs import cli_run
+
+if TYPE_CHECKING:
+    from gffs.config import Config
+
+
+def _publish(cfg: Config, args: argparse.Namespace) -> int:
+    def render(r: dict[str, Any]) -> None:
+        print(r["manifest"])
+        print(f"flow {r['flow']}: {r['files']} files, directory {r['root']}; import it "
+              f"elsewhere with: gffs-admin flow import {r['manifest']}")
+    return cli_run(cfg, "flow-publish", {"flow": args.flow, "allow_gps": args.allow_gps,
+                                         "via": args.via},
+                   json_output=args.json, render=render)
+
+
+def _import(cfg: Config, args: argparse.Namespace) -> int:
+    def render(r: dict[str, Any]) -> None:
+        print(f"flow {r['flow']}: {r['files']} files imported (blocks are fetched on first read)")
+    return cli_run(cfg, "flow-import", {"cid": args.cid, "as": args.as_name, "via": args.via},
+                   json_output=args.json, render=render)
+
+
+def _pin(cfg: Config, args: argparse.Namespace) -> int:
+    def render(r: dict[str, Any]) -> None:
+        state = "all copied" if not r["left"] else f"{r['left']} not fetched yet (run it again)"
+        print(f"flow {r['flow']}: {r['chunks']} chunks, {state}")
+    return cli_run(cfg, "flow-pin", {"flow": args.flow}, json_output=args.json, render=render)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    f = sub.add_parser("flow", help="share flows over IPFS: publish, import, pin")
+    fsub = f.add_subparsers(dest="flow_command", required=True)
+    p = fsub.add_parser("publish", help="publish a flow; prints the manifest CID to share")
+    p.add_argument("flow")
+    p.add_argument("--allow-gps", action="store_true",
+                   help="publish even files whose EXIF holds GPS positions")
+    i = fsub.add_parser("import", help="make a flow from a published manifest CID")
+    i.add_argument("cid")
+    i.add_argument("--as", dest="as_name", help="flow name here (default: the publisher's)")
+    n = fsub.add_parser("pin", help="copy every block of a flow to this store's own backends")
+    n.add_argument("flow")
+    for s, handler in ((p, _publish), (i, _import), (n, _pin)):
+        if s is not n:
+            s.add_argument("--via", help="the ipfs-share backend to use (when several)")
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(handler=handler)
