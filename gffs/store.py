@@ -169,6 +169,9 @@ class Store:
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout,
                                      staging=open_staging(cfg, self.backends))
+            if any(getattr(b, "read_only", False) for b in self.backends.values()):
+                from gffs.share.importer import load_share_keys
+                load_share_keys(self)     # private shares this store imported
             # a store made before the per-backend counters gets them counted once,
             # here, before the daemon serves anything (one scan of the chunk table)
             if not read_only:

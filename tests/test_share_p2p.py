@@ -250,3 +250,24 @@ def test_manifest_refuses_unsafe_paths_and_other_formats():
                                     "blocks": []}]}):
         with pytest.raises(ManifestError):
             parse(json.dumps(bad).encode())
+
+
+def test_private_share_needs_its_key_and_reads_the_same_bytes(shared):
+    ma, ca, mb, cb = shared["a"], shared["ca"], shared["b"], shared["cb"]
+    res = admin(ma.data_dir, ca, "flow", "publish", "landscapes", "--key", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["share"].startswith("gffs-share:" + out["manifest"] + ":")
+    sealed = shared["nodes"][0].node.cat(out["manifest"])
+    assert b"red.jpg" not in sealed and b"sunset" not in sealed     # the manifest is sealed
+    res = admin(mb.data_dir, cb, "flow", "import", out["manifest"], "--as", "nokey")
+    assert res.returncode == 4 and "gffs-share:" in res.stderr, res.stderr
+    res = admin(mb.data_dir, cb, "flow", "import", out["share"], "--as", "secret")
+    assert res.returncode == 0, res.stderr
+    flow = mb.path / "secret"
+    assert os.getxattr(flow / "red.jpg", "user.xdg.tags") == b"sunset,alps"
+    assert thumb_path(flow / "green.jpg").read_bytes() == thumb_path(shared["flow_a"] / "green.jpg").read_bytes()
+    for name, data in FILES.items():
+        assert (flow / name).read_bytes() == data, name
+    mb.remount()                         # the share key comes back from the index
+    assert (flow / "sub" / "blue.jpg").read_bytes() == FILES["sub/blue.jpg"]

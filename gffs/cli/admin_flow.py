@@ -13,11 +13,13 @@ if TYPE_CHECKING:
 
 def _publish(cfg: Config, args: argparse.Namespace) -> int:
     def render(r: dict[str, Any]) -> None:
-        print(r["manifest"])
+        what = r.get("share") or r["manifest"]
+        print(what)
         print(f"flow {r['flow']}: {r['files']} files, directory {r['root']}; import it "
-              f"elsewhere with: gffs-admin flow import {r['manifest']}")
+              f"elsewhere with: gffs-admin flow import {what}"
+              + ("  (private: whoever has this string can read the flow)" if r["private"] else ""))
     return cli_run(cfg, "flow-publish", {"flow": args.flow, "allow_gps": args.allow_gps,
-                                         "via": args.via},
+                                         "via": args.via, "private": args.key},
                    json_output=args.json, render=render)
 
 
@@ -42,8 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("flow")
     p.add_argument("--allow-gps", action="store_true",
                    help="publish even files whose EXIF holds GPS positions")
+    p.add_argument("--key", action="store_true",
+                   help="private share: seal it under a new share key (prints gffs-share:...)")
     i = fsub.add_parser("import", help="make a flow from a published manifest CID")
-    i.add_argument("cid")
+    i.add_argument("cid", help="the manifest CID, or the gffs-share: string of a private share")
     i.add_argument("--as", dest="as_name", help="flow name here (default: the publisher's)")
     n = fsub.add_parser("pin", help="copy every block of a flow to this store's own backends")
     n.add_argument("flow")

@@ -24,19 +24,29 @@ from gffs.index.records import ChunkRecord, InodeRecord, Location
 from gffs.maintenance.jobs import JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs.share.manifest import Manifest, ManifestError, parse
+from gffs.share.private import MANIFEST_NAME, SealError, parse_share
 from gffs.share.source import share_source
 from gffs_backends.base import BackendError
-from gffs_backends.ipfs_share import share_locator
+from gffs.share.backend import IpfsShareBackend, share_locator
 
 SHARES_META = b"shares"     # meta JSON: flow name -> {"manifest", "root", "source"}
 
 
-def _shared_chunk(source: str, cid: str, offset: int, length: int) -> ChunkRecord:
-    return ChunkRecord(0, length, length + 1, CODEC_RAW,
-                       [Location(source, share_locator(cid, offset, length))])
+def _shared_chunk(source: str, cid: str, offset: int, length: int, size: int,
+                  key_tag: str = "") -> ChunkRecord:
+    """A chunk of *size* plaintext bytes at ``cid[offset:offset+length]`` on the share."""
+    return ChunkRecord(0, size, size + 1, CODEC_RAW,
+                       [Location(source, share_locator(cid, offset, length, key_tag))])
 
 
-def _make_flow(store, m: Manifest, name: str, source: str) -> int:
+def _block_chunk(source: str, m: Manifest, f, block: tuple, tag: str) -> ChunkRecord:
+    idx, _sha, length = block[:3]
+    if m.private:
+        return _shared_chunk(source, block[3], 0, block[4], length, tag)
+    return _shared_chunk(source, f.cid, idx * m.block_size, length, length)
+
+
+def _make_flow(store, m: Manifest, name: str, source: str, key=None) -> int:
     """Create flow *name* from *m* in one transaction; the number of files made."""
     ns, cm, images = Namespace(store.index), ChunkMap(store.index), ImageIndex(store.index)
     now = time.time_ns()
@@ -46,7 +56,7 @@ def _make_flow(store, m: Manifest, name: str, source: str) -> int:
             raise JobRefused(f"a flow named {name!r} exists already (import --as another name)")
         dirs: dict[str, int] = {}
 
-        def mkdir(parent: int, seg: str, key: str) -> int:
+        def mkdir(parent: int, seg: str, path: str) -> int:
             prec = ns.get(txn, parent)
             ino = ns.new_inode(txn, InodeRecord(stat.S_IFDIR | 0o755, root.uid, root.gid, 2, 0,
                                                 now, now, now, 0, parent))
@@ -54,40 +64,45 @@ def _make_flow(store, m: Manifest, name: str, source: str) -> int:
             prec.nlink += 1
             prec.mtime_ns = prec.ctime_ns = now
             ns.put(txn, parent, prec)
-            dirs[key] = ino
+            dirs[path] = ino
             return ino
 
         mkdir(ROOT_INO, name, "")
+        tag = key.tag if key is not None else ""
         for f in m.files:
             segs = f.path.split("/")
             for seg in segs:
                 check_name(seg.encode())
             parent = dirs[""]
             for i, seg in enumerate(segs[:-1]):
-                key = "/".join(segs[: i + 1])
-                parent = dirs.get(key) or mkdir(parent, seg, key)
+                sub = "/".join(segs[: i + 1])
+                parent = dirs.get(sub) or mkdir(parent, seg, sub)
             if ns.lookup(txn, parent, segs[-1].encode()) is not None:
                 raise JobRefused(f"the manifest lists {f.path!r} twice")
             ino = ns.new_inode(txn, InodeRecord(stat.S_IFREG | f.mode, root.uid, root.gid, 1,
                                                 f.size, f.mtime_ns, f.mtime_ns, now, 0, parent))
             ns.add_entry(txn, parent, segs[-1].encode(), ino)
-            for idx, digest, length in f.blocks:
-                cm.set_block(txn, ino, idx, bytes.fromhex(digest),
-                             _shared_chunk(source, f.cid, idx * m.block_size, length))
+            for block in f.blocks:
+                cm.set_block(txn, ino, block[0], bytes.fromhex(block[1]),
+                             _block_chunk(source, m, f, block, tag))
             for xname, value in f.xattrs.items():
                 ns.set_xattr(txn, ino, xname.encode(), value.encode())
             content_id = content_id_from_blocks(
-                f.size, sorted((i, bytes.fromhex(d)) for i, d, _ in f.blocks))
+                f.size, sorted((b[0], bytes.fromhex(b[1])) for b in f.blocks))
             images.set_content_id(txn, ino, content_id)
             if f.facts and images.facts(txn, content_id) is None:
                 images.set_facts(txn, content_id, f.facts)
             for size_name, t in f.thumbnails.items():
                 if images.thumbnail(txn, content_id, size_name) is None:
                     images.set_thumbnail(txn, content_id, size_name, bytes.fromhex(t.sha256),
-                                         _shared_chunk(source, t.cid, 0, t.length),
+                                         _shared_chunk(source, t.cid, 0,
+                                                       t.sealed_length or t.length, t.length,
+                                                       tag),
                                          t.width, t.height, t.length)
         shares = store.index.meta_json(txn, SHARES_META, {})
         shares[name] = {"manifest": m.manifest_cid, "root": m.root, "source": source}
+        if key is not None:     # kept like the flow's other metadata (docs/SHARING.md)
+            shares[name]["key"] = key.master.hex()
         store.index.set_meta_json(txn, SHARES_META, shares)
     return len(m.files)
 
@@ -98,24 +113,49 @@ async def import_flow(store, args: dict[str, Any], progress: Progress) -> dict[s
     if store.read_only:
         raise JobRefused("the store is mounted read-only")
     source = share_source(store, args.get("via"))
+    try:
+        cid, key = parse_share(args["cid"])
+    except ValueError as exc:
+        raise JobRefused(str(exc)) from None
     progress.begin("fetching the manifest")
     try:
-        m = parse(await source.fetch(args["cid"]))
+        body = await source.fetch(cid)
+        m = parse(key.open_meta(MANIFEST_NAME, body) if key is not None else body)
+    except SealError:
+        raise JobRefused(f"{cid}: not a private share this key opens") from None
     except ManifestError as exc:
-        raise JobRefused(f"{args['cid']}: {exc}") from None
+        hint = " (a private share: import the gffs-share: string)" if key is None else ""
+        raise JobRefused(f"{cid}: {exc}{hint}") from None
     except BackendError as exc:
-        raise JobRefused(f"cannot fetch the manifest {args['cid']}: {exc}") from None
-    m.manifest_cid = args["cid"]
+        raise JobRefused(f"cannot fetch the manifest {cid}: {exc}") from None
+    if m.private != (key is not None):
+        raise JobRefused(f"{cid}: the manifest says private={m.private}, but a key was "
+                         f"{'given' if key else 'not given'}")
+    m.manifest_cid = cid
     name = args.get("as") or m.flow
     try:
         check_name(name.encode())
-        made = _make_flow(store, m, name, source.name)
+        made = _make_flow(store, m, name, source.name, key)
+        if key is not None:
+            source.keys[key.tag] = key
     except FsError as exc:
         raise JobRefused(f"the manifest has an unusable name: {exc}") from None
     except KeyError as exc:
         raise JobRefused(f"the manifest is inconsistent: {exc}") from None
     await store.index.durable()
     return {"flow": name, "files": made, "bytes": sum(f.size for f in m.files),
-            "manifest": args["cid"], "root": m.root}
+            "manifest": cid, "root": m.root, "private": m.private}
+
+
+def load_share_keys(store) -> None:
+    """Hand the keys of the store's imported private shares to its ipfs-share sources."""
+    from gffs.crypto.seal import StoreKey
+    with store.index.read() as txn:
+        shares = store.index.meta_json(txn, SHARES_META, {})
+    for info in shares.values():
+        source = store.backends.get(info.get("source", ""))
+        if isinstance(source, IpfsShareBackend) and info.get("key"):
+            key = StoreKey(bytes.fromhex(info["key"]))
+            source.keys[key.tag] = key
 
 

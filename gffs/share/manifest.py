@@ -15,6 +15,11 @@ docs/SHARING.md for every field)::
 Block *i* of a file is the byte range ``[i * block_size, i * block_size + length)`` of the
 file's UnixFS CID: the importer records it as a chunk located there (ipfs-share locator),
 and a read verifies the SHA-256 as every read does. Absent blocks are holes (zeros).
+
+A private share (``"private": true``) is the same document sealed under the share key
+(gffs/share/private.py); each block entry then has two more fields, the CID and length
+of the block's sealed object, and a thumbnail's ``cid``/``sealed_length`` name its
+sealed object: the plaintext files are not published at all.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Thumb:
     width: int
     height: int
     length: int
+    sealed_length: int = 0                     # private shares: the sealed object's length
 
 
 @dataclass
@@ -50,7 +56,7 @@ class SharedFile:
     mode: int
     mtime_ns: int
     cid: str
-    blocks: list[tuple[int, str, int]]         # (index, sha256 hex, length)
+    blocks: list[tuple]                        # (index, sha256 hex, length[, object CID, length])
     facts: dict[str, str] = field(default_factory=dict)
     xattrs: dict[str, str] = field(default_factory=dict)
     thumbnails: dict[str, Thumb] = field(default_factory=dict)
@@ -64,6 +70,7 @@ class Manifest:
     published_ns: int
     files: list[SharedFile]
     manifest_cid: str = ""                     # where it was fetched from (not serialized)
+    private: bool = False
 
     def to_json(self) -> bytes:
         files = [{"path": f.path, "size": f.size, "mode": f.mode, "mtime_ns": f.mtime_ns,
@@ -73,7 +80,8 @@ class Manifest:
                  for f in self.files]
         return json.dumps({"format": FORMAT, "version": VERSION, "flow": self.flow,
                            "root": self.root, "block_size": self.block_size,
-                           "published_ns": self.published_ns, "files": files},
+                           "published_ns": self.published_ns, "files": files,
+                           "private": self.private},
                           sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -91,8 +99,11 @@ def parse(data: bytes) -> Manifest:
     try:
         bs = _int(obj["block_size"], "block_size", 1)
         files = [_file(f, bs) for f in _list(obj["files"], "files")]
+        private = obj.get("private", False) is True
+        files = [f for f in files if _sealed_complete(f, private)]
         return Manifest(_str(obj["flow"], "flow"), _cid(obj["root"], "root"), bs,
-                        _int(obj.get("published_ns", 0), "published_ns"), files)
+                        _int(obj.get("published_ns", 0), "published_ns"), files,
+                        private=private)
     except KeyError as exc:
         raise ManifestError(f"share manifest lacks {exc.args[0]!r}") from None
 
@@ -106,25 +117,37 @@ def _file(f: Any, bs: int) -> SharedFile:
     size = _int(f["size"], "size")
     blocks = []
     for b in _list(f["blocks"], "blocks"):
-        if not (isinstance(b, list) and len(b) == 3):
-            raise ManifestError(f"{path}: a block is not [index, sha256, length]")
+        if not (isinstance(b, list) and len(b) in (3, 5)):
+            raise ManifestError(f"{path}: a block is not [index, sha256, length(, CID, length)]")
         idx, digest, length = _int(b[0], "block index"), b[1], _int(b[2], "block length", 1)
         if not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
             raise ManifestError(f"{path}: block {idx} has no SHA-256")
         if length > bs or idx * bs + length > size:
             raise ManifestError(f"{path}: block {idx} lies beyond the file")
-        blocks.append((idx, digest, length))
+        sealed = (_cid(b[3], "sealed block CID"), _int(b[4], "sealed length", 1)) \
+            if len(b) == 5 else ()
+        blocks.append((idx, digest, length, *sealed))
     thumbs = {}
     for name, t in _dict(f.get("thumbnails", {}), "thumbnails").items():
         if not isinstance(t, dict) or not _HEX64.fullmatch(str(t.get("sha256", ""))):
             raise ManifestError(f"{path}: thumbnail {name!r} is malformed")
         thumbs[name] = Thumb(_cid(t.get("cid"), "thumbnail cid"), t["sha256"],
                              _int(t.get("width"), "width"), _int(t.get("height"), "height"),
-                             _int(t.get("length"), "length", 1))
+                             _int(t.get("length"), "length", 1),
+                             _int(t.get("sealed_length", 0), "sealed_length"))
     return SharedFile(path, size, _int(f.get("mode", 0o644), "mode") & 0o777,
                       _int(f.get("mtime_ns", 0), "mtime_ns"), _cid(f["cid"], "cid"), blocks,
                       _strings(f.get("facts", {}), "facts"), _strings(f.get("xattrs", {}), "xattrs"),
                       thumbs)
+
+
+def _sealed_complete(f: SharedFile, private: bool) -> bool:
+    """Every block and thumbnail of a private share names its sealed object; none of a
+    public one does."""
+    if any((len(b) == 5) != private for b in f.blocks) or \
+            any((t.sealed_length > 0) != private for t in f.thumbnails.values()):
+        raise ManifestError(f"{f.path}: sealed objects do not match the share's privacy")
+    return True
 
 
 def _str(v: Any, what: str) -> str:

@@ -25,6 +25,7 @@ from gffs.index.images import ImageIndex
 from gffs.maintenance.jobs import JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs.share.manifest import Manifest, SharedFile, Thumb
+from gffs.share.private import MANIFEST_NAME, new_share_key, seal_block, share_string
 from gffs.share.source import share_source
 from gffs_backends.base import BackendError
 from gffs_backends.ipfs import (CHUNKER_SIZE, IpfsBackend, cid_text, unixfs_cid,
@@ -125,9 +126,40 @@ def _answered_root(resp) -> str:
     return cid
 
 
+def _sealed_objects(key, shared: list[SharedFile], contents: dict[str, bytes],
+                    pngs: dict[str, bytes], block_size: int) -> dict[str, bytes]:
+    """Private share: every block and thumbnail sealed under *key*; the entries of
+    *shared* get their sealed objects' CIDs. Returns object name -> sealed bytes."""
+    objects: dict[str, bytes] = {}
+
+    def seal(sha: str, plain: bytes) -> tuple[str, int]:
+        name, sealed = seal_block(key, sha, plain)
+        objects[name] = sealed
+        return cid_text(unixfs_file_root(sealed, 0)[0]), len(sealed)
+
+    for f in shared:
+        data = contents[f.path]
+        f.blocks = [(i, sha, n, *seal(sha, data[i * block_size:i * block_size + n]))
+                    for i, sha, n in f.blocks]
+        for t in f.thumbnails.values():
+            t.cid, t.sealed_length = seal(t.sha256, pngs[t.sha256])
+    return objects
+
+
+def _tree_of(files: dict[str, bytes]) -> _Dir:
+    tree = _Dir()
+    for path, data in files.items():
+        node = tree
+        for seg in path.split("/")[:-1]:
+            node = node.dirs.setdefault(seg, _Dir())
+        node.files[path.rsplit("/", 1)[-1]] = unixfs_file_root(data, 0)
+    return tree
+
+
 @job("flow-publish", writes=False)
 async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Publish flow ``args["flow"]``; ``allow_gps`` publishes files that hold GPS positions."""
+    """Publish flow ``args["flow"]``; ``allow_gps`` publishes files that hold GPS positions,
+    ``private`` seals everything under a new share key (the result's ``share``)."""
     flow = args["flow"]
     ipfs = share_source(store, args.get("via"))
     ns, images = Namespace(store.index), ImageIndex(store.index)
@@ -144,7 +176,9 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
                          "anyone could read where they were taken. Remove them, or publish "
                          "anyway with --allow-gps")
     progress.begin("reading the flow", total_items=len(entries))
-    tree, contents, shared = _Dir(), {}, []
+    contents: dict[str, bytes] = {}
+    pngs: dict[str, bytes] = {}
+    shared: list[SharedFile] = []
     for path, ino in entries:
         with store.index.read() as txn:
             rec = ns.get(txn, ino)
@@ -154,25 +188,46 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
             xattrs = {n.decode(): bytes(ns.get_xattr(txn, ino, n) or b"").decode("utf-8", "replace")
                       for n in ns.xattr_names(txn, ino) if n.startswith(PUBLISHED_XATTRS)}
         data, blocks = await _file_bytes(store, ino, rec.size)
-        cid, tsize = await trio.to_thread.run_sync(unixfs_file_root, data, 0)
-        node = tree
-        for seg in path.split("/")[:-1]:
-            node = node.dirs.setdefault(seg, _Dir())
-        node.files[path.rsplit("/", 1)[-1]] = (cid, tsize)
         contents[path] = data
         shared_thumbs = {}
         for size_name, row in thumbs.items():
             png = bytes(await store.chunks.load(row.digest))
-            tcid = await ipfs._run(_add_one, ipfs, f"{size_name}.png", png)
-            shared_thumbs[size_name] = Thumb(tcid, hashlib.sha256(png).hexdigest(), row.width,
-                                             row.height, len(png))
-        shared.append(SharedFile(path, rec.size, rec.mode & 0o777, rec.mtime_ns, cid_text(cid),
+            sha = hashlib.sha256(png).hexdigest()
+            pngs[sha] = png
+            shared_thumbs[size_name] = Thumb("", sha, row.width, row.height, len(png))
+        shared.append(SharedFile(path, rec.size, rec.mode & 0o777, rec.mtime_ns, "",
                                  blocks, facts, xattrs, shared_thumbs))
         progress.advance(1, rec.size)
-    expected = cid_text(tree.root()[0])
     progress.begin("adding to IPFS")
-    root = await ipfs._run(_add_tree, ipfs, flow, contents, expected)
-    manifest = Manifest(flow, root, store.index.block_size, time.time_ns(), shared)
-    manifest_cid = await ipfs._run(_add_one, ipfs, f"{flow}.gffs-share.json", manifest.to_json())
-    return {"flow": flow, "root": root, "manifest": manifest_cid, "files": len(shared),
-            "bytes": sum(f.size for f in shared), "gps_files": len(gps)}
+    key = new_share_key() if args.get("private") else None
+    tree = await trio.to_thread.run_sync(_tree_of, contents)
+    for f in shared:
+        node = tree
+        for seg in f.path.split("/")[:-1]:
+            node = node.dirs[seg]
+        f.cid = cid_text(node.files[f.path.rsplit("/", 1)[-1]][0])
+    if key is None:
+        thumb_cids = {sha: await ipfs._run(_add_one, ipfs, f"{sha[:16]}.png", png)
+                      for sha, png in pngs.items()}
+        for f in shared:
+            for t in f.thumbnails.values():
+                t.cid = thumb_cids[t.sha256]
+        published = contents
+    else:
+        published = await trio.to_thread.run_sync(_sealed_objects, key, shared, contents, pngs,
+                                                  store.index.block_size)
+        tree = _tree_of(published)
+    expected = cid_text(tree.root()[0])
+    root = await ipfs._run(_add_tree, ipfs, flow, published, expected)
+    manifest = Manifest(flow, root, store.index.block_size, time.time_ns(), shared,
+                        private=key is not None)
+    body = manifest.to_json()
+    if key is not None:
+        body = key.seal_meta(MANIFEST_NAME, body)
+    manifest_cid = await ipfs._run(_add_one, ipfs, "gffs-share.json", body)
+    result = {"flow": flow, "root": root, "manifest": manifest_cid, "files": len(shared),
+              "bytes": sum(f.size for f in shared), "gps_files": len(gps),
+              "private": key is not None}
+    if key is not None:
+        result["share"] = share_string(manifest_cid, key)
+    return result

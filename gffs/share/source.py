@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gffs.maintenance.jobs import JobRefused
-from gffs_backends.ipfs_share import IpfsShareBackend
+from gffs.share.backend import IpfsShareBackend
 
 
 def share_source(store, name: str | None = None) -> IpfsShareBackend:

@@ -1,5 +1,9 @@
 """Read-only IPFS source of shared flows (type ``ipfs-share``): blocks of files someone published.
 
+A private share's locator starts with ``k<key tag>/``: the object is sealed under that
+share key (gffs/share/private.py), which ``keys`` must hold (the Store loads the keys of
+its imported flows from the index); ``get`` opens it.
+
 An imported flow's chunks are not copies this store made: they are byte ranges of the
 publisher's UnixFS files, fetched through a Kubo node (its RPC API, as the ``ipfs``
 backend talks to it) from whoever provides them on the IPFS network. A location's
@@ -17,18 +21,20 @@ the store's own backends. A publisher that is gone makes ``cat`` hang in Kubo: t
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+from gffs.crypto.seal import SealError
 from gffs_backends.base import BackendError, ObjectInfo, ObjectMissing, answers_checked_class
 from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
 
 OPTIONS = {"api", "timeout", "auth_token", "username", "password"}
-_LOCATOR_RE = re.compile(r"([A-Za-z0-9]{10,200}):(\d{1,15}):(\d{1,10})")
+_LOCATOR_RE = re.compile(r"(?:k([0-9a-f]{8})/)?([A-Za-z0-9]{10,200}):(\d{1,15}):(\d{1,10})")
 MAX_OBJECT = 64 << 20          # a manifest or thumbnail fetched whole
 
 
-def share_locator(cid: str, offset: int, length: int) -> str:
-    return f"{cid}:{offset}:{length}"
+def share_locator(cid: str, offset: int, length: int, key_tag: str = "") -> str:
+    """*key_tag*: the share key that sealed the object (private shares)."""
+    return f"{f'k{key_tag}/' if key_tag else ''}{cid}:{offset}:{length}"
 
 
 @answers_checked_class
@@ -42,6 +48,7 @@ class IpfsShareBackend(IpfsBackend):
                  **kw) -> None:
         super().__init__(name, api, timeout=timeout, mfs_dir="/gffs-share-unused",
                          cid_version=0, trusted=False, **kw)
+        self.keys: dict[str, Any] = {}    # share key tag -> gffs.crypto.seal.StoreKey
 
     @classmethod
     def from_config(cls, name: str, options: dict) -> "IpfsShareBackend":
@@ -57,11 +64,11 @@ class IpfsShareBackend(IpfsBackend):
         return f"IpfsShareBackend({self.name!r}, {self.base_url!r})"
 
     # blocking ---------------------------------------------------------------------------
-    def _range(self, locator: str) -> tuple[str, int, int]:
+    def _range(self, locator: str) -> tuple[str, int, int, str]:
         m = _LOCATOR_RE.fullmatch(locator or "")
         if not m:
             raise BackendError(f"{self.name}: invalid share locator {locator!r}")
-        return self._check_cid(m.group(1)), int(m.group(2)), int(m.group(3))
+        return self._check_cid(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(1) or ""
 
     def _cat_range(self, cid: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of *cid*, fetched from the network if need be."""
@@ -88,9 +95,17 @@ class IpfsShareBackend(IpfsBackend):
 
     async def get(self, key: str, locator: str = "") -> bytes:
         self._check_key(key)
-        cid, offset, length = self._range(locator)
+        cid, offset, length, tag = self._range(locator)
+        share_key = self.keys.get(tag) if tag else None
+        if tag and share_key is None:
+            raise BackendError(f"{self.name}: no share key {tag} for a private share's block")
         data = await self._run(self._cat_range, cid, offset, length)
-        return b"\0" + data            # the chunk codec's raw form (codec.CODEC_RAW)
+        if share_key is None:
+            return b"\0" + data        # the chunk codec's raw form (codec.CODEC_RAW)
+        try:
+            return bytes(share_key.open_chunk(key, data))
+        except SealError as exc:       # altered, or not this share's object
+            raise IpfsCorrupt(f"{self.name}: sealed block {key[:16]}: {exc}") from None
 
     async def fetch(self, cid: str) -> bytes:
         """The verified bytes of a whole published object (manifest, thumbnail)."""
@@ -106,7 +121,7 @@ class IpfsShareBackend(IpfsBackend):
         self._check_key(key)
         if not locator:
             return None
-        _cid, _offset, length = self._range(locator)
+        _cid, _offset, length, _tag = self._range(locator)
         return ObjectInfo(key, length + 1, 0.0)
 
     async def list(self) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
