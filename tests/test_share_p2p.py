@@ -271,3 +271,35 @@ def test_private_share_needs_its_key_and_reads_the_same_bytes(shared):
         assert (flow / name).read_bytes() == data, name
     mb.remount()                         # the share key comes back from the index
     assert (flow / "sub" / "blue.jpg").read_bytes() == FILES["sub/blue.jpg"]
+
+
+def test_follow_an_ipns_name_gets_the_publishers_next_version(shared):
+    ma, ca, mb, cb = shared["a"], shared["ca"], shared["b"], shared["cb"]
+    src = ma.path / "notes"
+    (src / "d").mkdir(parents=True)
+    for name, data in {"keep.txt": b"same\n", "edit.txt": b"first\n", "d/gone.txt": b"x"}.items():
+        (src / name).write_bytes(data)
+    res = admin(ma.data_dir, ca, "flow", "publish", "notes", "--ipns", "--json")
+    assert res.returncode == 0, res.stderr
+    name = json.loads(res.stdout)["ipns"]
+    res = admin(mb.data_dir, cb, "flow", "follow", name, "--as", "tracked", "--json")
+    assert res.returncode == 0, res.stderr
+    got = mb.path / "tracked"
+    assert (got / "edit.txt").read_bytes() == b"first\n"
+    with open(got / "edit.txt", "rb") as reader:          # open across the update
+        (src / "edit.txt").write_bytes(b"second version\n")
+        (src / "d" / "gone.txt").unlink()
+        (src / "new.txt").write_bytes(b"new\n")
+        res = admin(ma.data_dir, ca, "flow", "publish", "notes", "--ipns", "--json")
+        assert res.returncode == 0 and json.loads(res.stdout)["ipns"] == name, res.stderr
+        res = admin(mb.data_dir, cb, "flow", "follow", name, "--as", "tracked", "--json")
+        assert res.returncode == 0, res.stderr
+        counts = json.loads(res.stdout)
+        assert (counts["added"], counts["changed"], counts["removed"]) == (1, 1, 1)
+        assert reader.read() == b"first\n"                # the old version, whole
+    poll(lambda: (got / "edit.txt").read_bytes() == b"second version\n", what="new version")
+    assert (got / "new.txt").read_bytes() == b"new\n"
+    assert not (got / "d" / "gone.txt").exists()
+    assert (got / "keep.txt").read_bytes() == b"same\n"
+    res = admin(mb.data_dir, cb, "flow", "follow", "tracked", "--stop")
+    assert res.returncode == 0, res.stderr

@@ -59,7 +59,7 @@ def load_jobs() -> dict[str, Job]:
     for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.gc",
                    "gffs.maintenance.fsck", "gffs.maintenance.backup", "gffs.maintenance.rotate",
                    "gffs.maintenance.commit", "gffs.share.publish", "gffs.share.importer",
-                   "gffs.share.pin"):
+                   "gffs.share.pin", "gffs.share.follow"):
         importlib.import_module(module)
     return JOBS
 

@@ -23,7 +23,7 @@ from gffs.index.namespace import check_name
 from gffs.index.records import ChunkRecord, InodeRecord, Location
 from gffs.maintenance.jobs import JobRefused, job
 from gffs.maintenance.progress import Progress
-from gffs.share.manifest import Manifest, ManifestError, parse
+from gffs.share.manifest import Manifest, ManifestError, SharedFile, parse
 from gffs.share.private import MANIFEST_NAME, SealError, parse_share
 from gffs.share.source import share_source
 from gffs_backends.base import BackendError
@@ -46,78 +46,105 @@ def _block_chunk(source: str, m: Manifest, f, block: tuple, tag: str) -> ChunkRe
     return _shared_chunk(source, f.cid, idx * m.block_size, length, length)
 
 
-def _make_flow(store, m: Manifest, name: str, source: str, key=None) -> int:
-    """Create flow *name* from *m* in one transaction; the number of files made."""
-    ns, cm, images = Namespace(store.index), ChunkMap(store.index), ImageIndex(store.index)
-    now = time.time_ns()
-    with store.index.write() as txn:
-        root = ns.get(txn, ROOT_INO)
-        if ns.lookup(txn, ROOT_INO, name.encode()) is not None:
-            raise JobRefused(f"a flow named {name!r} exists already (import --as another name)")
-        dirs: dict[str, int] = {}
+class FlowWriter:
+    """Makes a manifest's directories and files inside one write transaction *txn*."""
 
-        def mkdir(parent: int, seg: str, path: str) -> int:
-            prec = ns.get(txn, parent)
-            ino = ns.new_inode(txn, InodeRecord(stat.S_IFDIR | 0o755, root.uid, root.gid, 2, 0,
-                                                now, now, now, 0, parent))
-            ns.add_entry(txn, parent, seg.encode(), ino)
-            prec.nlink += 1
-            prec.mtime_ns = prec.ctime_ns = now
-            ns.put(txn, parent, prec)
-            dirs[path] = ino
-            return ino
+    def __init__(self, store, txn, m: Manifest, source: str, key=None) -> None:
+        self.ns, self.cm = Namespace(store.index), ChunkMap(store.index)
+        self.images = ImageIndex(store.index)
+        self.txn, self.m, self.source = txn, m, source
+        self.tag = key.tag if key is not None else ""
+        self.root = self.ns.get(txn, ROOT_INO)
+        self.now = time.time_ns()
+        self.dirs: dict[str, int] = {}
 
-        mkdir(ROOT_INO, name, "")
-        tag = key.tag if key is not None else ""
-        for f in m.files:
-            segs = f.path.split("/")
-            for seg in segs:
-                check_name(seg.encode())
-            parent = dirs[""]
-            for i, seg in enumerate(segs[:-1]):
-                sub = "/".join(segs[: i + 1])
-                parent = dirs.get(sub) or mkdir(parent, seg, sub)
-            if ns.lookup(txn, parent, segs[-1].encode()) is not None:
-                raise JobRefused(f"the manifest lists {f.path!r} twice")
-            ino = ns.new_inode(txn, InodeRecord(stat.S_IFREG | f.mode, root.uid, root.gid, 1,
-                                                f.size, f.mtime_ns, f.mtime_ns, now, 0, parent))
-            ns.add_entry(txn, parent, segs[-1].encode(), ino)
-            for block in f.blocks:
-                cm.set_block(txn, ino, block[0], bytes.fromhex(block[1]),
-                             _block_chunk(source, m, f, block, tag))
-            for xname, value in f.xattrs.items():
-                ns.set_xattr(txn, ino, xname.encode(), value.encode())
-            content_id = content_id_from_blocks(
-                f.size, sorted((b[0], bytes.fromhex(b[1])) for b in f.blocks))
-            images.set_content_id(txn, ino, content_id)
-            if f.facts and images.facts(txn, content_id) is None:
-                images.set_facts(txn, content_id, f.facts)
-            for size_name, t in f.thumbnails.items():
-                if images.thumbnail(txn, content_id, size_name) is None:
-                    images.set_thumbnail(txn, content_id, size_name, bytes.fromhex(t.sha256),
-                                         _shared_chunk(source, t.cid, 0,
-                                                       t.sealed_length or t.length, t.length,
-                                                       tag),
-                                         t.width, t.height, t.length)
-        shares = store.index.meta_json(txn, SHARES_META, {})
-        shares[name] = {"manifest": m.manifest_cid, "root": m.root, "source": source}
+    def make_dir(self, parent: int, seg: str, path: str) -> int:
+        ns, txn, now = self.ns, self.txn, self.now
+        check_name(seg.encode())
+        prec = ns.get(txn, parent)
+        ino = ns.new_inode(txn, InodeRecord(stat.S_IFDIR | 0o755, self.root.uid, self.root.gid,
+                                            2, 0, now, now, now, 0, parent))
+        ns.add_entry(txn, parent, seg.encode(), ino)
+        prec.nlink += 1
+        prec.mtime_ns = prec.ctime_ns = now
+        ns.put(self.txn, parent, prec)
+        self.dirs[path] = ino
+        return ino
+
+    def parent_of(self, path: str) -> tuple[int, bytes]:
+        """The directory *path* goes in (made if missing) and its last name."""
+        segs = path.split("/")
+        parent = self.dirs[""]
+        for i, seg in enumerate(segs[:-1]):
+            sub = "/".join(segs[: i + 1])
+            if sub not in self.dirs:
+                found = self.ns.lookup(self.txn, parent, seg.encode())
+                self.dirs[sub] = found if found is not None else self.make_dir(parent, seg, sub)
+            parent = self.dirs[sub]
+        check_name(segs[-1].encode())
+        return parent, segs[-1].encode()
+
+    def make_file(self, f: SharedFile, parent: int) -> int:
+        """A new inode holding *f* (blocks on the share, facts, thumbnails, xattrs), unlinked."""
+        ns, cm, images, txn = self.ns, self.cm, self.images, self.txn
+        ino = ns.new_inode(txn, InodeRecord(stat.S_IFREG | f.mode, self.root.uid, self.root.gid,
+                                            1, f.size, f.mtime_ns, f.mtime_ns, self.now, 0, parent))
+        for block in f.blocks:
+            cm.set_block(txn, ino, block[0], bytes.fromhex(block[1]),
+                         _block_chunk(self.source, self.m, f, block, self.tag))
+        for xname, value in f.xattrs.items():
+            ns.set_xattr(txn, ino, xname.encode(), value.encode())
+        content_id = content_id_of(f)
+        images.set_content_id(txn, ino, content_id)
+        if f.facts and images.facts(txn, content_id) is None:
+            images.set_facts(txn, content_id, f.facts)
+        for size_name, t in f.thumbnails.items():
+            if images.thumbnail(txn, content_id, size_name) is None:
+                images.set_thumbnail(txn, content_id, size_name, bytes.fromhex(t.sha256),
+                                     _shared_chunk(self.source, t.cid, 0,
+                                                   t.sealed_length or t.length, t.length,
+                                                   self.tag),
+                                     t.width, t.height, t.length)
+        return ino
+
+    def record(self, store, name: str, key=None, follow: str | None = None) -> None:
+        shares = store.index.meta_json(self.txn, SHARES_META, {})
+        entry = {"manifest": self.m.manifest_cid, "root": self.m.root, "source": self.source}
         if key is not None:     # kept like the flow's other metadata (docs/SHARING.md)
-            shares[name]["key"] = key.master.hex()
-        store.index.set_meta_json(txn, SHARES_META, shares)
+            entry["key"] = key.master.hex()
+        if follow:
+            entry["follow"] = follow
+        shares[name] = entry
+        store.index.set_meta_json(self.txn, SHARES_META, shares)
+
+
+def content_id_of(f: SharedFile) -> bytes:
+    return content_id_from_blocks(f.size, sorted((b[0], bytes.fromhex(b[1])) for b in f.blocks))
+
+
+def make_flow(store, m: Manifest, name: str, source: str, key=None,
+              follow: str | None = None) -> int:
+    """Create flow *name* from *m* in one transaction; the number of files made."""
+    with store.index.write() as txn:
+        w = FlowWriter(store, txn, m, source, key)
+        if w.ns.lookup(txn, ROOT_INO, name.encode()) is not None:
+            raise JobRefused(f"a flow named {name!r} exists already (import --as another name)")
+        w.make_dir(ROOT_INO, name, "")
+        for f in m.files:
+            parent, leaf = w.parent_of(f.path)
+            if w.ns.lookup(txn, parent, leaf) is not None:
+                raise JobRefused(f"the manifest lists {f.path!r} twice")
+            w.ns.add_entry(txn, parent, leaf, w.make_file(f, parent))
+        w.record(store, name, key, follow)
     return len(m.files)
 
 
-@job("flow-import")
-async def import_flow(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Import the manifest ``args["cid"]`` as flow ``args["as"]`` (default: its own name)."""
-    if store.read_only:
-        raise JobRefused("the store is mounted read-only")
-    source = share_source(store, args.get("via"))
+async def fetch_manifest(source: IpfsShareBackend, share: str) -> tuple[Manifest, Any]:
+    """The manifest of a CID or ``gffs-share:`` string, and its share key (or None)."""
     try:
-        cid, key = parse_share(args["cid"])
+        cid, key = parse_share(share)
     except ValueError as exc:
         raise JobRefused(str(exc)) from None
-    progress.begin("fetching the manifest")
     try:
         body = await source.fetch(cid)
         m = parse(key.open_meta(MANIFEST_NAME, body) if key is not None else body)
@@ -132,19 +159,28 @@ async def import_flow(store, args: dict[str, Any], progress: Progress) -> dict[s
         raise JobRefused(f"{cid}: the manifest says private={m.private}, but a key was "
                          f"{'given' if key else 'not given'}")
     m.manifest_cid = cid
+    if key is not None:
+        source.keys[key.tag] = key
+    return m, key
+
+
+@job("flow-import")
+async def import_flow(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Import the manifest ``args["cid"]`` as flow ``args["as"]`` (default: its own name)."""
+    if store.read_only:
+        raise JobRefused("the store is mounted read-only")
+    source = share_source(store, args.get("via"))
+    progress.begin("fetching the manifest")
+    m, key = await fetch_manifest(source, args["cid"])
     name = args.get("as") or m.flow
     try:
         check_name(name.encode())
-        made = _make_flow(store, m, name, source.name, key)
-        if key is not None:
-            source.keys[key.tag] = key
+        made = make_flow(store, m, name, source.name, key)
     except FsError as exc:
         raise JobRefused(f"the manifest has an unusable name: {exc}") from None
-    except KeyError as exc:
-        raise JobRefused(f"the manifest is inconsistent: {exc}") from None
     await store.index.durable()
     return {"flow": name, "files": made, "bytes": sum(f.size for f in m.files),
-            "manifest": cid, "root": m.root, "private": m.private}
+            "manifest": m.manifest_cid, "root": m.root, "private": m.private}
 
 
 def load_share_keys(store) -> None:

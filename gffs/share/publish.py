@@ -230,4 +230,7 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
               "private": key is not None}
     if key is not None:
         result["share"] = share_string(manifest_cid, key)
+    if args.get("ipns"):
+        from gffs.share.follow import publish_name
+        result["ipns"] = await ipfs._run(publish_name, ipfs, flow, manifest_cid)
     return result
