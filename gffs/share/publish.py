@@ -24,6 +24,7 @@ from gffs.index import ROOT_INO, ChunkMap, Namespace
 from gffs.index.images import ImageIndex
 from gffs.maintenance.jobs import JobRefused, job
 from gffs.maintenance.progress import Progress
+from gffs.share.gps import strip_gps
 from gffs.share.manifest import Manifest, SharedFile, Thumb
 from gffs.share.private import MANIFEST_NAME, new_share_key, seal_block, share_string
 from gffs.share.source import share_source
@@ -80,6 +81,23 @@ async def _file_bytes(store, ino: int, size: int) -> tuple[bytes, list[tuple[int
         data[idx * bs: idx * bs + len(block)] = block
         listed.append((idx, digest.hex(), len(block)))
     return bytes(data), listed
+
+
+def _cleaned(path: str, data: bytes, block_size: int) -> tuple[bytes, list[tuple[int, str, int]]]:
+    """The GPS-free copy of a file and its block list (all-zero blocks are holes)."""
+    try:
+        cleaned = strip_gps(data)
+    except ValueError as exc:
+        raise JobRefused(f"{path}: cannot strip its GPS position: {exc}") from None
+    if cleaned is None:
+        raise JobRefused(f"{path}: holds a GPS position that --strip-gps cannot remove (only "
+                         "JPEG EXIF is cleaned); move it out of the flow or use --allow-gps")
+    blocks = []
+    for idx, start in enumerate(range(0, len(cleaned), block_size)):
+        block = cleaned[start:start + block_size]
+        if block.count(0) != len(block):
+            blocks.append((idx, hashlib.sha256(block).hexdigest(), len(block)))
+    return cleaned, blocks
 
 
 def _add_one(ipfs: IpfsBackend, name: str, data: bytes) -> str:
@@ -159,6 +177,7 @@ def _tree_of(files: dict[str, bytes]) -> _Dir:
 @job("flow-publish", writes=False)
 async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Publish flow ``args["flow"]``; ``allow_gps`` publishes files that hold GPS positions,
+    ``strip_gps`` cleaned copies of them,
     ``private`` seals everything under a new share key (the result's ``share``)."""
     flow = args["flow"]
     ipfs = share_source(store, args.get("via"))
@@ -171,10 +190,10 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
     with store.index.read() as txn:
         gps = [p for p, ino in entries
                if any(k in (images.facts_of(txn, ino) or {}) for k in GPS_FACTS)]
-    if gps and not args.get("allow_gps"):
+    if gps and not (args.get("allow_gps") or args.get("strip_gps")):
         raise JobRefused(f"{len(gps)} files hold GPS positions in their EXIF (first: {gps[0]}); "
-                         "anyone could read where they were taken. Remove them, or publish "
-                         "anyway with --allow-gps")
+                         "anyone could read where they were taken. Publish cleaned copies "
+                         "with --strip-gps, or them as they are with --allow-gps")
     progress.begin("reading the flow", total_items=len(entries))
     contents: dict[str, bytes] = {}
     pngs: dict[str, bytes] = {}
@@ -188,6 +207,9 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
             xattrs = {n.decode(): bytes(ns.get_xattr(txn, ino, n) or b"").decode("utf-8", "replace")
                       for n in ns.xattr_names(txn, ino) if n.startswith(PUBLISHED_XATTRS)}
         data, blocks = await _file_bytes(store, ino, rec.size)
+        if args.get("strip_gps") and path in gps:
+            data, blocks = _cleaned(path, data, store.index.block_size)
+            facts = {k: v for k, v in facts.items() if k not in GPS_FACTS}
         contents[path] = data
         shared_thumbs = {}
         for size_name, row in thumbs.items():
