@@ -316,3 +316,26 @@ def test_follow_an_ipns_name_gets_the_publishers_next_version(shared):
     assert (got / "keep.txt").read_bytes() == b"same\n"
     res = admin(mb.data_dir, cb, "flow", "follow", "tracked", "--stop")
     assert res.returncode == 0, res.stderr
+
+
+def test_two_hundred_photos_listed_with_facts_and_thumbnails_and_no_image_block(shared):
+    ma, ca, mb, cb = shared["a"], shared["ca"], shared["b"], shared["cb"]
+    flow = ma.path / "many"
+    flow.mkdir()
+    for i in range(200):
+        (flow / f"p{i:03d}.jpg").write_bytes(jpeg(48 + i % 16, 40, (i, 255 - i, 90)))
+    poll(lambda: all(thumb_path(flow / f"p{i:03d}.jpg").exists() for i in range(200)),
+         timeout=180, what="200 thumbnails on A")
+    res = admin(ma.data_dir, ca, "flow", "publish", "many", "--json")
+    assert res.returncode == 0, res.stderr
+    loads_before = stats(mb, "file_block_loads")
+    res = admin(mb.data_dir, cb, "flow", "import", json.loads(res.stdout)["manifest"], "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["files"] == 200, res.stderr
+    got = mb.path / "many"
+    names = sorted(os.listdir(got))
+    assert names == [f"p{i:03d}.jpg" for i in range(200)]
+    for i, name in enumerate(names):
+        assert os.getxattr(got / name, "user.gf.image.width") == str(48 + i % 16).encode()
+        assert thumb_path(got / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert stats(mb, "file_block_loads") == loads_before
+    assert stats(mb, "analysis_block_loads") == 0
