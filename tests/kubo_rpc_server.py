@@ -203,8 +203,11 @@ class KuboRpcServer:
             do_PUT = do_DELETE = do_GET
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = self._read_chunked()     # a streamed upload (flow publish)
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
                 if not parts.path.startswith("/api/v0/"):
                     self._plain(404, b"404 page not found\n")
@@ -231,6 +234,17 @@ class KuboRpcServer:
                 if cmd in server.garbage and ctype == "application/json":
                     payload = _garbage(payload)
                 self._send(200, ctype, payload)
+
+            def _read_chunked(self) -> bytes:
+                parts = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass                     # trailers
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
 
             def _plain(self, status: int, text: bytes) -> None:
                 self.send_response(status)

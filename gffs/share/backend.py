@@ -20,16 +20,28 @@ the store's own backends. A publisher that is gone makes ``cat`` hang in Kubo: t
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, AsyncIterator
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from urllib.parse import quote
+
+import requests
+import trio
 
 from gffs.crypto.seal import SealError
-from gffs_backends.base import BackendError, ObjectInfo, ObjectMissing, answers_checked_class
-from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
+from gffs_backends.base import (BackendError, BackendUnavailable, MalformedAnswer, ObjectInfo,
+                                ObjectMissing, answers_checked, answers_checked_class, in_thread)
+from gffs_backends.ipfs import CHUNKER_SIZE, IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
 
 OPTIONS = {"api", "timeout", "auth_token", "username", "password"}
 _LOCATOR_RE = re.compile(r"(?:k([0-9a-f]{8})/)?([A-Za-z0-9]{10,200}):(\d{1,15}):(\d{1,10})")
 MAX_OBJECT = 64 << 20          # a manifest or thumbnail fetched whole
+IPNS_RE = re.compile(r"[A-Za-z0-9]{20,100}")
+# ``ipfs add`` with Kubo's defaults (CIDv0, dag-pb leaves): what anybody's plain add makes
+ADD_PARAMS = [("pin", "true"), ("cid-version", "0"), ("raw-leaves", "false"),
+              ("chunker", f"size-{CHUNKER_SIZE}"), ("hash", "sha2-256"),
+              ("wrap-with-directory", "false"), ("progress", "false"), ("quieter", "true")]
 
 
 def share_locator(cid: str, offset: int, length: int, key_tag: str = "") -> str:
@@ -88,6 +100,107 @@ class IpfsShareBackend(IpfsBackend):
         if unixfs_cid(data, parse_cid(cid)[0]) != cid:
             raise IpfsCorrupt(f"{self.name}: the bytes of {cid} do not match it")
         return data
+
+    # publishing (gffs/share/publish.py) ----------------------------------------------------
+    def _add_answer(self, resp) -> str:
+        """The last CID of an ``add`` answer (a directory's top comes last)."""
+        cid = None
+        for line in resp.content.splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
+                cid = obj["Hash"]
+        if cid is None:
+            raise MalformedAnswer(f"{self.name}: add answered no CID")
+        return cid
+
+    def _add_file(self, name: str, data: bytes) -> str:
+        expected = unixfs_cid(data, 0)
+        got = self._add_answer(self._rpc("add", ADD_PARAMS, upload=data,
+                                         filename=quote(name, "")))
+        if got != expected:
+            raise BackendError(f"{self.name}: the node added {name} as {got}, expected {expected}")
+        return got
+
+    async def add_file(self, name: str, data: bytes) -> str:
+        """``add`` one file with Kubo's defaults (pinned); its CID, checked here."""
+        return await self._run(self._add_file, name, data)
+
+    async def add_directory(self, top: str, parts: list[tuple[str, Callable[[], Awaitable[bytes]]]],
+                            expected: str) -> str:
+        """``add`` a directory tree streamed part by part (each file's bytes come from its
+        loader, on the trio thread, only while it is sent: memory stays one file). Its CID
+        must be *expected*. No overall deadline: a large flow takes as long as it takes;
+        each socket operation is bounded by the timeout."""
+        boundary = uuid.uuid4().hex
+
+        def head(path: str, ctype: str) -> bytes:
+            return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                    f"filename=\"{quote(path, '')}\"\r\nContent-Type: {ctype}\r\n\r\n").encode()
+
+        def body() -> Iterator[bytes]:
+            yield head(top, "application/x-directory") + b"\r\n"
+            made: set[str] = set()
+            for path, load in sorted(parts, key=lambda p: p[0]):
+                segs = path.split("/")
+                for i in range(1, len(segs)):
+                    d = "/".join(segs[:i])
+                    if d not in made:
+                        made.add(d)
+                        yield head(f"{top}/{d}", "application/x-directory") + b"\r\n"
+                yield head(f"{top}/{path}", "application/octet-stream")
+                yield trio.from_thread.run(load)
+                yield b"\r\n"
+            yield f"--{boundary}--\r\n".encode()
+
+        def send() -> str:
+            url = f"{self.base_url}/api/v0/add"
+            try:
+                resp = self._session.post(
+                    url, params=ADD_PARAMS, data=body(), timeout=(10.0, self.timeout),
+                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            except requests.RequestException as exc:
+                raise BackendUnavailable(f"{self.name}: add of {top} failed "
+                                         f"({type(exc).__name__})") from None
+            if resp.status_code != 200:
+                raise BackendError(f"{self.name}: add of {top} answered HTTP "
+                                   f"{resp.status_code}: {resp.content[:200]!r}")
+            return self._add_answer(resp)
+
+        with answers_checked(self.name, "add"):
+            got = await in_thread(send)
+        if got != expected:
+            raise BackendError(f"{self.name}: the node added {top} as {got}, expected "
+                               f"{expected}: it imports with other settings")
+        return got
+
+    async def publish_name(self, key_name: str, cid: str) -> str:
+        """Point the IPNS name of node key *key_name* (made once) at /ipfs/*cid*."""
+        def work() -> str:
+            try:
+                self._json("key/gen", [("arg", key_name), ("type", "ed25519")])
+            except BackendError as exc:
+                if "already exists" not in str(exc):
+                    raise
+            out = self._json("name/publish", [("arg", f"/ipfs/{cid}"), ("key", key_name),
+                                              ("allow-offline", "true")])
+            name = out.get("Name") if isinstance(out, dict) else None
+            if not isinstance(name, str) or not IPNS_RE.fullmatch(name):
+                raise MalformedAnswer(f"{self.name}: name/publish answered no IPNS name")
+            return name
+        return await self._run(work)
+
+    async def resolve(self, name: str) -> str:
+        """The CID an IPNS name points at now."""
+        def work() -> str:
+            out = self._json("name/resolve", [("arg", f"/ipns/{name}"), ("recursive", "true")])
+            path = out.get("Path") if isinstance(out, dict) else None
+            if not isinstance(path, str) or not path.startswith("/ipfs/"):
+                raise MalformedAnswer(f"{self.name}: /ipns/{name} resolved to {path!r}")
+            return self._check_cid(path[len("/ipfs/"):])
+        return await self._run(work)
 
     # interface ----------------------------------------------------------------------------
     async def put(self, key: str, data: bytes) -> str:

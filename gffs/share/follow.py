@@ -13,7 +13,6 @@ at the next mount), so a reader in the middle of a file reads its old version wh
 from __future__ import annotations
 
 import logging
-import re
 import stat
 from typing import Any
 
@@ -26,38 +25,12 @@ from gffs.share.importer import SHARES_META, FlowWriter, content_id_of, fetch_ma
 from gffs.crypto.seal import StoreKey
 from gffs.share.manifest import Manifest
 from gffs.share.private import share_string
+from gffs.share.backend import IPNS_RE
 from gffs.share.source import share_source
 from gffs_backends.base import BackendError
 
 log = logging.getLogger("gffs.share")
 FOLLOW_INTERVAL = 600.0        # seconds between the daemon's looks at followed names
-_IPNS_RE = re.compile(r"[A-Za-z0-9]{20,100}")
-
-
-def resolve(source, name: str) -> str:
-    """The manifest CID an IPNS name points at now (blocking; run in the backend's thread)."""
-    out = source._json("name/resolve", [("arg", f"/ipns/{name}"), ("recursive", "true")])
-    path = out.get("Path") if isinstance(out, dict) else None
-    if not isinstance(path, str) or not path.startswith("/ipfs/"):
-        raise BackendError(f"{source.name}: /ipns/{name} resolved to {path!r}")
-    return path[len("/ipfs/"):]
-
-
-def publish_name(source, flow: str, manifest_cid: str) -> str:
-    """Point the flow's IPNS name (key ``gffs-<flow>`` on the node, made once) at the
-    manifest; the name (blocking; run in the backend's thread)."""
-    key = f"gffs-{flow}"
-    try:
-        source._json("key/gen", [("arg", key), ("type", "ed25519")])
-    except BackendError as exc:
-        if "already exists" not in str(exc):
-            raise
-    out = source._json("name/publish", [("arg", f"/ipfs/{manifest_cid}"), ("key", key),
-                                        ("allow-offline", "true")])
-    name = out.get("Name") if isinstance(out, dict) else None
-    if not isinstance(name, str) or not _IPNS_RE.fullmatch(name):
-        raise BackendError(f"{source.name}: name/publish answered no IPNS name")
-    return name
 
 
 def _unlink(w: FlowWriter, parent: int, leaf: bytes) -> None:
@@ -135,12 +108,12 @@ async def follow(store, args: dict[str, Any], progress: Progress) -> dict[str, A
             store.index.set_meta_json(txn, SHARES_META, shares)
         return {"flow": flow, "stopped": True}
     name = args["name"]
-    if not _IPNS_RE.fullmatch(name):
+    if not IPNS_RE.fullmatch(name):
         raise JobRefused(f"{name!r} is not an IPNS name")
     source = share_source(store, args.get("via"))
     progress.begin(f"resolving /ipns/{name}")
     try:
-        cid = await source._run(resolve, source, name)
+        cid = await source.resolve(name)
     except BackendError as exc:
         raise JobRefused(f"cannot resolve /ipns/{name}: {exc}") from None
     entry = shares.get(args.get("as") or "")

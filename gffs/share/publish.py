@@ -7,6 +7,10 @@ equal it (a node that imported other bytes or with other settings is caught). Th
 manifest (gffs/share/manifest.py) is added beside it; its CID is what importers need.
 Thumbnails are added as their own files (PNG), so listing an imported flow's thumbnails
 never needs an image block.
+
+Two passes, one file in memory at a time: the first reads each file to compute its
+CIDs and manifest entry, the second streams the files to the node, reading each again
+(from the block cache or the backends) while it is sent.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ import hashlib
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -28,21 +31,23 @@ from gffs.share.gps import strip_gps
 from gffs.share.manifest import Manifest, SharedFile, Thumb
 from gffs.share.private import MANIFEST_NAME, new_share_key, seal_block, share_string
 from gffs.share.source import share_source
-from gffs_backends.base import BackendError
-from gffs_backends.ipfs import (CHUNKER_SIZE, IpfsBackend, cid_text, unixfs_cid,
-                                unixfs_dir_root, unixfs_file_root)
+from gffs_backends.ipfs import cid_text, unixfs_dir_root, unixfs_file_root
 
 PUBLISHED_XATTRS = (b"user.xdg.", b"user.nft.")
 GPS_FACTS = ("gps_lat", "gps_lon", "gps_alt")
-_ADD_PARAMS = [("pin", "true"), ("cid-version", "0"), ("raw-leaves", "false"),
-               ("chunker", f"size-{CHUNKER_SIZE}"), ("hash", "sha2-256"),
-               ("wrap-with-directory", "false"), ("progress", "false"), ("quieter", "true")]
+Loader = Callable[[], Awaitable[bytes]]
 
 
 @dataclass
 class _Dir:
     files: dict[str, tuple[bytes, int]] = field(default_factory=dict)   # name -> (CID, tsize)
     dirs: dict[str, "_Dir"] = field(default_factory=dict)
+
+    def add(self, path: str, root: tuple[bytes, int]) -> None:
+        node = self
+        for seg in path.split("/")[:-1]:
+            node = node.dirs.setdefault(seg, _Dir())
+        node.files[path.rsplit("/", 1)[-1]] = root
 
     def root(self) -> tuple[bytes, int]:
         entries = [(n, *c) for n, c in self.files.items()]
@@ -51,7 +56,7 @@ class _Dir:
 
 
 def _walk(store, flow_ino: int) -> list[tuple[str, int]]:
-    """(relative path, ino) of every regular file under the flow, directories first."""
+    """(relative path, ino) of every regular file under the flow."""
     ns = Namespace(store.index)
     out: list[tuple[str, int]] = []
     todo = [("", flow_ino)]
@@ -68,23 +73,18 @@ def _walk(store, flow_ino: int) -> list[tuple[str, int]]:
     return sorted(out)
 
 
-async def _file_bytes(store, ino: int, size: int) -> tuple[bytes, list[tuple[int, str, int]]]:
-    cm, bs = ChunkMap(store.index), store.index.block_size
-    with store.index.read() as txn:
-        blocks = list(cm.blocks(txn, ino))
-    data = bytearray(size)
-    listed = []
-    for idx, digest in blocks:
-        if idx * bs >= size:
-            continue
-        block = bytes(await store.chunks.load(digest))[: size - idx * bs]
-        data[idx * bs: idx * bs + len(block)] = block
-        listed.append((idx, digest.hex(), len(block)))
-    return bytes(data), listed
+def _blocks_of(data: bytes, block_size: int) -> list[tuple[int, str, int]]:
+    """(index, SHA-256, length) of each stored block; all-zero blocks are holes."""
+    out = []
+    for idx, start in enumerate(range(0, len(data), block_size)):
+        block = data[start:start + block_size]
+        if block.count(0) != len(block):
+            out.append((idx, hashlib.sha256(block).hexdigest(), len(block)))
+    return out
 
 
-def _cleaned(path: str, data: bytes, block_size: int) -> tuple[bytes, list[tuple[int, str, int]]]:
-    """The GPS-free copy of a file and its block list (all-zero blocks are holes)."""
+def _cleaned(path: str, data: bytes) -> bytes:
+    """The GPS-free copy of a file (JobRefused when it cannot be made)."""
     try:
         cleaned = strip_gps(data)
     except ValueError as exc:
@@ -92,95 +92,41 @@ def _cleaned(path: str, data: bytes, block_size: int) -> tuple[bytes, list[tuple
     if cleaned is None:
         raise JobRefused(f"{path}: holds a GPS position that --strip-gps cannot remove (only "
                          "JPEG EXIF is cleaned); move it out of the flow or use --allow-gps")
-    blocks = []
-    for idx, start in enumerate(range(0, len(cleaned), block_size)):
-        block = cleaned[start:start + block_size]
-        if block.count(0) != len(block):
-            blocks.append((idx, hashlib.sha256(block).hexdigest(), len(block)))
-    return cleaned, blocks
+    return cleaned
 
 
-def _add_one(ipfs: IpfsBackend, name: str, data: bytes) -> str:
-    """``add`` one file (Kubo's defaults); its CID, checked against the one computed here."""
-    expected = unixfs_cid(data, 0)
-    got = _answered_root(ipfs._rpc("add", _ADD_PARAMS, upload=data, filename=quote(name, "")))
-    if got != expected:
-        raise BackendError(f"{ipfs.name}: the node added {name} as {got}, expected {expected}")
-    return got
+class _Reader:
+    """The published bytes of a flow's files: the store's content, cleaned if asked."""
 
+    def __init__(self, store, strip: set[str]) -> None:
+        self.store, self.strip = store, strip
+        self.cm = ChunkMap(store.index)
 
-def _add_tree(ipfs: IpfsBackend, flow: str, files: dict[str, bytes], expected: str) -> str:
-    """``add`` the flow as one directory (multipart: directories before their files)."""
-    parts: list[tuple] = [("file", (quote(flow, ""), b"", "application/x-directory"))]
-    seen_dirs: set[str] = set()
-    for path, data in sorted(files.items()):
-        segs = path.split("/")
-        for i in range(1, len(segs)):
-            d = "/".join(segs[:i])
-            if d not in seen_dirs:
-                seen_dirs.add(d)
-                parts.append(("file", (quote(f"{flow}/{d}", ""), b"", "application/x-directory")))
-        parts.append(("file", (quote(f"{flow}/{path}", ""), data, "application/octet-stream")))
-    got = _answered_root(ipfs._rpc("add", _ADD_PARAMS, parts=parts))
-    if got != expected:
-        raise BackendError(f"{ipfs.name}: the node added flow {flow} as {got}, expected "
-                           f"{expected}: it imports with other settings")
-    return got
+    async def read(self, path: str, ino: int, size: int) -> bytes:
+        bs = self.store.index.block_size
+        with self.store.index.read() as txn:
+            blocks = list(self.cm.blocks(txn, ino))
+        data = bytearray(size)
+        for idx, digest in blocks:
+            if idx * bs < size:
+                block = bytes(await self.store.chunks.load(digest))[: size - idx * bs]
+                data[idx * bs: idx * bs + len(block)] = block
+        return _cleaned(path, bytes(data)) if path in self.strip else bytes(data)
 
-
-def _answered_root(resp) -> str:
-    """The last CID of an ``add`` answer (the top directory comes last)."""
-    import json
-    cid = None
-    for line in resp.content.splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
-            cid = obj["Hash"]
-    if cid is None:
-        raise BackendError("add answered no CID")
-    return cid
-
-
-def _sealed_objects(key, shared: list[SharedFile], contents: dict[str, bytes],
-                    pngs: dict[str, bytes], block_size: int) -> dict[str, bytes]:
-    """Private share: every block and thumbnail sealed under *key*; the entries of
-    *shared* get their sealed objects' CIDs. Returns object name -> sealed bytes."""
-    objects: dict[str, bytes] = {}
-
-    def seal(sha: str, plain: bytes) -> tuple[str, int]:
-        name, sealed = seal_block(key, sha, plain)
-        objects[name] = sealed
-        return cid_text(unixfs_file_root(sealed, 0)[0]), len(sealed)
-
-    for f in shared:
-        data = contents[f.path]
-        f.blocks = [(i, sha, n, *seal(sha, data[i * block_size:i * block_size + n]))
-                    for i, sha, n in f.blocks]
-        for t in f.thumbnails.values():
-            t.cid, t.sealed_length = seal(t.sha256, pngs[t.sha256])
-    return objects
-
-
-def _tree_of(files: dict[str, bytes]) -> _Dir:
-    tree = _Dir()
-    for path, data in files.items():
-        node = tree
-        for seg in path.split("/")[:-1]:
-            node = node.dirs.setdefault(seg, _Dir())
-        node.files[path.rsplit("/", 1)[-1]] = unixfs_file_root(data, 0)
-    return tree
+    def loader(self, path: str, ino: int, size: int,
+               then: Callable[[bytes], bytes] = lambda d: d) -> Loader:
+        async def load() -> bytes:
+            return then(await self.read(path, ino, size))
+        return load
 
 
 @job("flow-publish", writes=False)
 async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Publish flow ``args["flow"]``; ``allow_gps`` publishes files that hold GPS positions,
-    ``strip_gps`` cleaned copies of them,
-    ``private`` seals everything under a new share key (the result's ``share``)."""
+    """Publish flow ``args["flow"]``. ``allow_gps``: files with GPS positions as they are;
+    ``strip_gps``: cleaned copies of them; ``private``: sealed under a new share key (the
+    result's ``share``); ``ipns``: point the flow's IPNS name at it."""
     flow = args["flow"]
-    ipfs = share_source(store, args.get("via"))
+    source = share_source(store, args.get("via"))
     ns, images = Namespace(store.index), ImageIndex(store.index)
     with store.index.read() as txn:
         flow_ino = ns.lookup(txn, ROOT_INO, flow.encode())
@@ -194,10 +140,19 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
         raise JobRefused(f"{len(gps)} files hold GPS positions in their EXIF (first: {gps[0]}); "
                          "anyone could read where they were taken. Publish cleaned copies "
                          "with --strip-gps, or them as they are with --allow-gps")
+    reader = _Reader(store, set(gps) if args.get("strip_gps") else set())
+    key = new_share_key() if args.get("private") else None
+    bs = store.index.block_size
+    tree, parts, shared = _Dir(), [], []
+    thumb_png: dict[str, bytes] = {}          # public thumbnails: small, added one by one
+
+    def add_part(name: str, data: bytes, load: Loader) -> tuple[str, int]:
+        root = unixfs_file_root(data, 0)
+        tree.add(name, root)
+        parts.append((name, load))
+        return cid_text(root[0]), len(data)
+
     progress.begin("reading the flow", total_items=len(entries))
-    contents: dict[str, bytes] = {}
-    pngs: dict[str, bytes] = {}
-    shared: list[SharedFile] = []
     for path, ino in entries:
         with store.index.read() as txn:
             rec = ns.get(txn, ino)
@@ -206,53 +161,68 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
             thumbs = images.thumbnails(txn, content_id) if content_id else {}
             xattrs = {n.decode(): bytes(ns.get_xattr(txn, ino, n) or b"").decode("utf-8", "replace")
                       for n in ns.xattr_names(txn, ino) if n.startswith(PUBLISHED_XATTRS)}
-        data, blocks = await _file_bytes(store, ino, rec.size)
-        if args.get("strip_gps") and path in gps:
-            data, blocks = _cleaned(path, data, store.index.block_size)
+        if path in reader.strip:
             facts = {k: v for k, v in facts.items() if k not in GPS_FACTS}
-        contents[path] = data
+        data = await reader.read(path, ino, rec.size)
+        blocks: list[tuple] = _blocks_of(data, bs)
+        file_cid = cid_text(unixfs_file_root(data, 0)[0])
+        if key is None:
+            add_part(path, data, reader.loader(path, ino, rec.size))
+        else:
+            sealed_blocks = []
+            for i, sha, n in blocks:
+                name, sealed = seal_block(key, sha, data[i * bs:i * bs + n])
+                load = reader.loader(path, ino, rec.size, _sealer(key, sha, i * bs, n))
+                sealed_blocks.append((i, sha, n, *add_part(name, sealed, load)))
+            blocks = sealed_blocks
         shared_thumbs = {}
         for size_name, row in thumbs.items():
             png = bytes(await store.chunks.load(row.digest))
             sha = hashlib.sha256(png).hexdigest()
-            pngs[sha] = png
-            shared_thumbs[size_name] = Thumb("", sha, row.width, row.height, len(png))
-        shared.append(SharedFile(path, rec.size, rec.mode & 0o777, rec.mtime_ns, "",
+            t = Thumb("", sha, row.width, row.height, len(png))
+            if key is None:
+                thumb_png[sha] = png
+            else:
+                name, sealed = seal_block(key, sha, png)
+                t.cid, t.sealed_length = add_part(name, sealed, _const(sealed))
+            shared_thumbs[size_name] = t
+        shared.append(SharedFile(path, rec.size, rec.mode & 0o777, rec.mtime_ns, file_cid,
                                  blocks, facts, xattrs, shared_thumbs))
         progress.advance(1, rec.size)
-    progress.begin("adding to IPFS")
-    key = new_share_key() if args.get("private") else None
-    tree = await trio.to_thread.run_sync(_tree_of, contents)
+        del data
+    progress.begin("adding to IPFS", total_items=len(parts) + len(thumb_png))
+    thumb_cids = {sha: await source.add_file(f"{sha[:16]}.png", png) for sha, png in thumb_png.items()}
     for f in shared:
-        node = tree
-        for seg in f.path.split("/")[:-1]:
-            node = node.dirs[seg]
-        f.cid = cid_text(node.files[f.path.rsplit("/", 1)[-1]][0])
-    if key is None:
-        thumb_cids = {sha: await ipfs._run(_add_one, ipfs, f"{sha[:16]}.png", png)
-                      for sha, png in pngs.items()}
-        for f in shared:
-            for t in f.thumbnails.values():
-                t.cid = thumb_cids[t.sha256]
-        published = contents
-    else:
-        published = await trio.to_thread.run_sync(_sealed_objects, key, shared, contents, pngs,
-                                                  store.index.block_size)
-        tree = _tree_of(published)
+        for t in f.thumbnails.values():
+            t.cid = t.cid or thumb_cids[t.sha256]
     expected = cid_text(tree.root()[0])
-    root = await ipfs._run(_add_tree, ipfs, flow, published, expected)
-    manifest = Manifest(flow, root, store.index.block_size, time.time_ns(), shared,
-                        private=key is not None)
+    root = await source.add_directory(flow, _unique(parts), expected)
+    manifest = Manifest(flow, root, bs, time.time_ns(), shared, private=key is not None)
     body = manifest.to_json()
     if key is not None:
         body = key.seal_meta(MANIFEST_NAME, body)
-    manifest_cid = await ipfs._run(_add_one, ipfs, "gffs-share.json", body)
+    manifest_cid = await source.add_file("gffs-share.json", body)
     result = {"flow": flow, "root": root, "manifest": manifest_cid, "files": len(shared),
               "bytes": sum(f.size for f in shared), "gps_files": len(gps),
               "private": key is not None}
     if key is not None:
         result["share"] = share_string(manifest_cid, key)
     if args.get("ipns"):
-        from gffs.share.follow import publish_name
-        result["ipns"] = await ipfs._run(publish_name, ipfs, flow, manifest_cid)
+        result["ipns"] = await source.publish_name(f"gffs-{flow}", manifest_cid)
     return result
+
+
+def _sealer(key, sha: str, start: int, length: int) -> Callable[[bytes], bytes]:
+    """From a file's published bytes to the sealed object of one of its blocks."""
+    return lambda data: seal_block(key, sha, data[start:start + length])[1]
+
+
+def _const(data: bytes) -> Loader:
+    async def load() -> bytes:
+        return data
+    return load
+
+
+def _unique(parts: list[tuple[str, Loader]]) -> list[tuple[str, Loader]]:
+    """One part per name (a private share's identical blocks are one sealed object)."""
+    return list({name: (name, load) for name, load in parts}.values())
