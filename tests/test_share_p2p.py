@@ -181,6 +181,9 @@ def test_import_lists_facts_tags_and_thumbnails_without_fetching_an_image_block(
     assert stats(mb, "thumbnail_loads") >= 3
     assert stats(mb, "file_block_loads") == 0
     assert stats(mb, "analysis_block_loads") == 0
+    res = admin(mb.data_dir, shared["cb"], "fsck", "--json")   # not pinned: no problem either
+    assert res.returncode == 0 and "chunks only on a share source" in res.stdout, res.stdout
+    assert stats(mb, "file_block_loads") == 0
 
 
 def test_reads_on_b_fetch_from_a_and_publisher_gone_is_eio_not_a_hang(shared):
