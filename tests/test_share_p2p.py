@@ -360,3 +360,32 @@ def test_directory_sharding_matches_the_real_node(nodes, tmp_path, shorten):
         entries.append((name, *unixfs_file_root(data, 0)))
     ours = cid_text(unixfs_dir_root(entries, 0)[0])
     assert nodes[0].node.add_path(str(top)) == ours
+
+
+def test_a_share_source_never_holds_chunks_of_this_store(tmp_path):
+    from gffs.config import load_config
+    from gffs.errors import ConfigError
+    from gffs.store import build_placement, open_backends
+    base = f"""
+[backends.local]
+type = "local"
+path = "{tmp_path / 'l'}"
+
+[backends.p2p]
+type = "ipfs-share"
+api = "/ip4/127.0.0.1/tcp/5001"
+"""
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text(base)
+    cfg = load_config(str(cfg_file), str(tmp_path / "d"))
+    assert cfg.placement.backends == ["local"]
+    assert not [b for b in cfg.backends if b.name == "p2p"][0].encrypt
+    placement = build_placement(cfg, open_backends(cfg))
+    assert [b.name for b in placement.fallbacks(set())] == ["local"]
+    cfg_file.write_text(base + '[placement]\nbackends = ["local", "p2p"]\n')
+    c = load_config(str(cfg_file), str(tmp_path / "d"))
+    with pytest.raises(ConfigError, match="read-only"):
+        build_placement(c, open_backends(c))
+    cfg_file.write_text(base + "encrypt = true\n")
+    with pytest.raises(ConfigError, match="read-only"):
+        load_config(str(cfg_file), str(tmp_path / "d"))

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 from urllib.parse import quote
 
 import requests
 import trio
 
-from gffs.crypto.seal import SealError
+from gffs.crypto.seal import SealError, StoreKey
 from gffs_backends.base import (BackendError, BackendUnavailable, MalformedAnswer, ObjectInfo,
                                 ObjectMissing, answers_checked, answers_checked_class, in_thread)
 from gffs_backends.ipfs import CHUNKER_SIZE, IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
@@ -60,7 +60,7 @@ class IpfsShareBackend(IpfsBackend):
                  **kw) -> None:
         super().__init__(name, api, timeout=timeout, mfs_dir="/gffs-share-unused",
                          cid_version=0, trusted=False, **kw)
-        self.keys: dict[str, Any] = {}    # share key tag -> gffs.crypto.seal.StoreKey
+        self.keys: dict[str, StoreKey] = {}   # share key tag -> key (private shares)
 
     @classmethod
     def from_config(cls, name: str, options: dict) -> "IpfsShareBackend":
@@ -68,9 +68,9 @@ class IpfsShareBackend(IpfsBackend):
         if unknown:
             raise ValueError(f"backend {name!r}: unknown option {unknown[0]!r} "
                              f"(known: {', '.join(sorted(OPTIONS))})")
-        base = IpfsBackend.from_config(name, options)
-        return cls(name, base.base_url if not base._api_from_file else None,
-                   timeout=base.timeout, **_credentials(options))
+        base = IpfsBackend.from_config(name, options)     # the same option checks
+        base._session.close()
+        return cls(name, options.get("api"), timeout=base.timeout, **_credentials(options))
 
     def __repr__(self) -> str:
         return f"IpfsShareBackend({self.name!r}, {self.base_url!r})"
