@@ -321,6 +321,16 @@ def test_follow_an_ipns_name_gets_the_publishers_next_version(shared):
     assert (got / "keep.txt").read_bytes() == b"same\n"
     res = admin(mb.data_dir, cb, "flow", "follow", "tracked", "--stop")
     assert res.returncode == 0, res.stderr
+    # a private share followed by its IPNS name: the key comes once, with the first follow
+    res = admin(ma.data_dir, ca, "flow", "publish", "notes", "--ipns", "--key", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    res = admin(mb.data_dir, cb, "flow", "follow", out["ipns"], "--as", "sealed")
+    assert res.returncode == 4, res.stderr               # no key: the manifest is sealed
+    res = admin(mb.data_dir, cb, "flow", "follow", out["ipns"], "--as", "sealed",
+                "--key", out["share"])
+    assert res.returncode == 0, res.stderr
+    assert (mb.path / "sealed" / "edit.txt").read_bytes() == b"second version\n"
 
 
 def test_two_hundred_photos_listed_with_facts_and_thumbnails_and_no_image_block(shared):

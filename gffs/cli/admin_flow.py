@@ -42,7 +42,7 @@ def _follow(cfg: Config, args: argparse.Namespace) -> int:
             print(f"flow {r['flow']}: at {r['manifest']}; {r['added']} added, {r['changed']} "
                   f"changed, {r['removed']} removed")
     return cli_run(cfg, "flow-follow", {"name": args.name, "as": args.as_name, "via": args.via,
-                                        "stop": args.stop},
+                                        "stop": args.stop, "key": args.key},
                    json_output=args.json, render=render)
 
 
@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("name", help="the IPNS name (k51...), or with --stop the flow")
     w.add_argument("--as", dest="as_name", help="flow name here (default: the publisher's)")
     w.add_argument("--stop", action="store_true", help="unfollow: keep the flow as it is")
+    w.add_argument("--key", help="a private share: its gffs-share: string (the key is kept)")
     n = fsub.add_parser("pin", help="copy every block of a flow to this store's own backends")
     n.add_argument("flow")
     for s, handler in ((p, _publish), (i, _import), (w, _follow), (n, _pin)):

@@ -24,7 +24,7 @@ from gffs.maintenance.progress import Progress
 from gffs.share.importer import SHARES_META, FlowWriter, content_id_of, fetch_manifest, make_flow
 from gffs.crypto.seal import StoreKey
 from gffs.share.manifest import Manifest
-from gffs.share.private import share_string
+from gffs.share.private import parse_share, share_string
 from gffs.share.backend import IPNS_RE
 from gffs.share.source import share_source
 from gffs_backends.base import BackendError
@@ -93,7 +93,8 @@ def apply_update(store, flow: str, m: Manifest, source: str, key, follow: str) -
 
 @job("flow-follow")
 async def follow(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Follow IPNS name ``args["name"]`` as flow ``args["as"]``; ``stop`` unfollows."""
+    """Follow IPNS name ``args["name"]`` as flow ``args["as"]``; ``stop`` unfollows; ``key``
+    (a private share's ``gffs-share:`` string) opens a private flow's manifests."""
     if store.read_only:
         raise JobRefused("the store is mounted read-only")
     with store.index.read() as txn:
@@ -120,6 +121,14 @@ async def follow(store, args: dict[str, Any], progress: Progress) -> dict[str, A
     share = cid
     if entry is not None and entry.get("key"):     # a followed private share keeps its key
         share = share_string(cid, StoreKey(bytes.fromhex(entry["key"])))
+    elif args.get("key"):                          # the first follow of a private share
+        try:
+            key = parse_share(args["key"])[1]
+        except ValueError as exc:
+            raise JobRefused(str(exc)) from None
+        if key is None:
+            raise JobRefused("--key wants the gffs-share: string of the private share")
+        share = share_string(cid, key)
     m, key = await fetch_manifest(source, share)
     flow = args.get("as") or m.flow
     entry = shares.get(flow)
