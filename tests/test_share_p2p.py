@@ -331,6 +331,13 @@ def test_follow_an_ipns_name_gets_the_publishers_next_version(shared):
                 "--key", out["share"])
     assert res.returncode == 0, res.stderr
     assert (mb.path / "sealed" / "edit.txt").read_bytes() == b"second version\n"
+    (src / "edit.txt").write_bytes(b"third\n")              # same share key next time
+    res = admin(ma.data_dir, ca, "flow", "publish", "notes", "--ipns", "--key", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["share"].rsplit(":", 1)[1] == \
+        out["share"].rsplit(":", 1)[1], res.stderr
+    res = admin(mb.data_dir, cb, "flow", "follow", out["ipns"], "--as", "sealed", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["changed"] == 1, res.stderr
+    poll(lambda: (mb.path / "sealed" / "edit.txt").read_bytes() == b"third\n", what="update")
 
 
 def test_two_hundred_photos_listed_with_facts_and_thumbnails_and_no_image_block(shared):

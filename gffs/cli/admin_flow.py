@@ -22,7 +22,8 @@ def _publish(cfg: Config, args: argparse.Namespace) -> int:
               f"elsewhere with: gffs-admin flow import {what}"
               + ("  (private: whoever has this string can read the flow)" if r["private"] else ""))
     return cli_run(cfg, "flow-publish", {"flow": args.flow, "allow_gps": args.allow_gps,
-                                         "via": args.via, "private": args.key, "strip_gps": args.strip_gps,
+                                         "via": args.via, "private": args.key or args.new_key,
+                                         "new_key": args.new_key, "strip_gps": args.strip_gps,
                                          "ipns": args.ipns},
                    json_output=args.json, render=render)
 
@@ -65,7 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ipns", action="store_true",
                    help="also point the flow's IPNS name at this version (for followers)")
     p.add_argument("--key", action="store_true",
-                   help="private share: seal it under a new share key (prints gffs-share:...)")
+                   help="private share: seal it under the flow's share key, made the first "
+                        "time (prints gffs-share:...)")
+    p.add_argument("--new-key", action="store_true",
+                   help="private share under a new share key (the old string opens only "
+                        "what was published before)")
     i = fsub.add_parser("import", help="make a flow from a published manifest CID")
     i.add_argument("cid", help="the manifest CID, or the gffs-share: string of a private share")
     i.add_argument("--as", dest="as_name", help="flow name here (default: the publisher's)")

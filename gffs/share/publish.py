@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from gffs.crypto.seal import StoreKey
 from gffs.index import ROOT_INO, ChunkMap, Namespace
 from gffs.index.images import ImageIndex
 from gffs.maintenance.jobs import JobRefused, job
@@ -120,11 +121,27 @@ class _Reader:
         return load
 
 
-@job("flow-publish", writes=False)
+PUBLISHED_KEYS = b"share_keys"     # meta JSON: flow -> hex share key of its private shares
+
+
+def _share_key(store, flow: str, renew: bool):
+    """The flow's share key: made at its first private publish and kept, so followers
+    open later versions with the key they have; *renew* makes a new one (revocation for
+    what is published from then on)."""
+    with store.index.write() as txn:
+        keys = store.index.meta_json(txn, PUBLISHED_KEYS, {})
+        if renew or flow not in keys:
+            keys[flow] = new_share_key().master.hex()
+            store.index.set_meta_json(txn, PUBLISHED_KEYS, keys)
+    return StoreKey(bytes.fromhex(keys[flow]))
+
+
+@job("flow-publish")
 async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Publish flow ``args["flow"]``. ``allow_gps``: files with GPS positions as they are;
-    ``strip_gps``: cleaned copies of them; ``private``: sealed under a new share key (the
-    result's ``share``); ``ipns``: point the flow's IPNS name at it."""
+    ``strip_gps``: cleaned copies of them; ``private``: sealed under the flow's share key
+    (the result's ``share``; ``new_key`` makes a new one); ``ipns``: point the flow's IPNS
+    name at it."""
     flow = args["flow"]
     source = share_source(store, args.get("via"))
     ns, images = Namespace(store.index), ImageIndex(store.index)
@@ -141,7 +158,8 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
                          "anyone could read where they were taken. Publish cleaned copies "
                          "with --strip-gps, or them as they are with --allow-gps")
     reader = _Reader(store, set(gps) if args.get("strip_gps") else set())
-    key = new_share_key() if args.get("private") else None
+    key = _share_key(store, flow, renew=bool(args.get("new_key"))) if args.get("private") \
+        else None
     bs = store.index.block_size
     tree, parts, shared = _Dir(), [], []
     thumb_png: dict[str, bytes] = {}          # public thumbnails: small, added one by one
