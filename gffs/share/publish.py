@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-
 from gffs.crypto.seal import StoreKey
 from gffs.index import ROOT_INO, ChunkMap, Namespace
 from gffs.index.images import ImageIndex
