@@ -188,13 +188,6 @@ def cid_text(cid: bytes) -> str:
     return "b" + base64.b32encode(cid).decode().lower().rstrip("=")
 
 
-def cid_bytes(cid: str) -> bytes:
-    """The binary form of a CIDv0 or base32 CIDv1 (ValueError otherwise)."""
-    version, codec, digest = parse_cid(cid)
-    mh = bytes([_SHA2_256, 32]) + digest
-    return mh if version == 0 else _varint(1) + _varint(codec) + mh
-
-
 DIR_SHARD_THRESHOLD = 262144   # Kubo's Internal.UnixFSShardingSizeThreshold default (256 KiB)
 
 
