@@ -157,9 +157,15 @@ class Backend(ABC):
     trusted: bool = True
     #: copies here are made in the background, not before close() returns (from the config)
     deferred: bool = False
+    #: a source to read from, never a place for copies (a flow shared by another store)
+    read_only: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def attach_index(self, index: object) -> None:
+        """The store's index is open: a backend keeping state there (a share source's keys)
+        reads it now. Most need nothing."""
 
     @classmethod
     def from_config(cls, name: str, options: dict) -> "Backend":

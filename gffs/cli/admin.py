@@ -6,6 +6,7 @@
     backend drain NAME [--cancel] [--dry-run] [limits] [--json]
     gc [--min-age SECONDS] [--json]
     fsck, index backup|list|restore, nft link|refresh|scan
+    flow publish|import|pin               share flows over IPFS (docs/SHARING.md)
 
 The maintenance commands run inside the mount daemon through its control
 socket when the store is mounted, and open the store here when not: the same
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 # Modules adding subcommands: each has register(subparsers); a subcommand sets
 # handler=fn(cfg, args) -> exit code with set_defaults.
 ADMIN_EXTENSIONS: list[str] = ["gffs.cli.admin_jobs", "gffs.cli.admin_nft", "gffs.cli.admin_index",
-                                "gffs.cli.admin_fsck", "gffs.cli.admin_key"]
+                                "gffs.cli.admin_fsck", "gffs.cli.admin_key",
+                                "gffs.cli.admin_flow"]
 
 
 def _status(cfg: "Config", args: "argparse.Namespace") -> int:

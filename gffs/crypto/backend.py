@@ -95,6 +95,10 @@ class CryptBackend(Backend):
     def deferred(self) -> bool:  # type: ignore[override]
         return self.inner.deferred
 
+    @property
+    def read_only(self) -> bool:  # type: ignore[override]
+        return self.inner.read_only
+
     def remove_stale_temps(self, older_than: float) -> int:
         return self.inner.remove_stale_temps(older_than)
 

@@ -73,8 +73,10 @@ def _state(store: Store) -> _State:
 
 
 def backup_targets(cfg: Config, backends: dict[str, Backend]) -> dict[str, Backend]:
-    """The backends receiving backups: ``[store] index_backup_to``, else all of them."""
-    names = cfg.index_backup_to or list(backends)
+    """The backends receiving backups: ``[store] index_backup_to``, else all of them but
+    read-only ones (a share source of imported flows)."""
+    names = cfg.index_backup_to or [n for n, b in backends.items()
+                                    if not b.read_only]
     return {n: backends[n] for n in names if n in backends}
 
 

@@ -328,6 +328,12 @@ class BackendCheck:
         flow = self.flows.get(digest) if self.flows is not None else None
         want = placement.policy_for(flow).copies
         have = sum(placement.trusted(b) for b in good + unsure + self.unrecorded.get(digest, []))
+        if not have and not bad and all(getattr(self.store.backends.get(b), "read_only", False)
+                                        for b in recorded):
+            # an imported flow's block, not pinned: held by its publisher by design
+            # (docs/SHARING.md; `gffs-admin flow pin` makes copies of our own)
+            self.report.count("chunks only on a share source", 1)
+            return
         if have < want and not bad:  # (a bad copy's finding already says it)
             if txn.get(digest, db=self.store.index.db["repair"]) is not None:
                 self.report.add("repair_pending", obj, f"{have} of {want} trusted copies")

@@ -58,7 +58,8 @@ def load_jobs() -> dict[str, Job]:
     import importlib
     for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.gc",
                    "gffs.maintenance.fsck", "gffs.maintenance.backup", "gffs.maintenance.rotate",
-                   "gffs.maintenance.commit"):
+                   "gffs.maintenance.commit", "gffs.share.publish", "gffs.share.importer",
+                   "gffs.share.pin", "gffs.share.follow"):
         importlib.import_module(module)
     return JOBS
 

@@ -48,7 +48,8 @@ class Placement:
             raise ValueError("placement needs at least one backend")
         self.by_name = {b.name: b for b in backends}
         self.backends = backends
-        names = default_backends or [b.name for b in backends]
+        # a read-only source (an imported flow's IPFS share) never receives chunks
+        names = default_backends or [b.name for b in backends if not b.read_only]
         self.default = FlowPolicy(copies, names, dict(weights or {}))
         self.flows = dict(flows or {})
         for name, policy in [("default", self.default), *self.flows.items()]:
@@ -58,6 +59,10 @@ class Placement:
             if not 1 <= policy.copies <= len(policy.backends):
                 raise ValueError(f"placement for {name}: copies must be between 1 and "
                                  f"{len(policy.backends)}, not {policy.copies}")
+            read_only = [b for b in policy.backends if self.by_name[b].read_only]
+            if read_only:
+                raise ValueError(f"placement for {name}: backend {read_only[0]!r} is "
+                                 "read-only (a share source) and cannot hold copies")
             trusted = [b for b in policy.backends if self.by_name[b].trusted]
             if len(trusted) < policy.copies:
                 raise ValueError(f"placement for {name}: {policy.copies} copies need as many "
@@ -131,7 +136,7 @@ class Placement:
     def fallbacks(self, exclude: set[str]) -> list[Backend]:
         """Other writable, non-deferred backends, local first: where data goes when targets fail."""
         rest = [b for b in self.backends if b.name not in exclude and not self.deferred(b.name)
-                and self.health.writable(b.name)]
+                and self.health.writable(b.name) and not b.read_only]
         return sorted(rest, key=lambda b: not self.is_local(b.name))
 
     def is_local(self, name: str) -> bool:
