@@ -156,8 +156,8 @@ def piece_bytes(tmp_path: Path) -> dict[str, int]:
 
 def test_second_backup_uploads_only_the_pieces_that_changed(tmp_path, cfg, store, monkeypatch):
     # 16 KiB pieces instead of 256 KiB, so that a test-sized index spans many of them
-    monkeypatch.setattr(backup_format, "TARGET_PIECE", 16 << 10)
-    populate(store, 6000)
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    populate(store, 1500)
     first = backup(store)
     assert first["pieces"] >= 120, first
     before = piece_bytes(tmp_path)
@@ -385,7 +385,7 @@ def change_many_tables(store: Store) -> None:
         d, _ = fs.lookup(ROOT_INO, b"flow")
         fs.unlink(d, b"img-1-00007.jpg")
         fs.rename(d, b"img-1-00100.jpg", d, b"moved.jpg")
-        for i in range(0, 2000, 400):
+        for i in range(1, 500, 111):   # not 7 (deleted) nor 100 (renamed)
             ino, _ = fs.lookup(d, f"img-1-{i:05d}.jpg".encode())
             fs.setxattr(ino, b"user.xdg.tags", b"changed")
     trio.run(main)
@@ -399,8 +399,8 @@ def manifest_pieces(tmp_path: Path, version: str) -> list[tuple[str, str]]:
 
 def test_incremental_backup_equals_a_full_one_and_restores_the_same_records(
         tmp_path, cfg, store, monkeypatch):
-    monkeypatch.setattr(backup_format, "TARGET_PIECE", 16 << 10)
-    populate(store, 3000)
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    populate(store, 1200)
     first = backup(store)
     assert first["pieces_reused"] == 0 and first["pieces"] >= 60, first
     change_many_tables(store)
@@ -429,8 +429,8 @@ def test_incremental_backup_equals_a_full_one_and_restores_the_same_records(
 
 
 def test_incremental_backup_uploads_only_changed_pieces(tmp_path, cfg, store, monkeypatch):
-    monkeypatch.setattr(backup_format, "TARGET_PIECE", 16 << 10)
-    populate(store, 3000)
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    populate(store, 750)
     first = backup(store)
     before = piece_bytes(tmp_path)
     puts = []
@@ -451,8 +451,8 @@ def test_incremental_backup_uploads_only_changed_pieces(tmp_path, cfg, store, mo
 
 def test_a_stale_or_damaged_piece_cache_costs_time_not_correctness(tmp_path, cfg, store,
                                                                     monkeypatch):
-    monkeypatch.setattr(backup_format, "TARGET_PIECE", 16 << 10)
-    populate(store, 2000)
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    populate(store, 500)
     backup(store)
     cache = cfg.data_dir / backup_mod.CACHE_FILE
     stale = cache.read_bytes()
