@@ -35,6 +35,7 @@ from PIL import Image, ImageFile
 
 from gffs.images.exif import _metadata_facts
 from gffs.images.values import MAX_VALUE_BYTES, _clean
+from gffs.images.verdicts import OUT_OF_MEMORY, is_resource_failure, may_be_resource_failure
 
 try:  # HEIC/HEIF is what phones write; pillow-heif is an optional extra.
     import pillow_heif
@@ -55,8 +56,6 @@ DEFAULT_MAX_DECODE_PIXELS = 50_000_000
 JPEGs decode at 1/8 scale and are not limited by this, except progressive or
 multi-scan ones: libjpeg then buffers coefficients for the whole image."""
 
-OUT_OF_MEMORY = "out of memory while reading the image"
-"""The ``error`` of an analysis that lacked memory: a fact about the machine, not the file."""
 
 THUMBNAIL_SIZE = 64
 """The dominant colour is computed on an image reduced to at most this many pixels a side."""
@@ -403,18 +402,6 @@ def _is_resource_exc(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(w in str(exc).lower() for w in _RESOURCE_WORDS)
 
 
-def is_resource_failure(facts: dict[str, str]) -> bool:
-    """Facts that say the analysis lacked memory: a verdict on the machine, not on the bytes."""
-    return facts.get("error") == OUT_OF_MEMORY
-
-
-def may_be_resource_failure(facts: dict[str, str]) -> bool:
-    """A decoder failure that can also be a lack of memory in disguise: libheif says
-    "Memory allocation error", "Internal error (unexpected C++ exception)" or "did not give
-    a decompressed image" when its allocations fail. Only a decoder with room tells."""
-    error = facts.get("error", "")
-    return (error == OUT_OF_MEMORY or error.startswith("cannot read image")
-            or (error.startswith("corrupt ") and " data (" in error))
 
 
 # --------------------------------------------------------------------------- colour

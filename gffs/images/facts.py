@@ -22,7 +22,7 @@ import trio
 
 from gffs.chunks.store import ChunkStore, StoredChunk
 from gffs.errors import FsError
-from gffs.images.analyze import OUT_OF_MEMORY, is_resource_failure, may_be_resource_failure
+from gffs.images.verdicts import OUT_OF_MEMORY, is_resource_failure, may_be_resource_failure
 from gffs.images.thumbnails import Thumbnail
 from gffs.index import ChunkMap, Index
 from gffs.index.errors import IndexFailure
@@ -60,7 +60,7 @@ def _worker_init(memory_limit: int = ANALYSIS_MEMORY_LIMIT) -> None:
         os.nice(ANALYSIS_NICE)
     except OSError:
         pass
-    import gffs.images.thumbnails  # noqa: F401 - imports the analysis too
+    import gffs.images.analyze  # noqa: F401 - Pillow and its plugins, once per worker
 
 
 def _analyse_in_worker(data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:

@@ -23,9 +23,13 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from PIL import Image, PngImagePlugin
+from typing import TYPE_CHECKING
 
-from gffs.images.analyze import to_8bit
+if TYPE_CHECKING:
+    from PIL import Image
+
+# Pillow (and gffs.images.analyze) load inside the functions that make thumbnails: they
+# run in the analysis process; the daemon only inserts file text into stored PNGs
 
 SIZES: tuple[tuple[str, int], ...] = (("normal", 128), ("large", 256), ("x-large", 512))
 """(freedesktop directory name, longest side in pixels), smallest first."""
@@ -37,11 +41,9 @@ PNG_COMPRESS_LEVEL = 3   # zlib: 3x faster than the default 6 on photos, 11% lar
 _MIMETYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "tiff": "image/tiff",
               "webp": "image/webp", "heic": "image/heic", "avif": "image/avif"}
 
-# EXIF orientation -> the transpose that shows the stored pixels upright
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+# EXIF orientation -> the name of the transpose that shows the stored pixels upright
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+            6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_END = len(PNG_SIGNATURE) + 8 + 13 + 4   # signature, then IHDR: length, type, 13 bytes, CRC
@@ -78,12 +80,13 @@ def make_thumbnails(im: Image.Image, facts: dict[str, str], original_size: int) 
 
 
 def _make(im: Image.Image, facts: dict[str, str], original_size: int) -> list[Thumbnail]:
+    from PIL import Image, PngImagePlugin
     im = _displayable(im)
     width, height = int(facts["width"]), int(facts["height"])   # as stored in the file
     if facts.get("orientation") in ("5", "6", "7", "8"):
         width, height = height, width
     pending = _orientation(im)   # what the decoder has not applied yet
-    base = im.transpose(_UPRIGHT[pending]) if pending in _UPRIGHT else im
+    base = im.transpose(Image.Transpose[_UPRIGHT[pending]]) if pending in _UPRIGHT else im
     info = PngImagePlugin.PngInfo()
     info.add_text("Thumb::Image::Width", str(width))
     info.add_text("Thumb::Image::Height", str(height))
@@ -106,6 +109,7 @@ def _make(im: Image.Image, facts: dict[str, str], original_size: int) -> list[Th
 
 def _displayable(im: Image.Image) -> Image.Image:
     """8-bit L, LA, RGB or RGBA: what a PNG thumbnail holds (the spec wants 8 bits)."""
+    from gffs.images.analyze import to_8bit
     im = to_8bit(im)
     if im.mode in ("L", "LA", "RGB", "RGBA"):
         return im
