@@ -41,6 +41,7 @@ from typing import Awaitable, Callable
 import trio
 
 from gffs.chunks.store import ChunkStore
+from gffs.fs.thumbpngs import ThumbnailPngs
 from gffs.images import usercache
 from gffs.images.thumbnails import with_file_text
 from gffs.images.usercache import Viewer
@@ -74,12 +75,14 @@ class Listing:
 
 class DesktopThumbnails:
     def __init__(self, index: Index, chunks: ChunkStore, mountpoint: str,
-                 stats: dict[str, int], spawn: Spawn | None = None) -> None:
+                 stats: dict[str, int], spawn: Spawn | None = None,
+                 pngs: ThumbnailPngs | None = None) -> None:
         self.index = index
         self.spawn = spawn   # starts a background task; False when none can run
         self.ns = Namespace(index)
         self.images = ImageIndex(index)
         self.chunks = chunks
+        self.pngs = pngs or ThumbnailPngs(chunks)
         self.mountpoint = os.fsencode(mountpoint)
         self.stats = stats
         self._budget: dict[int, tuple[float, int]] = {}   # uid -> (minute start, files written)
@@ -179,19 +182,19 @@ class DesktopThumbnails:
         listing may have written them meanwhile)."""
         todo = await trio.to_thread.run_sync(usercache.missing, viewer, wanted)
         todo = todo[:self._allow(viewer.uid, len(todo))]
-        pngs: dict[int, bytes | memoryview] = {}
+        pngs: dict[int, bytes] = {}
 
         async def load(i: int) -> None:
-            pngs[i] = await self.chunks.load(rows[i].digest)
+            try:
+                pngs[i] = await self.pngs.png(rows[i])
+            except ValueError as exc:   # not a thumbnail: the file manager makes its own
+                log.debug("thumbnail chunk %s: %s", rows[i].digest.hex()[:16], exc)
 
         async with trio.open_nursery() as nursery:
             for i in todo:
                 nursery.start_soon(load, i)
-        items = []
-        for i in todo:
-            size, uri, mtime = wanted[i]
-            if len(pngs[i]) == rows[i].length:
-                items.append((size, uri, with_file_text(bytes(pngs[i]), uri, mtime)))
+        items = [(wanted[i][0], wanted[i][1], with_file_text(pngs[i], wanted[i][1], wanted[i][2]))
+                 for i in todo if i in pngs]
         if items:
             self.stats["user_cache_writes"] += await trio.to_thread.run_sync(
                 usercache.write, viewer, items)

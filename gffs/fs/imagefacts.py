@@ -218,7 +218,7 @@ class ImageFacts:
             else:
                 self._backoff = COMMIT_BACKOFF
         finally:
-            self.chunks.release([sc for _, sc in stored])
+            self.chunks.release(list({id(sc): sc for _, sc in stored}.values()))
 
     async def _analyse_checked(self, data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
         """Analyse; a decoder failure is confirmed in a fresh process before it becomes the
@@ -232,15 +232,12 @@ class ImageFacts:
 
     async def _store_thumbnails(self, thumbs: list[Thumbnail],
                                 flow: str | None) -> list[tuple[Thumbnail, StoredChunk]]:
-        """Thumbnails as chunks (placed like the file's flow), pinned until their commit."""
-        stored: list[tuple[Thumbnail, StoredChunk]] = []
-        try:
-            for thumb in thumbs:
-                stored.append((thumb, await self.chunks.store(thumb.png, False, flow)))
-        except BaseException:
-            self.chunks.release([sc for _, sc in stored])
-            raise
-        return stored
+        """The thumbnails' stored source as one chunk (placed like the file's flow), pinned
+        until their commit; every size's row points at it (gffs.images.thumbsource)."""
+        if not thumbs:
+            return []
+        sc = await self.chunks.store(thumbs[0].source, False, flow)
+        return [(thumb, sc) for thumb in thumbs]
 
     def _commit(self, cid: bytes, facts: dict[str, str] | None,
                 stored: list[tuple[Thumbnail, StoredChunk]], flow: str | None) -> None:

@@ -13,7 +13,7 @@ The directory is never listed by ``readdir`` of its parent (``cp -r``,
 ``rsync``, ``du`` and ``find`` do not see it; file managers look it up by
 name), answers only lookups, and refuses every change with EACCES. Nodes get
 inode numbers from :data:`VIRTUAL_BASE` up, kept while the kernel holds them.
-Only index reads and one chunk load (on open) happen here: a thumbnail that
+Only index reads and one chunk load and rendering (on open) happen here: a thumbnail that
 does not exist yet is ENOENT, never computed on the request path.
 """
 
@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from gffs.chunks.store import ChunkStore
 from gffs.errors import FsError
+from gffs.fs.thumbpngs import ThumbnailPngs
 from gffs.images.thumbnails import SIZE_NAMES, file_text_length, with_file_text
 from gffs.images.usercache import URI_SAFE
 from gffs.index import ROOT_INO, Index, Namespace
@@ -122,6 +123,7 @@ class SharedThumbnails:
         self.ns = Namespace(index)
         self.images = ImageIndex(index)
         self.chunks = chunks
+        self.pngs = ThumbnailPngs(chunks)   # rendered from the stored sources, shared
         self._nodes: dict[int, Node] = {}
         self._inos: dict[Node, int] = {}
         self._next = VIRTUAL_BASE
@@ -295,11 +297,8 @@ class SharedThumbnails:
             refuse()
         with self.index.read() as txn:
             t = self._target(txn, node)
-        png = await self.chunks.load(t.row.digest)
         try:
-            if len(png) != t.row.length:
-                raise ValueError(f"{len(png)} bytes, the row says {t.row.length}")
-            return with_file_text(bytes(png), t.uri, t.mtime_s)
+            return with_file_text(await self.pngs.png(t.row), t.uri, t.mtime_s)
         except ValueError as exc:
             raise FsError(errno.EIO, f"thumbnail chunk {t.row.digest.hex()[:16]}: {exc}") from None
 
