@@ -11,7 +11,7 @@ import stat
 import pytest
 import trio
 
-import gffs.fs.filesystem as fsmod
+import gffs.fs.datapath as datapath_mod
 from gffs.chunks import codec
 from gffs.chunks.store import ChunkStore
 from gffs.errors import FsError
@@ -269,7 +269,7 @@ def test_hole_at_start(env):
 
 
 def test_auto_flush_when_buffer_large(small_env, monkeypatch):
-    monkeypatch.setattr(fsmod, "MAX_DIRTY_PER_FILE", 10 * 4096)
+    monkeypatch.setattr(datapath_mod, "MAX_DIRTY_PER_FILE", 10 * 4096)
     data = os.urandom(30 * 4096 + 17)
 
     async def main(fs):

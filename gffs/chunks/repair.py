@@ -1,0 +1,205 @@
+"""The chunk store's repair path and upload queue: chunks back to their copy count,
+staged chunks to their remote backends."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+
+import trio
+
+from gffs.chunks import codec
+from gffs.chunks.state import StoreState
+from gffs.errors import FsError
+from gffs.index.records import ChunkRecord, Location
+from gffs.placement.policy import STAGING
+from gffs_backends.base import BackendError
+
+log = logging.getLogger("gffs.chunks.store")
+
+REPAIR_PARALLEL = 8            # chunks repaired at once (lets packing backends batch)
+UPLOAD_PARALLEL = 16           # staged chunks uploaded at once
+
+
+class RepairPath(StoreState):
+    async def repair(self, limit: int = 200) -> tuple[int, int]:
+        """Bring queued chunks back to their copy count; returns (repaired, still pending).
+
+        A chunk whose wanted backends are down stays queued (the queue is in the
+        index, so it survives restarts) and is retried on the next call. A read-only
+        store (-o ro) repairs nothing: that would write to the backends and the index.
+        """
+        if self.index.readonly:
+            return 0, 0
+        with self.index.read() as txn:
+            rows = self.chunkmap.repair_rows(txn, limit, self._repair_after)
+        self._repair_after = rows[-1][0] if len(rows) >= limit else b""
+        outcome = {"repaired": 0, "pending": 0}
+        limiter = trio.CapacityLimiter(REPAIR_PARALLEL)
+
+        async def one(digest: bytes, flow: str | None, restore: list[str]) -> None:
+            async with limiter:
+                done = await self._repair_guarded(digest, flow, restore)
+            outcome["repaired" if done else "pending"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for row in rows:
+                nursery.start_soon(one, *row)
+        return outcome["repaired"], outcome["pending"]
+
+    async def _repair_guarded(self, digest: bytes, flow: str | None, restore: list[str]) -> bool:
+        """One chunk's repair, unless the repair or upload queue already works on it."""
+        if digest in self._in_repair:
+            return False
+        self._in_repair.add(digest)
+        self.pin([digest])  # a rebalance settling intents must not delete our put
+        try:
+            return await self._repair_one(digest, flow, restore)
+        except (BackendError, FsError, codec.CorruptChunk) as exc:
+            log.warning("repair of chunk %s postponed: %s", digest.hex()[:16], exc)
+            return False
+        finally:
+            self.unpin([digest])
+            self._in_repair.discard(digest)
+
+    async def run_uploads(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The upload queue: copy staged chunks to their backends as soon as their
+        transaction has committed, UPLOAD_PARALLEL at a time; runs until cancelled.
+
+        A chunk whose upload fails stays in ``repair`` (it is in the index, so a
+        kill -9 and a remount resume it) and the repair loop retries it later.
+        """
+        if self.staging is None or self.index.readonly:  # -o ro uploads nothing
+            task_status.started()
+            return
+        await self._resume_staging()
+        limiter = trio.CapacityLimiter(UPLOAD_PARALLEL)
+
+        async def upload(digest: bytes, flow: str | None, token: object) -> None:
+            try:
+                await self._repair_guarded(digest, flow, [])
+            finally:
+                limiter.release_on_behalf_of(token)
+
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                for digest, flow in await self.staging.take():
+                    token = object()     # (one digest may be queued again while in flight)
+                    await limiter.acquire_on_behalf_of(token)
+                    nursery.start_soon(upload, digest, flow, token)
+
+    async def drain_uploads(self, seconds: float) -> None:
+        """Unmount: make the copies still waiting (staged uploads first of all) for up
+        to *seconds*; what is left (a backend down, no time) continues at the next mount."""
+        if self.staging is None:
+            return
+        with trio.move_on_after(seconds):
+            while True:
+                repaired, pending = await self.repair()
+                if not pending:
+                    return
+                if not repaired:
+                    if not self._in_repair:
+                        return          # the rest waits for backends that are down
+                    await trio.sleep(0.1)
+
+    async def _resume_staging(self) -> None:
+        """After a restart: count and queue the staged chunks on record; delete staged
+        files no record names (a crash between their write and the commit, or between
+        dropping the staged location and deleting the file) that predate this process."""
+        assert self.staging is not None
+        started = time.time() - 1.0
+        stray: list[bytes] = []
+        async for info in self.staging.backend.list():
+            digest = bytes.fromhex(info.key)
+            with self.index.read() as txn:
+                rec = self.chunkmap.known(txn, digest)
+                flow = self.chunkmap.repair_flow(txn, digest)
+            if rec is not None and any(loc.backend == STAGING for loc in rec.locations):
+                self.staging.reserve(digest, info.size, flow)
+                self.staging.ready(digest)
+            elif info.mtime < started and not self.pinned(digest):
+                stray.append(digest)
+        if stray:
+            await self.call(self.staging.backend, "delete_many", [(d.hex(), "") for d in stray])
+            log.info("deleted %d staged chunks no record names", len(stray))
+
+    async def _repair_one(self, digest: bytes, flow: str | None, restore: list[str]) -> bool:
+        with self.index.read() as txn:
+            rec = self.chunkmap.chunk(txn, digest)
+        if rec is None:  # deleted meanwhile (or never committed: a staged chunk's flush failed)
+            with self.index.write() as txn:
+                self.chunkmap.done_repair(txn, digest)
+            if self.staging is not None:
+                self.staging.done(digest)
+            return True
+        policy = self.placement.policy_for(flow)
+        have = {loc.backend for loc in rec.locations}
+        wanted = [b.name for b in self.placement.ranked(digest, flow)]
+        missing = [n for n in restore if n not in have and n in self.backends]
+        # copies that count: where the policy wants them, on backends we trust
+        placed = sum(self.placement.trusted(n) for n in have & set(wanted))
+        for name in wanted:
+            if placed >= policy.copies:
+                break
+            if name not in have and self.placement.trusted(name):
+                if name not in missing:
+                    missing.append(name)
+                placed += 1
+        missing = [n for n in missing if self.health.writable(n)]
+        if missing:
+            stored = await self._stored_copy(digest, rec)
+            for name in missing:
+                try:
+                    locator = await self.call(self.backends[name], "put", digest.hex(), stored)
+                except BackendError as exc:
+                    log.warning("repair of chunk %s on %s failed: %s", digest.hex()[:16], name, exc)
+                    continue
+                with self.index.write() as txn:
+                    self.chunkmap.add_location(txn, digest, Location(name, locator))
+                have.add(name)
+        counted = sum(self.placement.trusted(n) for n in have & set(wanted))
+        complete = counted >= policy.copies and all(n in have for n in restore if n in self.backends)
+        if complete:
+            with self.index.write() as txn:
+                self.chunkmap.done_repair(txn, digest)
+                staged = self._forget_staged_copy(txn, digest)
+            try:
+                if staged is not None:
+                    # the staged copy goes only once the record naming the remote copies is
+                    # durable: a power loss falls back to the durable index, which must
+                    # still find the chunk where it says
+                    await self.index.durable()
+                    await self.call(self.backends[STAGING], "delete", digest.hex(), staged.locator)
+            except BackendError as exc:  # a stray file: deleted at the next start
+                log.warning("staged copy of chunk %s not deleted: %s", digest.hex()[:16], exc)
+            finally:  # after the delete: the area's files never exceed what is counted
+                if self.staging is not None:
+                    self.staging.done(digest)
+        return complete
+
+    def _forget_staged_copy(self, txn, digest: bytes) -> Location | None:
+        """Drop the staged location of a chunk whose backends hold their copies now."""
+        rec = self.chunkmap.chunk(txn, digest)
+        staged = next((loc for loc in rec.locations if loc.backend == STAGING), None) if rec else None
+        if staged is None or len(rec.locations) < 2:
+            return None
+        self.chunkmap.set_locations(txn, digest, [l for l in rec.locations if l is not staged])
+        return staged
+
+    async def _stored_copy(self, digest: bytes, rec: ChunkRecord) -> bytes:
+        """The stored form of a chunk from a verified good copy."""
+        for name in self.placement.read_order([loc.backend for loc in rec.locations]):
+            loc = next(l for l in rec.locations if l.backend == name)
+            backend = self.backends.get(name)
+            if backend is None:
+                continue
+            try:
+                stored = await self.call(backend, "get", digest.hex(), loc.locator)
+                await trio.to_thread.run_sync(codec.decode, stored, digest, limiter=self._limiter)
+                return stored
+            except (BackendError, codec.CorruptChunk):
+                continue
+        raise FsError(errno.EIO, f"no good copy of chunk {digest.hex()[:16]} to repair from")
