@@ -27,6 +27,7 @@ from gffs.images.analyze import OUT_OF_MEMORY, is_resource_failure, may_be_resou
 from gffs.images.thumbnails import Thumbnail
 from gffs.index import ChunkMap, Index
 from gffs.index.images import ImageIndex
+from gffs.index.views import ViewIndex
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class ImageFacts:
                  flow_of: Callable[[int], str | None], enabled: bool = True) -> None:
         self.index = index
         self.images = ImageIndex(index)
+        self.views = ViewIndex(index)        # .views, kept with the facts (gffs/index/views.py)
         self.chunks = chunks
         self.enabled = enabled
         self._read_file = read_file          # (ino, size) -> the file's bytes
@@ -136,13 +138,17 @@ class ImageFacts:
         whether something was queued (the caller wakes the worker after commit).
         """
         cid = self.images.compute_content_id(txn, ino, size)
+        old = self.images.content_id(txn, ino)
         self.images.set_content_id(txn, ino, cid)
+        if old != cid:
+            self.views.content_set(txn, ino, old, cid)
         if self.enabled and self.images.facts(txn, cid) is None:
             self.images.queue(txn, cid, ino, size)
             return True
         return False
 
     def forget_inode(self, txn, ino: int) -> None:
+        self.views.content_set(txn, ino, self.images.content_id(txn, ino), None)
         self.images.drop_inode(txn, ino)
 
     def wake(self) -> None:
@@ -246,6 +252,7 @@ class ImageFacts:
         with self.index.write() as txn:
             if facts is not None:
                 self.images.set_facts(txn, cid, facts)
+                self.views.facts_stored(txn, cid)
                 for thumb, sc in stored:
                     self.images.set_thumbnail(txn, cid, thumb.size, sc.digest, sc.record,
                                               thumb.width, thumb.height, len(thumb.png))

@@ -39,6 +39,7 @@ from gffs.index.records import InodeRecord
 
 DIRNAME = b".sh_thumbnails"
 VIRTUAL_BASE = 1 << 62            # real inode numbers are allocated from 2 upwards
+VIEWS_BASE = 1 << 61              # .views directories (gffs/fs/views.py): up to VIRTUAL_BASE
 XATTR_PREFIX = b"user.gf.thumbnail."
 MAX_CACHED_DIRS = 64              # name maps kept (each costs ~100 bytes per entry)
 _THUMB_NAME = re.compile(rb"[0-9a-f]{32}\.png")
@@ -110,7 +111,8 @@ def thumbnail_name(name: bytes) -> bytes:
 
 
 def is_virtual(ino: int) -> bool:
-    return ino >= VIRTUAL_BASE
+    """A node of .sh_thumbnails or .views (no index row: FsCore._virtual says whose)."""
+    return ino >= VIEWS_BASE
 
 
 def refuse() -> None:
