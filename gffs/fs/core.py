@@ -194,6 +194,7 @@ class FsCore:
 
     def _release_inode_later(self, txn, ino: int, rec: InodeRecord) -> bool:
         """After nlink hit 0: purge now (True) unless the kernel or a handle still holds it."""
+        self.images.views.refresh(txn, ino, gone=True)   # out of .views at once
         if self.lookups.get(ino) or ino in self.buffers:
             self.ns.add_orphan(txn, ino)
             return False

@@ -76,6 +76,13 @@ class Views:
     def _is_leaf(path: Path) -> bool:
         return bool(path) and len(path) - 1 == VIEWS[path[0].decode()]
 
+    def _linked(self, txn, ino: int) -> InodeRecord | None:
+        """The file's record, None once it is unlinked (kept open, or rows of a purged inode)."""
+        if not self.ns.exists(txn, ino):
+            return None
+        rec = self.ns.get(txn, ino)
+        return rec if rec.nlink > 0 else None
+
     def _exists(self, txn, path: Path) -> bool:
         if len(path) <= 1:
             return not path or path[0] in _VIEW_NAMES
@@ -97,10 +104,10 @@ class Views:
                     path = here[:-1]
                 elif self._is_leaf(here):
                     ino = ino_of_name(name)
-                    if (ino is None or self.views.file(txn, here, ino) != name
-                            or not self.ns.exists(txn, ino)):
+                    rec = self._linked(txn, ino) if ino is not None else None
+                    if rec is None or self.views.file(txn, here, ino) != name:
                         raise FsError(errno.ENOENT)
-                    return ino, self.ns.get(txn, ino)
+                    return ino, rec
                 else:
                     path = here + (name,)
                     if not self._exists(txn, path):
@@ -132,8 +139,9 @@ class Views:
         with self.index.read() as txn:
             if self._is_leaf(path):
                 for file_ino, name in self.views.files(txn, path, after):
-                    if self.ns.exists(txn, file_ino):   # rows of a purged inode: skipped
-                        yield name, file_ino, self.ns.get(txn, file_ino), file_ino
+                    rec = self._linked(txn, file_ino)
+                    if rec is not None:
+                        yield name, file_ino, rec, file_ino
                 return
             attr = self._attr(txn)
             names = _VIEW_NAMES if not path else self.views.children(txn, path)
