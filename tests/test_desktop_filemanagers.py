@@ -106,6 +106,7 @@ FILE_MANAGERS = {
     "nautilus": (["nautilus", "--new-window"], FLOW),
     "pcmanfm": (["pcmanfm"], FLOW),
     "thunar": (["thunar"], f"{FLOW} - Thunar"),
+    "dolphin": (["dolphin", "--new-window"], FLOW),   # its title is "camera — Dolphin"
 }
 
 

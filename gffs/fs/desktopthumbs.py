@@ -166,7 +166,7 @@ class DesktopThumbnails:
                 cid = self.images.content_id(txn, ino)
                 thumbs = self.images.thumbnails(txn, cid) if cid is not None else {}
                 uri = usercache.file_uri(os.path.join(dir_path, name))
-                mtime = usercache.mtime_text(rec.mtime_ns)
+                mtime = usercache.mtime_text(rec.mtime_ns, viewer.whole_seconds)
                 for size in SIZES:
                     if size in thumbs:
                         wanted.append((size, uri, mtime))
