@@ -1,6 +1,6 @@
 """Real file managers browse a flow of photos under Xvfb: thumbnails on screen, no original read.
 
-Each of Nautilus, PCManFM and Thunar opens a flow of 200 generated photos in a
+Each of Nautilus, PCManFM, Thunar and Dolphin opens a flow of 200 generated photos in a
 fresh HOME (empty ``~/.cache/thumbnails``). The test waits until the photos'
 own colours are on the screen where the icons are, scrolls to the end (End
 key) and waits for the last photos' colours, and checks the daemon's counters:
@@ -106,6 +106,7 @@ FILE_MANAGERS = {
     "nautilus": (["nautilus", "--new-window"], FLOW),
     "pcmanfm": (["pcmanfm"], FLOW),
     "thunar": (["thunar"], f"{FLOW} - Thunar"),
+    "dolphin": (["dolphin", "--new-window"], FLOW),   # its title is "camera — Dolphin"
 }
 
 

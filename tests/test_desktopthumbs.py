@@ -66,3 +66,45 @@ def test_a_slow_backend_delays_the_reply_at_most_the_limit_and_the_rest_follows(
         assert fs.stats["user_cache_writes"] == 2 * N_FILES
 
     run_with_background(env, main)
+
+
+def test_the_reply_waits_past_the_group_limit_while_thumbnails_keep_coming(env, tmp_path,
+                                                                         monkeypatch):
+    """A starved machine: every group takes a while but arrives; the file manager must see
+    them all (it reads every original for a thumbnail it does not find)."""
+    monkeypatch.setattr(desktopthumbs, "GROUP", 2)
+    monkeypatch.setattr(desktopthumbs, "BATCH_TIME_LIMIT", 5.0)
+    viewer = Viewer(os.getuid(), os.getgid(), frozenset(), os.fsencode(tmp_path / "cache"), True)
+
+    async def main(fs):
+        flow, _ = fs.mkdir(ROOT_INO, b"flow", 0o755, USER)
+        for i in range(N_FILES):
+            await analysed(fs, await put(fs, flow, b"IMG_%d.jpg" % i, jpeg(i)))
+        entries = [(name, ino, rec) for name, ino, rec, _cookie in fs.readdir(flow, 0)]
+        desk = DesktopThumbnails(fs.index, fs.chunks, "/mnt/g", fs.stats, fs.spawn)
+        # file k's thumbnails load 3 s after file k-1's: 6 s in all, never 5 s without progress
+        gates = {}
+        with fs.index.read() as txn:
+            for k, (_name, ino, _rec) in enumerate(entries):
+                cid = desk.images.content_id(txn, ino)
+                for row in desk.images.thumbnails(txn, cid).values():
+                    gates[row.digest] = k
+        opened = [trio.Event() for _ in entries]
+        real_load = fs.chunks.load
+
+        async def slow_load(digest):
+            await opened[gates.get(digest, 0)].wait()
+            return await real_load(digest)
+
+        async def open_gates():
+            for gate in opened:
+                gate.set()
+                await trio.sleep(3.0)
+
+        fs.chunks.load = slow_load
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(open_gates)
+            await desk.listed(Listing(flow, 0, viewer.uid, viewer.gid, viewer, True), entries)
+            assert fs.stats["user_cache_writes"] == 2 * N_FILES, "the reply left before the last"
+
+    run_with_background(env, main)

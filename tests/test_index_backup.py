@@ -165,7 +165,8 @@ def test_second_backup_uploads_only_the_pieces_that_changed(tmp_path, cfg, store
     second = backup(store)
     new = {k: v for k, v in piece_bytes(tmp_path).items() if k not in before}
     assert second["backends"][0]["unchanged"] is False
-    assert 0 < len(new) <= 12, (len(new), first["pieces"])   # about one per table touched
+    # about one per table touched (the views' cidinodes, viewrows and inoviews included)
+    assert 0 < len(new) <= 15, (len(new), first["pieces"])
     assert sum(new.values()) < 0.15 * sum(before.values())
     third = backup(store)                 # nothing changed since
     assert third["backends"][0]["unchanged"] is True
@@ -408,8 +409,9 @@ def test_incremental_backup_equals_a_full_one_and_restores_the_same_records(
     real = backup_format.ends_piece
     monkeypatch.setattr(backup_format, "ends_piece", lambda *a: cuts.append(1) or real(*a))
     incremental = backup(store)
-    # most pieces were recognised whole; only the records around the changes were cut
-    assert incremental["pieces_reused"] >= 0.6 * incremental["pieces"], incremental
+    # most pieces were recognised whole; only the records around the changes were cut (a tag
+    # change also touches three places of the views' tables: viewrows, inoviews)
+    assert incremental["pieces_reused"] >= 0.5 * incremental["pieces"], incremental
     n_records = sum(json.loads(trio.run(
         LocalBackend("disk", tmp_path / "disk").get_meta,
         f"{VERSIONS}{incremental['backends'][0]['version']}.json"))["tables"].values())
@@ -445,7 +447,7 @@ def test_incremental_backup_uploads_only_changed_pieces(tmp_path, cfg, store, mo
     new = set(piece_bytes(tmp_path)) - set(before)
     uploaded = [n for n in puts if n.startswith(PIECES)]
     assert sorted(n[len(PIECES):] for n in uploaded) == sorted(new)
-    assert 0 < len(uploaded) <= 12, (len(uploaded), first["pieces"])
+    assert 0 < len(uploaded) <= 15, (len(uploaded), first["pieces"])   # (views' tables too)
     assert second["pieces_reused"] >= second["pieces"] - 2 * len(uploaded), second
 
 
@@ -481,8 +483,10 @@ def test_restore_of_a_backup_written_before_the_piece_cache(tmp_path):
     cfg = load_config(write_config(tmp_path))
     report = restore(cfg)
     expected = json.loads((OLD_BACKUP / "records.json").read_text())
-    assert dump(cfg.index_dir) == {t: [(bytes.fromhex(k), bytes.fromhex(v)) for k, v in recs]
-                                   for t, recs in expected.items()}
+    restored = {t: recs for t, recs in dump(cfg.index_dir).items()
+                if recs or t in expected}     # tables newer than the backup: made empty
+    assert restored == {t: [(bytes.fromhex(k), bytes.fromhex(v)) for k, v in recs]
+                        for t, recs in expected.items()}
     assert report["check"]["lost"] == 0 and report["check"]["chunks"] > 0
     # and the next backup of the restored store reuses the old pieces (the rule is unchanged)
     backup_mod._STATES.clear()

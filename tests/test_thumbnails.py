@@ -110,7 +110,9 @@ def test_transparency_is_kept():
     im = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     im.paste((255, 0, 0, 255), (0, 0, 32, 64))
     t = decoded(thumbs_of(encode(im, "PNG"))["normal"].png)
-    assert t.getpixel((5, 5)) == (255, 0, 0, 255) and t.getpixel((60, 5))[3] == 0
+    # stored as lossy WebP: colours within a few levels, transparency exact
+    assert all(abs(a - b) <= 4 for a, b in zip(t.getpixel((5, 5)), (255, 0, 0, 255)))
+    assert t.getpixel((5, 5))[3] == 255 and t.getpixel((60, 5))[3] == 0
 
 
 @pytest.mark.parametrize("data", [

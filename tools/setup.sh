@@ -33,7 +33,8 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
     fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv attr strace libimage-exiftool-perl >/dev/null
 # the file managers tests/test_desktop_*.py browse flows with, under Xvfb (docs/IMAGES.md)
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    xvfb xauth xdotool imagemagick dbus-daemon nautilus pcmanfm thunar tumbler >/dev/null
+    xvfb xauth xdotool imagemagick dbus-daemon nautilus pcmanfm thunar tumbler \
+    dolphin kio-extras >/dev/null
 
 # solcjs (npm package solc) compiles the test NFT contracts offline (tests/fixtures_evm.py)
 if ! command -v npm >/dev/null 2>&1; then

@@ -23,8 +23,10 @@ from gffs.errors import FsError
 from gffs.fs import sharedthumbs
 from gffs.fs.imagexattrs import ImageXattrs
 from gffs.fs.openfiles import FileBuffer
-from gffs.fs.sharedthumbs import SharedThumbnails, is_virtual
+from gffs.fs import views as views_dir
 from gffs.fs.sharedthumbs import DIRNAME as THUMB_DIR
+from gffs.fs.sharedthumbs import VIRTUAL_BASE, SharedThumbnails, is_virtual
+from gffs.fs.views import Views
 from gffs.images.facts import ImageFacts
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.errors import IndexFailure
@@ -74,6 +76,7 @@ class FsCore:
                                  enabled=analyze_images and not read_only)
         self.image_xattrs = ImageXattrs(index)
         self.thumbs = SharedThumbnails(index, chunks)
+        self.views = Views(index, self.images.views)
         self.thumb_files: dict[int, bytes] = {}   # fh -> bytes of an open thumbnail
         # file -> the file listed after it by the last readdir of its directory: a reader
         # going through a flow in order gets the next file's first blocks ahead of time
@@ -89,9 +92,13 @@ class FsCore:
         if self.read_only:
             raise FsError(errno.EROFS)
 
+    def _virtual(self, ino: int) -> SharedThumbnails | Views:
+        """The owner of a virtual node: .views or .sh_thumbnails."""
+        return self.thumbs if ino >= VIRTUAL_BASE else self.views
+
     def attr(self, ino: int) -> InodeRecord:
         if is_virtual(ino):
-            return self.thumbs.attr(ino)
+            return self._virtual(ino).attr(ino)
         with self.index.read() as txn:
             rec = self.ns.get(txn, ino)
         return self._overlay(ino, rec)
@@ -117,16 +124,23 @@ class FsCore:
             raise FsError(errno.ENOTDIR)
         return rec
 
-    def _is_thumb_dir(self, parent: int, name: bytes) -> bool:
-        """*name* in *parent* is the virtual .sh_thumbnails (every directory of a flow has one;
-        a real entry of that name, made before gffs had them, keeps it)."""
-        return name == THUMB_DIR and parent != ROOT_INO
-
     @staticmethod
-    def _not_virtual(*inos: int) -> None:
-        """Nothing in .sh_thumbnails can be changed: EACCES, as its modes say (root too)."""
-        if any(is_virtual(ino) for ino in inos):
-            sharedthumbs.refuse()
+    def _is_virtual_name(parent: int, name: bytes) -> bool:
+        """*name* in *parent* is a virtual directory: .sh_thumbnails (every directory of a
+        flow has one) or .views (in the root). A real entry of that name, made before gffs
+        had them, keeps it."""
+        return name == THUMB_DIR if parent != ROOT_INO else name == views_dir.DIRNAME
+
+    def _refuse_virtual_name(self, parent: int, name: bytes) -> None:
+        if self._is_virtual_name(parent, name):
+            (sharedthumbs.refuse if parent != ROOT_INO else views_dir.refuse)()
+
+    def _not_virtual(self, *inos: int) -> None:
+        """Nothing in .sh_thumbnails or .views can be changed: EACCES, as their modes say
+        (root too)."""
+        for ino in inos:
+            if is_virtual(ino):
+                (sharedthumbs.refuse if ino >= VIRTUAL_BASE else views_dir.refuse)()
 
     def remember(self, ino: int) -> None:
         """The kernel now holds one more lookup reference to *ino*."""
@@ -140,7 +154,7 @@ class FsCore:
                 continue
             self.lookups.pop(ino, None)
             if is_virtual(ino):
-                self.thumbs.forget(ino)
+                self._virtual(ino).forget(ino)
             elif ino not in self.buffers and not self.read_only:
                 self._purge_quietly(ino)
 
@@ -183,6 +197,7 @@ class FsCore:
 
     def _release_inode_later(self, txn, ino: int, rec: InodeRecord) -> bool:
         """After nlink hit 0: purge now (True) unless the kernel or a handle still holds it."""
+        self.images.views.refresh(txn, ino, gone=True)   # out of .views at once
         if self.lookups.get(ino) or ino in self.buffers:
             self.ns.add_orphan(txn, ino)
             return False

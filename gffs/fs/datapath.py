@@ -99,7 +99,7 @@ class DataPath(FsCore):
         return fh
 
     async def _open_thumbnail(self, ino: int, writing: bool) -> int:
-        data = await self.thumbs.open(ino, writing)
+        data = await self._virtual(ino).open(ino, writing)
         self.stats["thumbnail_loads"] += 1
         fh = self._next_fh
         self._next_fh += 1

@@ -21,10 +21,13 @@ on its first look (no race, no original read). What is written:
   has neither), at most :data:`MAX_FILES_PER_MINUTE` files per user.
 
 The work runs as a background task, in the listing's order, a few files at a
-time (loaded concurrently, then written in one worker-thread call): the reply
-waits for it at most :data:`BATCH_TIME_LIMIT` seconds (a slow backend, a
-starved machine), keeps whatever was written by then, and the task goes on
-writing the rest for file managers that look again (scrolling, a second
+time (loaded and rendered concurrently, then written in one worker-thread call).
+The reply waits for it while it makes progress: at most
+:data:`BATCH_TIME_LIMIT` seconds for the next group (a slow or failing
+backend ends the wait at once) and :data:`REPLY_TIME_LIMIT` in all (a starved
+machine: a file manager finding no thumbnail reads every original, which costs
+far more than the wait). Whatever was written by then stays, and the task goes
+on writing the rest for file managers that look again (scrolling, a second
 window) for up to :data:`BACKGROUND_TIME_LIMIT`. A failure costs the file
 manager's own thumbnail, never the listing: errors are logged at debug level.
 """
@@ -41,6 +44,7 @@ from typing import Awaitable, Callable
 import trio
 
 from gffs.chunks.store import ChunkStore
+from gffs.fs.thumbpngs import ThumbnailPngs
 from gffs.images import usercache
 from gffs.images.thumbnails import with_file_text
 from gffs.images.usercache import Viewer
@@ -53,7 +57,8 @@ log = logging.getLogger(__name__)
 SIZES = ("normal", "large")       # Nautilus/GLib: large; PCManFM and Thunar: normal or large
 MAX_FILES_PER_MINUTE = 6000       # per viewing uid: a tree walk cannot flood a home
 MAX_NAME_SCAN = 100_000           # entries scanned to find a directory's name in its parent
-BATCH_TIME_LIMIT = 5.0            # seconds one readdir reply may wait (a slow backend's chunks)
+BATCH_TIME_LIMIT = 5.0            # seconds a readdir reply waits for the next group (slow backend)
+REPLY_TIME_LIMIT = 30.0           # seconds it waits in all while groups keep coming (starved machine)
 BACKGROUND_TIME_LIMIT = 120.0     # seconds the rest of a listing's thumbnails may take after that
 GROUP = 16                        # thumbnails loaded together and written in one thread call
 
@@ -74,12 +79,14 @@ class Listing:
 
 class DesktopThumbnails:
     def __init__(self, index: Index, chunks: ChunkStore, mountpoint: str,
-                 stats: dict[str, int], spawn: Spawn | None = None) -> None:
+                 stats: dict[str, int], spawn: Spawn | None = None,
+                 pngs: ThumbnailPngs | None = None) -> None:
         self.index = index
         self.spawn = spawn   # starts a background task; False when none can run
         self.ns = Namespace(index)
         self.images = ImageIndex(index)
         self.chunks = chunks
+        self.pngs = pngs or ThumbnailPngs(chunks)
         self.mountpoint = os.fsencode(mountpoint)
         self.stats = stats
         self._budget: dict[int, tuple[float, int]] = {}   # uid -> (minute start, files written)
@@ -133,24 +140,30 @@ class DesktopThumbnails:
         if viewer is None:
             return
         finished = trio.Event()
+        groups = [0]      # groups written so far: the reply waits while this grows
 
         async def warm() -> None:
             try:
                 with trio.move_on_after(BACKGROUND_TIME_LIMIT):
-                    await self._warm(listing.ino, files, viewer)
+                    await self._warm(listing.ino, files, viewer, groups)
             except Exception:  # noqa: BLE001 - the listing matters more than a thumbnail
                 log.debug("user thumbnail cache of uid %d not filled", viewer.uid, exc_info=True)
             finally:
                 finished.set()
 
-        with trio.move_on_after(BATCH_TIME_LIMIT):
-            if self.spawn is not None and self.spawn(warm):
-                await finished.wait()
-            else:
+        if self.spawn is None or not self.spawn(warm):
+            with trio.move_on_after(BATCH_TIME_LIMIT):
                 await warm()
+            return
+        with trio.move_on_after(REPLY_TIME_LIMIT):
+            seen = -1
+            while not finished.is_set() and groups[0] != seen:
+                seen = groups[0]
+                with trio.move_on_after(BATCH_TIME_LIMIT):
+                    await finished.wait()
 
     async def _warm(self, dir_ino: int, files: list[tuple[bytes, int, InodeRecord]],
-                    viewer: Viewer) -> None:
+                    viewer: Viewer, groups: list[int]) -> None:
         wanted: list[tuple[str, bytes, str]] = []
         rows: list[ThumbnailRow] = []
         with self.index.read() as txn:
@@ -163,7 +176,7 @@ class DesktopThumbnails:
                 cid = self.images.content_id(txn, ino)
                 thumbs = self.images.thumbnails(txn, cid) if cid is not None else {}
                 uri = usercache.file_uri(os.path.join(dir_path, name))
-                mtime = usercache.mtime_text(rec.mtime_ns)
+                mtime = usercache.mtime_text(rec.mtime_ns, viewer.whole_seconds)
                 for size in SIZES:
                     if size in thumbs:
                         wanted.append((size, uri, mtime))
@@ -172,6 +185,7 @@ class DesktopThumbnails:
             return
         for start in range(0, len(wanted), GROUP):
             await self._write_group(viewer, wanted[start:start + GROUP], rows[start:start + GROUP])
+            groups[0] += 1
 
     async def _write_group(self, viewer: Viewer, wanted: list[tuple[str, bytes, str]],
                            rows: list[ThumbnailRow]) -> None:
@@ -179,19 +193,19 @@ class DesktopThumbnails:
         listing may have written them meanwhile)."""
         todo = await trio.to_thread.run_sync(usercache.missing, viewer, wanted)
         todo = todo[:self._allow(viewer.uid, len(todo))]
-        pngs: dict[int, bytes | memoryview] = {}
+        pngs: dict[int, bytes] = {}
 
         async def load(i: int) -> None:
-            pngs[i] = await self.chunks.load(rows[i].digest)
+            try:
+                pngs[i] = await self.pngs.png(rows[i])
+            except ValueError as exc:   # not a thumbnail: the file manager makes its own
+                log.debug("thumbnail chunk %s: %s", rows[i].digest.hex()[:16], exc)
 
         async with trio.open_nursery() as nursery:
             for i in todo:
                 nursery.start_soon(load, i)
-        items = []
-        for i in todo:
-            size, uri, mtime = wanted[i]
-            if len(pngs[i]) == rows[i].length:
-                items.append((size, uri, with_file_text(bytes(pngs[i]), uri, mtime)))
+        items = [(wanted[i][0], wanted[i][1], with_file_text(pngs[i], wanted[i][1], wanted[i][2]))
+                 for i in todo if i in pngs]
         if items:
             self.stats["user_cache_writes"] += await trio.to_thread.run_sync(
                 usercache.write, viewer, items)

@@ -41,7 +41,20 @@ class Filesystem(NamespaceOps, DataPath, XattrOps):
         if self.read_only:
             return
         self.ns.ensure_root(uid, gid)
+        self._build_views()
         await self._finish_deletions()
+
+    def _build_views(self) -> None:
+        """A store from before .views gets its view index once (one pass over content ids
+        and attributes, before the mount serves); later every change keeps it."""
+        views = self.images.views
+        with self.index.read() as txn:
+            if not views.enabled or views.built(txn):
+                return
+        with self.index.write() as txn:
+            n = views.rebuild(txn)
+        if n:
+            log.info(".views: indexed %d files of a store made before views", n)
 
     async def _finish_deletions(self) -> None:
         """Purge unlinked-while-open inodes and delete queued garbage chunks."""

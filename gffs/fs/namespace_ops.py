@@ -8,7 +8,6 @@ import stat
 from typing import Iterator
 
 from gffs.errors import FsError
-from gffs.fs import sharedthumbs
 from gffs.fs.core import Caller, FsCore, _now
 from gffs.fs.sharedthumbs import is_virtual
 from gffs.index import ROOT_INO
@@ -25,7 +24,7 @@ class NamespaceOps(FsCore):
         if name not in (b".", b".."):
             check_name(name)
         if is_virtual(parent):
-            return self.thumbs.lookup(parent, name)
+            return self._virtual(parent).lookup(parent, name)
         with self.index.read() as txn:
             prec = self._dir(txn, parent)
             if name == b".":
@@ -35,8 +34,9 @@ class NamespaceOps(FsCore):
             else:
                 found = self.ns.lookup(txn, parent, name)
                 if found is None:
-                    if self._is_thumb_dir(parent, name):
-                        return self.thumbs.lookup(parent, name)
+                    if self._is_virtual_name(parent, name):
+                        return (self.thumbs if parent != ROOT_INO else self.views).lookup(
+                            parent, name)
                     raise FsError(errno.ENOENT)
                 ino = found
             rec = self.ns.get(txn, ino)
@@ -83,7 +83,7 @@ class NamespaceOps(FsCore):
             prec = self._dir(txn, parent)
             if prec.nlink == 0:
                 raise FsError(errno.ENOENT, "directory was removed")
-            if self.ns.lookup(txn, parent, name) is not None or self._is_thumb_dir(parent, name):
+            if self.ns.lookup(txn, parent, name) is not None or self._is_virtual_name(parent, name):
                 raise FsError(errno.EEXIST)
             gid = caller.gid
             if prec.mode & stat.S_ISGID:
@@ -140,7 +140,7 @@ class NamespaceOps(FsCore):
             if prec.nlink == 0:
                 raise FsError(errno.ENOENT)
             if (self.ns.lookup(txn, new_parent, new_name) is not None
-                    or self._is_thumb_dir(new_parent, new_name)):
+                    or self._is_virtual_name(new_parent, new_name)):
                 raise FsError(errno.EEXIST)
             if rec.nlink >= 65000:
                 raise FsError(errno.EMLINK)
@@ -174,8 +174,7 @@ class NamespaceOps(FsCore):
         prec = self._dir(txn, parent)
         ino = self.ns.lookup(txn, parent, name)
         if ino is None:
-            if self._is_thumb_dir(parent, name):
-                sharedthumbs.refuse()
+            self._refuse_virtual_name(parent, name)
             raise FsError(errno.ENOENT)
         return prec, ino
 
@@ -226,8 +225,8 @@ class NamespaceOps(FsCore):
             _, ino = self._child(txn, old_parent, old_name)
             rec = self.ns.get(txn, ino)
             target = self.ns.lookup(txn, new_parent, new_name)
-            if target is None and self._is_thumb_dir(new_parent, new_name):
-                sharedthumbs.refuse()
+            if target is None:
+                self._refuse_virtual_name(new_parent, new_name)
             trec = self.ns.get(txn, target) if target is not None else None
             if new_parent == ROOT_INO and not stat.S_ISDIR(rec.mode):
                 raise FsError(errno.EPERM, "the top level holds only flows (directories)")
@@ -301,17 +300,17 @@ class NamespaceOps(FsCore):
     # directories ---------------------------------------------------------------------
     def opendir(self, ino: int) -> None:
         if is_virtual(ino):
-            return self.thumbs.opendir(ino)
+            return self._virtual(ino).opendir(ino)
         with self.index.read() as txn:
             self._dir(txn, ino)
 
     def readdir(self, ino: int, after_cookie: int) -> Iterator[tuple[bytes, int, InodeRecord, int]]:
         """(name, ino, attributes, cookie) for entries after *after_cookie*.
 
-        A directory's .sh_thumbnails is not listed: copies and backups must not
-        descend into it; file managers look it up by name."""
+        A directory's .sh_thumbnails and the root's .views are not listed: copies,
+        backups and du must not descend into them; they are looked up by name."""
         if is_virtual(ino):
-            yield from self.thumbs.readdir(ino, after_cookie)
+            yield from self._virtual(ino).readdir(ino, after_cookie)
             return
         prev = None
         with self.index.read() as txn:

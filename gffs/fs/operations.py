@@ -97,7 +97,8 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         # thumbnails into the lister's own cache; needs the mount point for the URIs
-        self.desktop = DesktopThumbnails(fs.index, fs.chunks, mountpoint, fs.stats, fs.spawn)
+        self.desktop = DesktopThumbnails(fs.index, fs.chunks, mountpoint, fs.stats, fs.spawn,
+                                         fs.thumbs.pngs)
         self._listings: dict[int, Listing] = {}   # directory handle -> who opened it
         self._next_dir_fh = 1
         fs.drop_kernel_cache = _invalidate_soon

@@ -13,7 +13,7 @@ The directory is never listed by ``readdir`` of its parent (``cp -r``,
 ``rsync``, ``du`` and ``find`` do not see it; file managers look it up by
 name), answers only lookups, and refuses every change with EACCES. Nodes get
 inode numbers from :data:`VIRTUAL_BASE` up, kept while the kernel holds them.
-Only index reads and one chunk load (on open) happen here: a thumbnail that
+Only index reads and one chunk load and rendering (on open) happen here: a thumbnail that
 does not exist yet is ENOENT, never computed on the request path.
 """
 
@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from gffs.chunks.store import ChunkStore
 from gffs.errors import FsError
+from gffs.fs.thumbpngs import ThumbnailPngs
 from gffs.images.thumbnails import SIZE_NAMES, file_text_length, with_file_text
 from gffs.images.usercache import URI_SAFE
 from gffs.index import ROOT_INO, Index, Namespace
@@ -39,6 +40,7 @@ from gffs.index.records import InodeRecord
 
 DIRNAME = b".sh_thumbnails"
 VIRTUAL_BASE = 1 << 62            # real inode numbers are allocated from 2 upwards
+VIEWS_BASE = 1 << 61              # .views directories (gffs/fs/views.py): up to VIRTUAL_BASE
 XATTR_PREFIX = b"user.gf.thumbnail."
 MAX_CACHED_DIRS = 64              # name maps kept (each costs ~100 bytes per entry)
 _THUMB_NAME = re.compile(rb"[0-9a-f]{32}\.png")
@@ -110,7 +112,8 @@ def thumbnail_name(name: bytes) -> bytes:
 
 
 def is_virtual(ino: int) -> bool:
-    return ino >= VIRTUAL_BASE
+    """A node of .sh_thumbnails or .views (no index row: FsCore._virtual says whose)."""
+    return ino >= VIEWS_BASE
 
 
 def refuse() -> None:
@@ -123,6 +126,7 @@ class SharedThumbnails:
         self.ns = Namespace(index)
         self.images = ImageIndex(index)
         self.chunks = chunks
+        self.pngs = ThumbnailPngs(chunks)   # rendered from the stored sources, shared
         self._nodes: dict[int, Node] = {}
         self._inos: dict[Node, int] = {}
         self._next = VIRTUAL_BASE
@@ -296,11 +300,8 @@ class SharedThumbnails:
             refuse()
         with self.index.read() as txn:
             t = self._target(txn, node)
-        png = await self.chunks.load(t.row.digest)
         try:
-            if len(png) != t.row.length:
-                raise ValueError(f"{len(png)} bytes, the row says {t.row.length}")
-            return with_file_text(bytes(png), t.uri, t.mtime_s)
+            return with_file_text(await self.pngs.png(t.row), t.uri, t.mtime_s)
         except ValueError as exc:
             raise FsError(errno.EIO, f"thumbnail chunk {t.row.digest.hex()[:16]}: {exc}") from None
 

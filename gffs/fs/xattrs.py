@@ -10,6 +10,7 @@ from gffs.fs import sharedthumbs
 from gffs.fs.core import FsCore, _now
 from gffs.fs.sharedthumbs import is_virtual
 from gffs.index import ROOT_INO
+from gffs.index.views import VIEW_XATTRS
 from gffs.nft.validate import InvalidNftValue
 from gffs.nft.validate import PREFIX as _NFT_PREFIX
 from gffs.nft.validate import validate as validate_nft
@@ -37,7 +38,7 @@ class XattrOps(FsCore):
     def getxattr(self, ino: int, name: bytes) -> bytes:
         self._check_xattr_name(name)
         if is_virtual(ino):
-            self.thumbs.node(ino)
+            self._virtual(ino).node(ino)
             raise FsError(errno.ENODATA)
         if self.image_xattrs.is_ours(name):
             return self.image_xattrs.get(ino, name)
@@ -71,6 +72,8 @@ class XattrOps(FsCore):
             self.ns.set_xattr(txn, ino, name, value)
             rec.ctime_ns = _now()
             self.ns.put(txn, ino, rec)
+            if name in VIEW_XATTRS:
+                self.images.views.refresh(txn, ino)
 
     def _check_nft(self, txn, ino: int, name: bytes, value: bytes) -> None:
         """user.nft.* values are validated; a bad one is EINVAL and nothing changes."""
@@ -94,7 +97,7 @@ class XattrOps(FsCore):
 
     def listxattr(self, ino: int) -> list[bytes]:
         if is_virtual(ino):
-            self.thumbs.node(ino)
+            self._virtual(ino).node(ino)
             return []
         with self.index.read() as txn:  # one transaction, one content id lookup
             self.ns.get(txn, ino)
@@ -115,3 +118,5 @@ class XattrOps(FsCore):
                 raise FsError(errno.ENODATA)
             rec.ctime_ns = _now()
             self.ns.put(txn, ino, rec)
+            if name in VIEW_XATTRS:
+                self.images.views.refresh(txn, ino)

@@ -27,6 +27,7 @@ from gffs.images.thumbnails import Thumbnail
 from gffs.index import ChunkMap, Index
 from gffs.index.errors import IndexFailure
 from gffs.index.images import ImageIndex
+from gffs.index.views import ViewIndex
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class ImageFacts:
                  flow_of: Callable[[int], str | None], enabled: bool = True) -> None:
         self.index = index
         self.images = ImageIndex(index)
+        self.views = ViewIndex(index)        # .views, kept with the facts (gffs/index/views.py)
         self.chunks = chunks
         self.enabled = enabled
         self._read_file = read_file          # (ino, size) -> the file's bytes
@@ -135,13 +137,17 @@ class ImageFacts:
         whether something was queued (the caller wakes the worker after commit).
         """
         cid = self.images.compute_content_id(txn, ino, size)
+        old = self.images.content_id(txn, ino)
         self.images.set_content_id(txn, ino, cid)
+        if old != cid:
+            self.views.content_set(txn, ino, old, cid)
         if self.enabled and self.images.facts(txn, cid) is None:
             self.images.queue(txn, cid, ino, size)
             return True
         return False
 
     def forget_inode(self, txn, ino: int) -> None:
+        self.views.content_set(txn, ino, self.images.content_id(txn, ino), None)
         self.images.drop_inode(txn, ino)
 
     def wake(self) -> None:
@@ -217,7 +223,7 @@ class ImageFacts:
             else:
                 self._backoff = COMMIT_BACKOFF
         finally:
-            self.chunks.release([sc for _, sc in stored])
+            self.chunks.release(list({id(sc): sc for _, sc in stored}.values()))
 
     async def _analyse_checked(self, data: bytes) -> tuple[dict[str, str], list[Thumbnail]]:
         """Analyse; a decoder failure is confirmed in a fresh process before it becomes the
@@ -231,15 +237,12 @@ class ImageFacts:
 
     async def _store_thumbnails(self, thumbs: list[Thumbnail],
                                 flow: str | None) -> list[tuple[Thumbnail, StoredChunk]]:
-        """Thumbnails as chunks (placed like the file's flow), pinned until their commit."""
-        stored: list[tuple[Thumbnail, StoredChunk]] = []
-        try:
-            for thumb in thumbs:
-                stored.append((thumb, await self.chunks.store(thumb.png, False, flow)))
-        except BaseException:
-            self.chunks.release([sc for _, sc in stored])
-            raise
-        return stored
+        """The thumbnails' stored source as one chunk (placed like the file's flow), pinned
+        until their commit; every size's row points at it (gffs.images.thumbsource)."""
+        if not thumbs:
+            return []
+        sc = await self.chunks.store(thumbs[0].source, False, flow)
+        return [(thumb, sc) for thumb in thumbs]
 
     def _commit(self, cid: bytes, facts: dict[str, str] | None,
                 stored: list[tuple[Thumbnail, StoredChunk]], flow: str | None) -> None:
@@ -248,6 +251,7 @@ class ImageFacts:
         with self.index.write() as txn:
             if facts is not None:
                 self.images.set_facts(txn, cid, facts)
+                self.views.facts_stored(txn, cid)
                 for thumb, sc in stored:
                     self.images.set_thumbnail(txn, cid, thumb.size, sc.digest, sc.record,
                                               thumb.width, thumb.height, len(thumb.png))

@@ -2,14 +2,16 @@
 
 The sizes are the freedesktop thumbnail directories file managers look in
 (``normal`` 128, ``large`` 256, ``x-large`` 512 pixels on the longer side),
-so a stored thumbnail can be served unchanged from ``.sh_thumbnails/<size>/``.
+so what is served from ``.sh_thumbnails/<size>/`` is a thumbnail as the spec says.
 ``xx-large`` (1024) is left out: it would cost about as much CPU and storage
 as the three others together and is only asked for at the largest zooms of
 high-DPI screens (the file manager then makes its own).
 
 Thumbnails are made in the analysis process from the pixels the analysis has
 decoded anyway (:func:`gffs.images.analyze.analyze_image`), never by decoding
-again; an image is never scaled up. The PNGs carry the content-level text
+again; an image is never scaled up. What is stored is one compact source per
+content (gffs.images.thumbsource: the largest size as WebP) from which every
+size's PNG is rendered the same way here and when served. The PNGs carry the content-level text
 chunks of the spec (size, type and dimensions of the original); the per-file
 ``Thumb::URI`` and ``Thumb::MTime`` are inserted when a file is read
 (:func:`with_file_text`), because one content can be several files with
@@ -18,7 +20,6 @@ different names and times.
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -28,15 +29,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from PIL import Image
 
-# Pillow (and gffs.images.analyze) load inside the functions that make thumbnails: they
-# run in the analysis process; the daemon only inserts file text into stored PNGs
+# Pillow (and gffs.images.analyze, thumbsource) load inside the functions that use them:
+# thumbnails are made in the analysis process, and the daemon imports this module
+# without paying for Pillow at mount time
 
 SIZES: tuple[tuple[str, int], ...] = (("normal", 128), ("large", 256), ("x-large", 512))
 """(freedesktop directory name, longest side in pixels), smallest first."""
 
 SIZE_NAMES = tuple(name for name, _ in SIZES)
 LARGEST = SIZES[-1][1]
-PNG_COMPRESS_LEVEL = 3   # zlib: 3x faster than the default 6 on photos, 11% larger
 
 _MIMETYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "tiff": "image/tiff",
               "webp": "image/webp", "heic": "image/heic", "avif": "image/avif"}
@@ -54,7 +55,8 @@ class Thumbnail:
     size: str      # "normal", "large" or "x-large"
     width: int
     height: int
-    png: bytes
+    png: bytes     # the PNG served (rendered from source, as the daemon will)
+    source: bytes  # what is stored: the same compact source for every size
 
 
 def fit(width: int, height: int, box: int) -> tuple[int, int]:
@@ -80,31 +82,32 @@ def make_thumbnails(im: Image.Image, facts: dict[str, str], original_size: int) 
 
 
 def _make(im: Image.Image, facts: dict[str, str], original_size: int) -> list[Thumbnail]:
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
+
+    from gffs.images.thumbsource import encode_source, render
     im = _displayable(im)
     width, height = int(facts["width"]), int(facts["height"])   # as stored in the file
     if facts.get("orientation") in ("5", "6", "7", "8"):
         width, height = height, width
     pending = _orientation(im)   # what the decoder has not applied yet
     base = im.transpose(Image.Transpose[_UPRIGHT[pending]]) if pending in _UPRIGHT else im
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Thumb::Image::Width", str(width))
-    info.add_text("Thumb::Image::Height", str(height))
-    info.add_text("Thumb::Mimetype", _MIMETYPES.get(facts.get("format", ""), "image/*"))
-    info.add_text("Thumb::Size", str(original_size))
-    info.add_text("Software", "gffs")
-    out = []
-    for name, box in reversed(SIZES):   # each from the next larger one: less to resample
+    text = [("Thumb::Image::Width", str(width)), ("Thumb::Image::Height", str(height)),
+            ("Thumb::Mimetype", _MIMETYPES.get(facts.get("format", ""), "image/*")),
+            ("Thumb::Size", str(original_size)), ("Software", "gffs")]
+    decoded = base.size
+
+    def box_size(box: int) -> tuple[int, int]:
         w, h = fit(width, height, box)
-        if (w, h) != base.size:
-            if w > base.size[0] or h > base.size[1]:  # decoded smaller (HEIC preview): keep it
-                w, h = fit(*base.size, box)
-            if (w, h) != base.size:
-                base = base.resize((w, h), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        buf = io.BytesIO()
-        base.save(buf, "PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
-        out.append(Thumbnail(name, base.size[0], base.size[1], buf.getvalue()))
-    return out
+        if w > decoded[0] or h > decoded[1]:  # decoded smaller (HEIC preview): keep it
+            w, h = fit(*decoded, box)
+        return w, h
+
+    largest = box_size(LARGEST)
+    if largest != base.size:
+        base = base.resize(largest, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    source = encode_source(base, text)   # what is stored: every size is rendered from it
+    return [Thumbnail(name, *box_size(box), render(source, *box_size(box)), source)
+            for name, box in reversed(SIZES)]
 
 
 def _displayable(im: Image.Image) -> Image.Image:

@@ -44,6 +44,7 @@ class Viewer:
     groups: frozenset[int]
     cache_dir: bytes            # $XDG_CACHE_HOME (absolute), thumbnails/ goes below it
     desktop: bool               # runs in a graphical session (DISPLAY / WAYLAND_DISPLAY)
+    whole_seconds: bool = False  # a KDE lister: Thumb::MTime must be an integer (below)
 
     def may_read(self, mode: int, uid: int, gid: int) -> bool:
         """Would the kernel let this viewer open a file with these owner bits for reading?"""
@@ -56,12 +57,29 @@ class Viewer:
         return bool(mode & 0o004)
 
 
-def mtime_text(mtime_ns: int) -> str:
-    """``Thumb::MTime`` as Tumbler (Thunar's thumbnailer) writes and compares it: seconds
-    with microseconds. Readers that want whole seconds (GLib, libfm, KDE) parse the
-    integer part; with whole seconds only, Tumbler would remake every thumbnail it is
-    asked for from the original."""
+KDE_LISTERS = frozenset({b"dolphin", b"kioworker", b"kioslave5", b"kdeinit5", b"konqueror",
+                         b"gwenview"})
+"""Process names of KDE programs and the KIO workers that list directories for them."""
+
+
+def mtime_text(mtime_ns: int, whole_seconds: bool = False) -> str:
+    """``Thumb::MTime`` as the lister compares it. Tumbler (Thunar's thumbnailer) writes
+    and compares seconds with microseconds: with whole seconds it remade every thumbnail
+    from the original. GLib and libfm parse the integer part of that. KDE's KIO
+    (Dolphin) compares ``toLongLong()`` of the text, which fails on a fraction, so it
+    remade every thumbnail from the original: KDE listers get whole seconds."""
+    if whole_seconds:
+        return str(mtime_ns // 1_000_000_000)
     return "%d.%06d" % divmod(mtime_ns // 1000, 1_000_000)
+
+
+def _proc_program(pid: int) -> bytes:
+    """The executable's name (the request's pid may be a thread, whose comm is the
+    thread's own name: Dolphin lists in a KIO worker thread)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe".encode()))
+    except OSError:
+        return b""
 
 
 def file_uri(path: bytes) -> bytes:
@@ -113,7 +131,8 @@ def viewer_of(pid: int, uid: int, gid: int) -> Viewer | None:
                 return None
         cache = os.path.join(home, b".cache")
     desktop = bool(env.get(b"DISPLAY") or env.get(b"WAYLAND_DISPLAY"))
-    return Viewer(uid, gid, _proc_groups(pid) if pid > 0 else frozenset(), cache, desktop)
+    kde = pid > 0 and _proc_program(pid) in KDE_LISTERS
+    return Viewer(uid, gid, _proc_groups(pid) if pid > 0 else frozenset(), cache, desktop, kde)
 
 
 def _set_fs_ids(uid: int, gid: int) -> bool:

@@ -32,10 +32,11 @@ LOW_SPACE = 16 << 20  # below this much free disk, a failed commit means "disk f
 
 DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
             "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts",
-            "imagequeue", "moves", "thumbnails", "inodeblocks")
+            "imagequeue", "moves", "thumbnails", "inodeblocks", "viewrows", "inoviews",
+            "cidinodes")
 # tables whose readers fall back when an older index lacks them (created by the
 # first read-write open): a read-only open goes on without them
-OPTIONAL_TABLES = frozenset({"inodeblocks"})
+OPTIONAL_TABLES = frozenset({"inodeblocks", "viewrows", "inoviews", "cidinodes"})
 
 # meta keys holding u64 counters
 NEXT_INO = b"next_ino"

@@ -26,6 +26,7 @@ import lmdb
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
 from gffs.index.env import N_INODES, NEXT_COOKIE, NEXT_INO
 from gffs.index.images import ImageIndex
+from gffs.index.views import ViewIndex
 from gffs.index.records import InodeRecord, from_u64, u64
 from gffs.maintenance.fsck_report import Finding, Report
 from gffs.maintenance.fsck_worker import Ticker
@@ -337,7 +338,9 @@ class NamespaceCheck:
         if self.ns.exists(txn, ino):
             return False
         ChunkMap(self.index).drop_blocks(txn, ino)
-        ImageIndex(self.index).drop_inode(txn, ino)
+        images = ImageIndex(self.index)
+        ViewIndex(self.index).content_set(txn, ino, images.content_id(txn, ino), None)
+        images.drop_inode(txn, ino)
         self.ns.delete_inode(txn, ino)
         return True
 
