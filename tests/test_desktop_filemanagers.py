@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
 from desktopsession import DesktopSession, missing_programs
 from mountutil import FUSE_AVAILABLE, SKIP_REASON, Mount
+from test_desktop_usercache import cached
 
 pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason=SKIP_REASON)
 
@@ -74,10 +75,12 @@ def shown(shot: Image.Image, box: tuple[int, int, int, int], photos: range) -> l
     """The photos of *photos* whose colour covers at least MIN_PIXELS inside *box*."""
     x, y, w, h = box
     area = shot.crop((max(x, 0), max(y, 0), x + w, y + h)).convert("HSV")
+    hh, s, v = area.split()
+    vivid = ImageChops.multiply(s.point(lambda p: 255 if p > 150 else 0),
+                                v.point(lambda p: 255 if p > 150 else 0))
     hist = [0] * 360
-    for hh, s, v in area.getdata():
-        if s > 150 and v > 150:
-            hist[round(hh * 360 / 255) % 360] += 1
+    for level, count in enumerate(hh.histogram(mask=vivid)):   # hues of vivid pixels only
+        hist[round(level * 360 / 255) % 360] += count
     found = []
     for i in photos:
         centre = round(hue(i))
@@ -87,7 +90,11 @@ def shown(shot: Image.Image, box: tuple[int, int, int, int], photos: range) -> l
     return found
 
 
-def wait_shown(desk: DesktopSession, window: int, photos: range, need: int) -> float:
+FAILURES = Path("/tmp/gffs-desktop-failures")   # outside pytest's rotating tmp dirs
+
+
+def wait_shown(desk: DesktopSession, window: int, photos: range, need: int,
+               flow: Path, m: Mount, before: dict[str, int]) -> float:
     """Seconds until at least *need* of *photos* are on screen inside the window."""
     start = time.monotonic()
     best: list[int] = []
@@ -96,9 +103,18 @@ def wait_shown(desk: DesktopSession, window: int, photos: range, need: int) -> f
         if len(best) >= need:
             return time.monotonic() - start
         time.sleep(0.5)
-    desk.screenshot().save(desk.home / "failed.png")
-    raise AssertionError(f"only photos {best} of {list(photos)} on screen after "
-                         f"{SCREEN_DEADLINE:.0f} s (screenshot {desk.home / 'failed.png'})")
+    # what failed: gffs (thumbnails missing from the cache, originals read) or the program
+    FAILURES.mkdir(exist_ok=True)
+    shot = FAILURES / f"{desk.home.parent.name}-{int(time.time())}.png"
+    desk.screenshot().save(shot)
+    in_cache = [i for i in photos
+                if any(cached(desk.home, size, flow / f"IMG_{i:04d}.jpg").exists()
+                       for size in ("normal", "large"))]
+    now = counters(m)
+    raise AssertionError(
+        f"only photos {best} of {list(photos)} on screen after {SCREEN_DEADLINE:.0f} s; "
+        f"in the viewer's cache: {in_cache}; counters before {before}, now {now}; "
+        f"screenshot {shot}")
 
 
 FILE_MANAGERS = {
@@ -121,11 +137,12 @@ def test_file_manager_shows_thumbnails_without_reading_originals(photo_flow, tmp
     try:
         desk.run(*argv, str(photo_flow.path / FLOW), log=tmp_path / f"{program}.log")
         window = desk.visible_window(title)
-        top = wait_shown(desk, window, range(0, 12), need=8)
+        top = wait_shown(desk, window, range(0, 12), 8, photo_flow.path / FLOW, photo_flow, before)
         x, y, w, h = desk.geometry(window)
         desk.xdotool("mousemove", str(x + w * 3 // 4), str(y + h * 3 // 4), "click", "1")
         desk.xdotool("key", "--clearmodifiers", "End")
-        end = wait_shown(desk, window, range(N_PHOTOS - 6, N_PHOTOS), need=4)
+        end = wait_shown(desk, window, range(N_PHOTOS - 6, N_PHOTOS), 4, photo_flow.path / FLOW,
+                         photo_flow, before)
         time.sleep(5)   # the program's own thumbnailer would have started by now
         after = counters(photo_flow)
         print(f"{program}: top thumbnails after {top:.1f} s, end after {end:.1f} s; {after}")
