@@ -71,15 +71,21 @@ def photo_flow(tmp_path_factory) -> Mount:
         m.cleanup()
 
 
-def shown(shot: Image.Image, box: tuple[int, int, int, int], photos: range) -> list[int]:
-    """The photos of *photos* whose colour covers at least MIN_PIXELS inside *box*."""
+def vivid_hues(shot: Image.Image, box: tuple[int, int, int, int]) -> list[int]:
+    """Pixel counts per hue level (0-255) of the vivid pixels inside *box* (icons and
+    text are grey: only thumbnails of the photos are vivid)."""
     x, y, w, h = box
     area = shot.crop((max(x, 0), max(y, 0), x + w, y + h)).convert("HSV")
     hh, s, v = area.split()
     vivid = ImageChops.multiply(s.point(lambda p: 255 if p > 150 else 0),
                                 v.point(lambda p: 255 if p > 150 else 0))
+    return hh.histogram(mask=vivid)
+
+
+def shown(shot: Image.Image, box: tuple[int, int, int, int], photos: range) -> list[int]:
+    """The photos of *photos* whose colour covers at least MIN_PIXELS inside *box*."""
     hist = [0] * 360
-    for level, count in enumerate(hh.histogram(mask=vivid)):   # hues of vivid pixels only
+    for level, count in enumerate(vivid_hues(shot, box)):
         hist[round(level * 360 / 255) % 360] += count
     found = []
     for i in photos:
@@ -90,18 +96,33 @@ def shown(shot: Image.Image, box: tuple[int, int, int, int], photos: range) -> l
     return found
 
 
+def colours_shown(shot: Image.Image, box: tuple[int, int, int, int]) -> int:
+    """How many distinct photo colours are inside *box*, wherever the view is scrolled:
+    runs of neighbouring hue levels, each covering at least MIN_PIXELS."""
+    levels = vivid_hues(shot, box)
+    lit = [count >= MIN_PIXELS // 4 for count in levels]
+    start = lit.index(False) if False in lit else 0     # a run never wraps around 0
+    runs, total = 0, 0
+    for k in range(256):
+        level = (start + k) % 256
+        if lit[level]:
+            total += levels[level]
+        else:
+            runs, total = runs + (total >= MIN_PIXELS), 0
+    return runs + (total >= MIN_PIXELS)
+
+
 FAILURES = Path("/tmp/gffs-desktop-failures")   # outside pytest's rotating tmp dirs
 
 
-def wait_shown(desk: DesktopSession, window: int, photos: range, need: int, key: str,
+def wait_shown(desk: DesktopSession, window: int, photos: range | None, need: int, key: str,
                click: bool, flow: Path, m: Mount, before: dict[str, int]) -> float:
-    """Seconds until at least *need* of *photos* are on screen inside the window, pressing
-    *key* (Home, End) in the view now and then (a loaded Nautilus was seen to scroll to
-    the middle of the flow by itself while it filled the view). Keys go to the window under
-    the pointer (no window manager); *click* first focuses the view, once (a single click
-    opens a file in Dolphin: never on an icon twice)."""
+    """Seconds until at least *need* of *photos* (None: of any photos' distinct colours) are
+    on screen inside the window, pressing *key* (Home, End) in the view now and then. Keys
+    go to the window under the pointer (no window manager); *click* first focuses the view,
+    once (a single click opens a file in Dolphin: never on an icon twice)."""
     start = time.monotonic()
-    best: list[int] = []
+    seen = 0
     pressed = -1.0
     while time.monotonic() - start < SCREEN_DEADLINE:
         if time.monotonic() - pressed > 10:
@@ -110,21 +131,22 @@ def wait_shown(desk: DesktopSession, window: int, photos: range, need: int, key:
                          *(["click", "1"] if click and pressed < 0 else []))
             desk.xdotool("key", "--clearmodifiers", key)
             pressed = time.monotonic()
-        best = shown(desk.screenshot(), desk.geometry(window), photos)
-        if len(best) >= need:
+        shot, box = desk.screenshot(), desk.geometry(window)
+        seen = len(shown(shot, box, photos)) if photos is not None else colours_shown(shot, box)
+        if seen >= need:
             return time.monotonic() - start
         time.sleep(0.5)
     # what failed: gffs (thumbnails missing from the cache, originals read) or the program
     FAILURES.mkdir(exist_ok=True)
     shot = FAILURES / f"{desk.home.parent.name}-{int(time.time())}.png"
     desk.screenshot().save(shot)
-    in_cache = [i for i in photos
+    in_cache = [i for i in (photos if photos is not None else range(12))
                 if any(cached(desk.home, size, flow / f"IMG_{i:04d}.jpg").exists()
                        for size in ("normal", "large"))]
-    now = counters(m)
     raise AssertionError(
-        f"only photos {best} of {list(photos)} on screen after {SCREEN_DEADLINE:.0f} s; "
-        f"in the viewer's cache: {in_cache}; counters before {before}, now {now}; "
+        f"only {seen} of {need} photos on screen after {SCREEN_DEADLINE:.0f} s "
+        f"({'photos ' + str(list(photos)) if photos is not None else 'any distinct colours'}); "
+        f"in the viewer's cache: {in_cache}; counters before {before}, now {counters(m)}; "
         f"screenshot {shot}")
 
 
@@ -148,7 +170,9 @@ def test_file_manager_shows_thumbnails_without_reading_originals(photo_flow, tmp
     try:
         desk.run(*argv, str(photo_flow.path / FLOW), log=tmp_path / f"{program}.log")
         window = desk.visible_window(title)
-        top = wait_shown(desk, window, range(0, 12), 8, "Home", False, photo_flow.path / FLOW,
+        # the first screen: where a loaded Nautilus starts is its own choice (it was seen to
+        # scroll itself to IMG_0084 while filling the view), so any 8 photos count
+        top = wait_shown(desk, window, None, 8, "Home", False, photo_flow.path / FLOW,
                          photo_flow, before)
         end = wait_shown(desk, window, range(N_PHOTOS - 6, N_PHOTOS), 4, "End", True,
                          photo_flow.path / FLOW, photo_flow, before)
