@@ -32,7 +32,8 @@ import trio
 from gffs.crypto.seal import SealError, StoreKey
 from gffs_backends.base import (BackendError, BackendUnavailable, MalformedAnswer, ObjectInfo,
                                 ObjectMissing, answers_checked, answers_checked_class, in_thread)
-from gffs_backends.ipfs import CHUNKER_SIZE, IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
+from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt
+from gffs_backends.unixfs import CHUNKER_SIZE, parse_cid, unixfs_cid
 
 SHARES_META = b"shares"     # index meta JSON: flow name -> {"manifest", "root", "source", "key"}
 
