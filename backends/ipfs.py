@@ -24,7 +24,6 @@ the local CID computation backends/unixfs.py. See docs/backends/ipfs.md.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from typing import Any, AsyncIterator
@@ -178,16 +177,7 @@ class IpfsBackend(KuboRpc, Backend):
                   ("chunker", f"size-{CHUNKER_SIZE}"), ("hash", "sha2-256"),
                   ("progress", "false"), ("quieter", "true")]
         resp = self._rpc("add", params, upload=bytes(data), filename=what.rsplit(" ", 1)[-1])
-        cid = None
-        for line in resp.content.splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
-                cid = obj["Hash"]
-        if cid is None:
-            raise MalformedAnswer(f"{self.name}: add answered no CID for {what}")
+        cid = self._add_answer(resp, what)
         if cid != expected:
             if pin:
                 self._unpin_quietly(cid)

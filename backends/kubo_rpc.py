@@ -170,6 +170,22 @@ class KuboRpc:
             raise MalformedAnswer(f"{self.name}: {cmd} answered something that is not JSON") \
                 from None
 
+    def _add_answer(self, resp: requests.Response, what: str = "") -> str:
+        """The last CID of an ``add`` answer (one JSON line per added file; a directory's
+        top comes last)."""
+        cid = None
+        for line in resp.content.splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
+                cid = obj["Hash"]
+        if cid is None:
+            where = f" for {what}" if what else ""
+            raise MalformedAnswer(f"{self.name}: add answered no CID{where}")
+        return cid
+
     async def _run(self, fn: Callable, *args) -> Any:
         """A blocking RPC call in a worker thread, bounded by the timeout (not retried:
         a node that does not answer now is skipped by health)."""

@@ -20,7 +20,6 @@ the store's own backends. A publisher that is gone makes ``cat`` hang in Kubo: t
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -114,20 +113,6 @@ class IpfsShareBackend(IpfsBackend):
         return data
 
     # publishing (gffs/share/publish.py) ----------------------------------------------------
-    def _add_answer(self, resp) -> str:
-        """The last CID of an ``add`` answer (a directory's top comes last)."""
-        cid = None
-        for line in resp.content.splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
-                cid = obj["Hash"]
-        if cid is None:
-            raise MalformedAnswer(f"{self.name}: add answered no CID")
-        return cid
-
     def _add_file(self, name: str, data: bytes) -> str:
         expected = unixfs_cid(data, 0)
         got = self._add_answer(self._rpc("add", ADD_PARAMS, upload=data,
