@@ -78,10 +78,7 @@ class IpfsBackend(KuboRpc, Backend):
     @classmethod
     def from_config(cls, name: str, options: dict) -> "IpfsBackend":
         where = f"backend {name!r}"
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise ValueError(f"{where}: unknown option {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(OPTIONS))})")
+        reject_unknown_options(name, options, OPTIONS)
         kw: dict[str, Any] = {}
         for opt in ("api", "mfs_dir", "auth_token", "username", "password"):
             if opt in options:
@@ -416,6 +413,15 @@ class IpfsBackend(KuboRpc, Backend):
 
     async def close(self) -> None:
         self._session.close()
+
+
+def reject_unknown_options(name: str, options: dict, known: set[str]) -> None:
+    """ValueError naming the first option not in *known* (and listing those that are):
+    the ``ipfs`` and ``ipfs-share`` types word it alike."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"backend {name!r}: unknown option {unknown[0]!r} "
+                         f"(known: {', '.join(sorted(known))})")
 
 
 def _check_mfs_dir(path: str) -> str:

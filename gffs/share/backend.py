@@ -31,7 +31,7 @@ import trio
 from gffs.crypto.seal import SealError, StoreKey
 from gffs_backends.base import (BackendError, BackendUnavailable, MalformedAnswer, ObjectInfo,
                                 ObjectMissing, answers_checked, answers_checked_class, in_thread)
-from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt
+from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt, reject_unknown_options
 from gffs_backends.unixfs import CHUNKER_SIZE, parse_cid, unixfs_cid
 
 SHARES_META = b"shares"     # index meta JSON: flow name -> {"manifest", "root", "source", "key"}
@@ -75,10 +75,7 @@ class IpfsShareBackend(IpfsBackend):
 
     @classmethod
     def from_config(cls, name: str, options: dict) -> "IpfsShareBackend":
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise ValueError(f"backend {name!r}: unknown option {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(OPTIONS))})")
+        reject_unknown_options(name, options, OPTIONS)
         base = IpfsBackend.from_config(name, options)     # the same option checks
         base._session.close()
         return cls(name, options.get("api"), timeout=base.timeout, **_credentials(options))
