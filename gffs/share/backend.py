@@ -20,7 +20,6 @@ the store's own backends. A publisher that is gone makes ``cat`` hang in Kubo: t
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -32,7 +31,8 @@ import trio
 from gffs.crypto.seal import SealError, StoreKey
 from gffs_backends.base import (BackendError, BackendUnavailable, MalformedAnswer, ObjectInfo,
                                 ObjectMissing, answers_checked, answers_checked_class, in_thread)
-from gffs_backends.ipfs import CHUNKER_SIZE, IpfsBackend, IpfsCorrupt, parse_cid, unixfs_cid
+from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt, reject_unknown_options
+from gffs_backends.unixfs import CHUNKER_SIZE, parse_cid, unixfs_cid
 
 SHARES_META = b"shares"     # index meta JSON: flow name -> {"manifest", "root", "source", "key"}
 
@@ -75,10 +75,7 @@ class IpfsShareBackend(IpfsBackend):
 
     @classmethod
     def from_config(cls, name: str, options: dict) -> "IpfsShareBackend":
-        unknown = sorted(set(options) - OPTIONS)
-        if unknown:
-            raise ValueError(f"backend {name!r}: unknown option {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(OPTIONS))})")
+        reject_unknown_options(name, options, OPTIONS)
         base = IpfsBackend.from_config(name, options)     # the same option checks
         base._session.close()
         return cls(name, options.get("api"), timeout=base.timeout, **_credentials(options))
@@ -113,20 +110,6 @@ class IpfsShareBackend(IpfsBackend):
         return data
 
     # publishing (gffs/share/publish.py) ----------------------------------------------------
-    def _add_answer(self, resp) -> str:
-        """The last CID of an ``add`` answer (a directory's top comes last)."""
-        cid = None
-        for line in resp.content.splitlines():
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("Hash"), str):
-                cid = obj["Hash"]
-        if cid is None:
-            raise MalformedAnswer(f"{self.name}: add answered no CID")
-        return cid
-
     def _add_file(self, name: str, data: bytes) -> str:
         expected = unixfs_cid(data, 0)
         got = self._add_answer(self._rpc("add", ADD_PARAMS, upload=data,

@@ -30,7 +30,7 @@ from gffs.share.gps import strip_gps
 from gffs.share.manifest import Manifest, SharedFile, Thumb
 from gffs.share.private import MANIFEST_NAME, new_share_key, seal_block, share_string
 from gffs.share.source import share_source
-from gffs_backends.ipfs import cid_text, unixfs_dir_root, unixfs_file_root
+from gffs_backends.unixfs import cid_text, unixfs_dir_root, unixfs_file_root
 
 PUBLISHED_XATTRS = (b"user.xdg.", b"user.nft.")
 GPS_FACTS = ("gps_lat", "gps_lon", "gps_alt")
