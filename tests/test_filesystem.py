@@ -1016,9 +1016,12 @@ def test_flush_failure_keeps_buffer(tmp_path, fault, expected):
         e.close()
 
 
-def test_background_garbage_waits_until_the_drop_is_durable(env):
+def test_background_garbage_waits_until_the_drop_is_durable(env, monkeypatch):
     """Group commit: a chunk is deleted only once the commit dropping its last reference
     is durable (a power loss falls back to the durable index, which must find it)."""
+    from gffs.index import commit
+    monkeypatch.setattr(commit, "COMMIT_INTERVAL", 3600.0)   # no periodic commit in between
+
     async def main(fs):
         async with env.index.grouped(env.chunks.sync_backends), trio.open_nursery() as nursery:
             await fs.start(1000, 1000)
@@ -1029,7 +1032,8 @@ def test_background_garbage_waits_until_the_drop_is_durable(env):
             fs.unlink(d, b"x")
             assert await fs.chunks.delete_garbage() == 0   # dropped, not durably yet
             assert len(env.objects()) == 1
-            with trio.fail_after(30):   # the periodic commit, then the garbage loop
+            await env.index.durable()
+            with trio.fail_after(30):   # the commit is durable: the garbage loop deletes it
                 while env.objects():
                     await trio.sleep(0.05)
             assert env.garbage() == []
