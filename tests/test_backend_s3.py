@@ -24,7 +24,8 @@ boto3 = pytest.importorskip("boto3")
 from botocore.exceptions import (ClientError, ConnectTimeoutError,  # noqa: E402
                                  EndpointConnectionError, ReadTimeoutError)
 
-from gffs_backends.s3 import S3Backend, _score  # noqa: E402
+from gffs_backends.s3 import S3Backend  # noqa: E402
+from gffs_backends.s3_buckets import score as _score  # noqa: E402
 
 
 def key_of(data: bytes) -> str:
