@@ -9,17 +9,19 @@ import fcntl
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from gffs.chunks.staging import Staging
-from gffs.chunks.store import ChunkStore
 from gffs.config import Config
 from gffs.errors import ConfigError, StoreLockedError
 from gffs.index import Index
 from gffs.index.env import DRAINING
 from gffs.placement import FlowPolicy, Health, Placement
 from gffs_backends.base import Backend, BackendError, load_backend_class
+
+if TYPE_CHECKING:   # the chunk store is imported by Store only: gffs-admin status needs none of it
+    from gffs.chunks.staging import Staging
 
 log = logging.getLogger("gffs.store")
 
@@ -80,7 +82,6 @@ def open_backends(cfg: Config, index: Index | None = None,
     without it and without *store_id* each encrypted backend learns its store
     from its own marker (a fresh machine reading backups).
     """
-    from gffs.crypto.setup import wrap_backends
     backends: dict[str, Backend] = {}
     for bc in cfg.backends:
         try:
@@ -92,6 +93,9 @@ def open_backends(cfg: Config, index: Index | None = None,
         except (ValueError, OSError) as exc:
             raise ConfigError(f"{cfg.source} [backends.{bc.name}]: {exc}") from None
         backends[bc.name].deferred = bc.deferred
+    if index is None and not any(bc.encrypt for bc in cfg.backends):
+        return backends     # nothing to wrap or check: skip importing cryptography
+    from gffs.crypto.setup import wrap_backends
     return wrap_backends(cfg, backends, index, store_id)
 
 
@@ -147,6 +151,7 @@ def open_staging(cfg: Config, backends: dict[str, Backend]) -> Staging | None:
     remote = any(type(b).__name__ != "LocalBackend" for b in backends.values())
     if not (remote and cfg.staging_mb) and not cfg.staging_dir.is_dir():
         return None     # (staged chunks of an earlier config stay readable and are uploaded)
+    from gffs.chunks.staging import Staging
     return Staging(cfg.staging_dir, cfg.staging_mb << 20)
 
 
@@ -165,6 +170,7 @@ class Store:
             self.placement = build_placement(cfg, self.backends)
             with self.index.read() as txn:
                 self.placement.draining = set(self.index.meta_json(txn, DRAINING, []))
+            from gffs.chunks.store import ChunkStore
             self.chunks = ChunkStore(self.index, self.backends, self.placement,
                                      cache_bytes=cfg.cache_mb << 20,
                                      backend_timeout=cfg.backend_timeout,

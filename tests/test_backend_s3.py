@@ -24,7 +24,8 @@ boto3 = pytest.importorskip("boto3")
 from botocore.exceptions import (ClientError, ConnectTimeoutError,  # noqa: E402
                                  EndpointConnectionError, ReadTimeoutError)
 
-from gffs_backends.s3 import S3Backend, _score  # noqa: E402
+from gffs_backends.s3 import S3Backend  # noqa: E402
+from gffs_backends.s3_buckets import score as _score  # noqa: E402
 
 
 def key_of(data: bytes) -> str:
@@ -56,6 +57,45 @@ async def put_all(backend, blobs) -> dict[str, str]:
 
 def test_entry_point_finds_s3_backend():
     assert load_backend_class("s3") is S3Backend
+
+
+def test_a_get_is_one_worker_thread_hop_and_checks_the_length(moto_server, s3_buckets,
+                                                              monkeypatch):
+    """Read-ahead starts 8 GETs at once; each one a single trio round trip (GetObject
+    and its body together), and a body shorter than its Content-Length is no copy."""
+    (a,) = s3_buckets(1)
+    backend = make(moto_server, [a])
+    data = os.urandom(300_000)
+    loc = trio.run(backend.put, key_of(data), data)
+    hops = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *args, **kw):
+        hops.append(fn)
+        return await real(fn, *args, **kw)
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    assert trio.run(backend.get, key_of(data), loc) == data
+    assert len(hops) == 1
+    monkeypatch.setattr(backend, "_client", _ShortBodies(backend._client))
+    with pytest.raises(BackendUnavailable, match="short read"):
+        trio.run(backend.get, key_of(data), loc)
+    trio.run(backend.close)
+
+
+class _ShortBodies:
+    """A client whose GetObject bodies lose their last byte (a cut connection)."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def get_object(self, **kw):
+        resp = self._client.get_object(**kw)
+        body = resp["Body"].read()
+        resp["Body"] = type("Body", (), {"read": lambda self: body[:-1]})()
+        return resp
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
 
 
 # placement over buckets -------------------------------------------------------------------

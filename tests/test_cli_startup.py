@@ -45,6 +45,20 @@ def test_admin_status_of_a_local_store_loads_no_heavy_library(tmp_path):
                         ) == []
 
 
+def test_admin_status_loads_neither_chunk_store_nor_crypto_nor_entry_points(tmp_path):
+    """Beyond trio, LMDB and the index, status of a local store needs nothing: the chunk
+    store and rebalance planning (only --full), cryptography (nothing encrypts) and
+    importlib.metadata (built-in backend types) cost 0.1-0.4 s each on a loaded machine."""
+    from gffs.index import Index
+    Index(tmp_path / "index").close()
+    light = ("gffs.chunks.store", "gffs.maintenance.rebalance", "cryptography",
+             "importlib.metadata")
+    assert loaded_after("import contextlib, io\nfrom gffs.cli import admin\n"
+                        "with contextlib.redirect_stdout(io.StringIO()):\n"
+                        f"    assert admin.main(['--data-dir', {str(tmp_path)!r}, 'status']) == 0",
+                        light) == []
+
+
 def test_the_daemon_loads_only_the_backends_its_config_names(tmp_path):
     """What `gffs mount` imports before serving: the daemon and a Store of local backends.
     Nor Pillow (about 0.3 s of every mount): only the analysis worker process decodes."""

@@ -22,10 +22,9 @@ import trio
 from gffs.config import Config
 from gffs.errors import ConfigError
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
-from gffs.index.env import DRAINING, LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
+from gffs.index.env import COPY_CENSUS, DRAINING, LOGICAL_BYTES, N_CHUNKS, N_INODES, STORED_BYTES
 from gffs.maintenance.control import commit_mounted
 from gffs.maintenance.progress import human_bytes
-from gffs.maintenance.rebalance import COPY_CENSUS, make_plan
 from gffs.store import StoreLock, build_placement, check_backends, open_backends
 from gffs_backends.base import BackendError
 
@@ -70,6 +69,7 @@ def status(cfg: Config, full: bool = False) -> dict:
             per_backend = cm.count_backends()
         backends = open_backends(cfg)
         if full:
+            from gffs.maintenance.rebalance import make_plan  # the chunk store: only here
             placement = build_placement(cfg, backends)
             placement.draining = set(draining)
             census = make_plan(index, placement, backends).census()

@@ -48,6 +48,7 @@ N_CHUNKS = b"n_chunks"
 # meta keys holding JSON
 DRAINING = b"draining"                  # backends `gffs-admin backend drain` is emptying
 REBALANCE_CURSOR = b"rebalance_cursor"  # hex digest a stopped rebalance continues after
+COPY_CENSUS = b"copy_census"            # meta JSON: copies short/beyond as the last full plan counted
 
 
 class Index:

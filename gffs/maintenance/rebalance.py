@@ -24,7 +24,7 @@ import trio
 
 from gffs.chunks.moves import ChunkMover, MoveFailed
 from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
-from gffs.index.env import REBALANCE_CURSOR
+from gffs.index.env import COPY_CENSUS, REBALANCE_CURSOR
 from gffs.index.errors import NotFound
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_LIMIT, JobRefused, job
 from gffs.maintenance.progress import Progress, human_bytes
@@ -34,7 +34,6 @@ from gffs_backends.base import BackendError
 
 log = logging.getLogger(__name__)
 
-COPY_CENSUS = b"copy_census"   # meta JSON: copies short/beyond as the last full plan counted
 
 WINDOW = 16            # chunks in flight at once (each uses the per-backend limits)
 FREE_RESERVE = 0.02    # a destination must keep this share of its space free
