@@ -99,8 +99,9 @@ class LocalBackend(Backend):
         marker = self.root / LAYOUT_FILE
         if marker.exists():
             return False
-        fresh = not self.objects.is_dir()
         self.objects.mkdir(parents=True, exist_ok=True)
+        with os.scandir(self.objects) as entries:
+            fresh = next(entries, None) is None   # nothing of either layout yet
         if fresh:
             try:
                 marker.write_text(LAYOUT)

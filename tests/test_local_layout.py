@@ -49,6 +49,8 @@ def test_a_fresh_store_puts_chunks_one_directory_deep(tmp_path):
     with pytest.raises(ObjectMissing):
         b._get("ee" * 32)
     assert LocalBackend("a", tmp_path / "disk").legacy is False   # reopened: still marked
+    (tmp_path / "empty" / "chunks").mkdir(parents=True)     # made by an older version, empty
+    assert LocalBackend("e", tmp_path / "empty").legacy is False
 
 
 def test_old_layout_chunks_are_found_listed_and_deleted(tmp_path):
