@@ -1,4 +1,10 @@
-"""Local-disk backend: one file per chunk, fan-out directories, atomic writes.
+"""Local-disk backend: one file per chunk, 256 fan-out directories, atomic writes.
+
+Chunks live in ``chunks/<first 2 hex digits>/<key>``. Stores made before this
+layout used two levels (``chunks/ab/cd/<key>``, 65,536 leaf directories, so
+nearly every new chunk of a young store made a directory and fsynced two); a
+store without the layout marker may hold such chunks, so lookups there fall
+back to the old path (see docs/backends/local.md "Layout").
 
 A put writes a temp file and renames it into place, so a reader (or a crash)
 never sees half an object. fsync is deferred to :meth:`sync`, which the
@@ -24,7 +30,14 @@ from gffs_backends.base import (Backend, BackendError, BackendFull, Capacity, Ob
                                 ObjectMissing, check_meta_name, check_meta_prefix)
 
 TMP_SUFFIX = ".tmp"
+LAYOUT_FILE = "layout"              # <root>/layout: written by a store made in this layout
+LAYOUT = "chunks/xx/KEY\n"          # its content: one level of 256 directories
 SYNC_THREADS = 16   # fsyncs issued at once: the filesystem's journal commits them together
+
+
+def chunk_path(objects: Path, key: str) -> Path:
+    """A chunk's file under a ``chunks/`` directory (the 256-directory layout)."""
+    return objects / key[:2] / key
 
 
 def _fsync_one(path: Path, flags: int) -> bool:
@@ -64,7 +77,7 @@ class LocalBackend(Backend):
         self.root = Path(path).expanduser()
         self.objects = self.root / "chunks"
         self.meta = self.root / "meta"
-        self.objects.mkdir(parents=True, exist_ok=True)
+        self.legacy = self._open_layout()
         self._unsynced: set[Path] = set()
         self._known_dirs: set[Path] = set()
         self._lock = threading.Lock()
@@ -78,10 +91,37 @@ class LocalBackend(Backend):
             raise ValueError(f"backend {name!r}: 'path' is required")
         return cls(name, options["path"])
 
+    def _open_layout(self) -> bool:
+        """Make the chunk directory; True when it may hold chunks of the two-level layout.
+
+        A fresh store gets the marker, so its misses cost one lookup, not two. A
+        marker lost to a crash only costs the fallback lookups (never a miss)."""
+        marker = self.root / LAYOUT_FILE
+        if marker.exists():
+            return False
+        self.objects.mkdir(parents=True, exist_ok=True)
+        with os.scandir(self.objects) as entries:
+            fresh = next(entries, None) is None   # nothing of either layout yet
+        if fresh:
+            try:
+                marker.write_text(LAYOUT)
+            except OSError:       # read-only or full: the fallback is only slower
+                return True
+        return not fresh
+
     def _path(self, key: str) -> Path:
         if len(key) < 8 or not all(c in "0123456789abcdef" for c in key):
             raise BackendError(f"{self.name}: invalid object key {key!r}")
-        return self.objects / key[:2] / key[2:4] / key
+        return chunk_path(self.objects, key)
+
+    def _paths(self, key: str) -> list[Path]:
+        """Where a chunk may be: its path, then (older stores) the two-level one."""
+        path = self._path(key)
+        return [path, self.objects / key[:2] / key[2:4] / key] if self.legacy else [path]
+
+    def chunk_file(self, key: str) -> Path | None:
+        """The file holding a chunk, or None (tests and tools that look at the disk)."""
+        return next((p for p in self._paths(key) if p.exists()), None)
 
     # blocking implementations, run in worker threads -------------------------
     def _put(self, key: str, data: bytes) -> None:
@@ -109,26 +149,31 @@ class LocalBackend(Backend):
             self._unsynced.add(path)
 
     def _get(self, key: str) -> bytes:
-        try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
-        except FileNotFoundError as exc:
-            raise ObjectMissing(f"{self.name}: chunk {key} is missing") from exc
-        except OSError as exc:
-            raise BackendError(f"{self.name}: cannot read chunk {key}: {exc.strerror}") from exc
+        for path in self._paths(key):
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BackendError(f"{self.name}: cannot read chunk {key}: "
+                                   f"{exc.strerror}") from exc
+        raise ObjectMissing(f"{self.name}: chunk {key} is missing")
 
     def _delete(self, key: str) -> None:
-        path = self._path(key)
-        path.unlink(missing_ok=True)
-        with self._lock:
-            self._unsynced.discard(path)
+        for path in self._paths(key):
+            path.unlink(missing_ok=True)
+            with self._lock:
+                self._unsynced.discard(path)
 
     def _stat(self, key: str) -> ObjectInfo | None:
-        try:
-            st = self._path(key).stat()
-        except FileNotFoundError:
-            return None
-        return ObjectInfo(key, st.st_size, st.st_mtime)
+        for path in self._paths(key):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            return ObjectInfo(key, st.st_size, st.st_mtime)
+        return None
 
     def _sync(self) -> None:
         with self._sync_lock:
@@ -140,7 +185,7 @@ class LocalBackend(Backend):
         try:
             dirs = set()
             for path in fsync_paths(paths):
-                dirs.update((path.parent, path.parent.parent, self.objects))
+                dirs.update((path.parent, self.objects))
             fsync_paths(dirs, os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
             with self._lock:   # the next sync tries them again
@@ -199,15 +244,16 @@ class LocalBackend(Backend):
             pass
 
     def _scan(self) -> list[ObjectInfo]:
-        out = []
+        """Every chunk file, in either layout (a chunk in both is listed once)."""
+        out: dict[str, ObjectInfo] = {}
         for dirpath, _dirs, files in os.walk(self.objects):
             for fname in files:
                 try:
                     st = os.stat(os.path.join(dirpath, fname))
                 except FileNotFoundError:
                     continue
-                out.append(ObjectInfo(fname, st.st_size, st.st_mtime))
-        return out
+                out.setdefault(fname, ObjectInfo(fname, st.st_size, st.st_mtime))
+        return list(out.values())
 
     def remove_stale_temps(self, older_than: float) -> int:
         """Delete temp files left by a crash mid-put (blocking; admin gc)."""

@@ -65,7 +65,8 @@ def run(work: Path, sizes: Sizes, results: Results) -> None:
                 log(f"{kind}, encrypt = {encrypt}")
                 times[encrypt] = gffs_ingest_and_read(mounts[-1], src, names, total, results,
                                                       f"{kind} encrypt={encrypt}")
-            (in_plain, out_plain), (in_enc, out_enc) = times[False], times[True]
+            plain, enc = times[False], times[True]
+            in_plain, out_plain, in_enc, out_enc = plain.ingest, plain.read, enc.ingest, enc.read
             results.rows.append(Row(f"{kind}: ingest, encrypted vs not", "MB/s", mb / in_enc,
                                     mb / in_plain, True, f"ratio >= {TARGET_RATIO}"))
             results.rows.append(Row(f"{kind}: cold read-back, encrypted vs not", "MB/s",

@@ -15,6 +15,7 @@ from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
 from gffs.maintenance.progress import Progress
 from gffs.maintenance.runner import run_job
 from gffs.store import Store
+from gffs_backends.local import chunk_path
 
 USER = Caller(os.getuid(), os.getgid())
 
@@ -138,5 +139,4 @@ class Damage:
 
 
 def object_path(root: Path, digest: bytes) -> Path:
-    key = digest.hex()
-    return root / "chunks" / key[:2] / key[2:4] / key
+    return chunk_path(root / "chunks", digest.hex())

@@ -61,7 +61,7 @@ def test_names_and_bytes_reveal_neither_hash_nor_plaintext(tmp_path):
         assert await b.list_meta("index/") == [f"index/pieces/{key}"]
     trio.run(main)
     objects = raw_objects(tmp_path / "b")
-    assert len(objects) == 3    # chunk, piece, marker
+    assert len(objects) == 4    # chunk, piece, crypt marker, layout marker
     for path, raw in objects.items():
         assert key not in path and b"MARKER" not in raw and key.encode() not in raw
 
@@ -250,6 +250,26 @@ def test_sealed_object_of_codec_payload_round_trips():
         sealed = KEY.seal_chunk(key_of(data), stored)
         assert len(sealed) == sealed_size(len(stored))
         assert KEY.open_chunk(key_of(data), sealed) == stored
+
+
+def test_an_opened_raw_chunk_is_not_hashed_again_but_a_compressed_one_is(monkeypatch):
+    """The AEAD tag already bound a raw chunk to its id: decode skips the 1 MiB hash.
+    Plaintext copies (not authenticated) and zstd output are still hashed."""
+    hashed: list[int] = []
+    real = codec.digest
+    monkeypatch.setattr(codec, "digest", lambda d: hashed.append(len(d)) or real(d))
+    raw = os.urandom(1 << 20)
+    _, stored = codec.encode(raw, try_compress=False)
+    opened = KEY.open_chunk(key_of(raw), KEY.seal_chunk(key_of(raw), stored))
+    assert codec.decode(opened, bytes.fromhex(key_of(raw))) == raw
+    assert hashed == []
+    assert codec.decode(stored, bytes.fromhex(key_of(raw))) == raw      # plaintext copy
+    text = b"compressible " * 5000
+    codec_id, packed = codec.encode(text, try_compress=True)
+    assert codec_id == codec.CODEC_ZSTD
+    opened = KEY.open_chunk(key_of(text), KEY.seal_chunk(key_of(text), packed))
+    assert codec.decode(opened, bytes.fromhex(key_of(text))) == text
+    assert hashed == [len(raw), len(text)]
 
 
 def test_encrypt_off_on_a_backend_holding_chunks_is_refused_and_on_starts_a_migration(tmp_path):

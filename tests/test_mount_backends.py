@@ -18,6 +18,7 @@ import pytest
 
 from fixtures_s3 import TEST_REGION
 from gffs.index import ChunkMap, Index
+from gffs_backends.local import chunk_path
 
 pytestmark = pytest.mark.usefixtures("s3_env")
 
@@ -155,7 +156,7 @@ def test_corrupt_local_copy_is_served_from_s3_and_repaired(s3_mount):
     (flow / "a.jpg").write_bytes(data)
     m.unmount()
     (digest, _), = chunk_locations(m.data_dir).items()
-    local_copy = m.root.parent / "local" / "chunks" / digest.hex()[:2] / digest.hex()[2:4] / digest.hex()
+    local_copy = chunk_path(m.root.parent / "local" / "chunks", digest.hex())
     good = local_copy.read_bytes()
     local_copy.write_bytes(good[:100] + b"rot" + good[103:])
     m.mount()

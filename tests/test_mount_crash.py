@@ -18,6 +18,7 @@ import pytest
 
 from gffs.index import ChunkMap, Index
 from gffs.index.records import from_u64
+from gffs_backends.local import chunk_path
 from mountutil import Mount
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -78,7 +79,7 @@ def check_index(m: Mount) -> None:
             assert rec.locations, f"chunk {h} has no location"
             for loc in rec.locations:
                 assert loc.backend == "local", loc
-                f = m.data_dir / "local" / "chunks" / h[:2] / h[2:4] / h
+                f = chunk_path(m.data_dir / "local" / "chunks", h)
                 assert f.is_file(), f"chunk {h} is referenced but its file {f} is missing"
                 assert f.stat().st_size == rec.stored_size, f"chunk {h}: stored size differs"
             assert rec.refcount == refs[digest], (

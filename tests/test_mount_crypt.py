@@ -25,6 +25,7 @@ from fixtures_s3 import TEST_REGION
 from gffs.crypto import keyfile
 from gffs.crypto.seal import StoreKey
 from gffs.index import Index
+from gffs_backends.local import chunk_path
 from mountutil import gffs_cli
 
 pytestmark = pytest.mark.usefixtures("s3_env")
@@ -108,7 +109,7 @@ def block_ids(data: bytes) -> list[str]:
 
 
 def local_object(local_dir: Path, name: str) -> Path:
-    return local_dir / "chunks" / name[:2] / name[2:4] / name
+    return chunk_path(local_dir / "chunks", name)
 
 
 @pytest.fixture

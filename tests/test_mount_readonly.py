@@ -21,6 +21,7 @@ import pytest
 from gffs.exitcodes import EXIT_REFUSED
 from gffs.fs.filesystem import REPAIR_INTERVAL
 from gffs.index import ChunkMap, Index, Namespace, ROOT_INO
+from gffs_backends.local import chunk_path
 from mountutil import FUSE_AVAILABLE, SKIP_REASON
 
 pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason=SKIP_REASON)
@@ -68,8 +69,7 @@ def queue_work(data_dir: Path, backends: Path) -> None:
             cm.queue_repair(txn, digest, "flow", restore=["b"])
     finally:
         index.close()
-    h = digest.hex()
-    (backends / "b" / "chunks" / h[:2] / h[2:4] / h).unlink()
+    chunk_path(backends / "b" / "chunks", digest.hex()).unlink()
 
 
 def test_read_only_mount_writes_nothing(tmp_path, mount_factory):

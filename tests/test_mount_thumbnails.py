@@ -17,6 +17,7 @@ from PIL import Image
 from gffs.index import Index
 from gffs.index.chunkmap import ChunkMap
 from gffs.index.images import ImageIndex
+from gffs_backends.local import chunk_path
 from mountutil import Mount
 from test_mount_permissions import NOBODY, _as_nobody, shared_mount  # noqa: F401 (fixture)
 
@@ -54,7 +55,7 @@ def stat_counter(m: Mount, name: str) -> int:
 def chunk_file(m: Mount, data: bytes) -> Path:
     """The local backend's file of a (single-block) file's only chunk."""
     key = hashlib.sha256(data).hexdigest()
-    return m.data_dir / "local" / "chunks" / key[:2] / key[2:4] / key
+    return chunk_path(m.data_dir / "local" / "chunks", key)
 
 
 def open_index(m: Mount) -> Index:
@@ -252,7 +253,6 @@ def test_kill9_during_analysis_loses_nothing(mounted):
             for digest, n in Counter(rows).items():
                 rec = cm.chunk(txn, digest)
                 assert rec is not None and rec.refcount == n
-                key = digest.hex()
-                assert (mounted.data_dir / "local" / "chunks" / key[:2] / key[2:4] / key).exists()
+                assert chunk_path(mounted.data_dir / "local" / "chunks", digest.hex()).exists()
     finally:
         index.close()

@@ -200,7 +200,7 @@ class RepairPath(StoreState):
             try:
                 stored = await self.call(backend, "get", digest.hex(), loc.locator)
                 await trio.to_thread.run_sync(codec.decode, stored, digest, limiter=self._limiter)
-                return stored
+                return bytes(stored)   # a view of a decrypted buffer: S3 wants bytes
             except (BackendError, codec.CorruptChunk):
                 continue
         raise FsError(errno.EIO, f"no good copy of chunk {digest.hex()[:16]} to repair from")

@@ -28,13 +28,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gffs.chunks.codec import CODEC_RAW
+from gffs.chunks.codec import CODEC_RAW, Authenticated
 
 KEY_BYTES = 32
 FORMAT = 1                 # first byte of every sealed object
 NONCE = 12
 _LEN = struct.Struct(">I")
-OVERHEAD = 1 + NONCE + _LEN.size + 16   # format byte, nonce, length, tag (plus padding)
+TAG = 16
+OVERHEAD = 1 + NONCE + _LEN.size + TAG  # format byte, nonce, length, tag (plus padding)
 MIN_BUCKET = 256           # no sealed payload is smaller
 BUCKET_SLACK = 64          # bucket boundaries sit this far above Padmé sizes
 NAME_MAX = 64              # longest metadata name component that can be encrypted
@@ -111,7 +112,7 @@ class StoreKey:
         """The object name of chunk *key* (hex id): a keyed MAC, never the content hash."""
         return hmac.new(self._name_key, key.encode(), hashlib.sha256).hexdigest()
 
-    def seal_chunk(self, key: str, data: bytes) -> bytes:
+    def seal_chunk(self, key: str, data: bytes) -> bytearray:
         # A raw chunk (codec byte 0: every JPEG, PNG, HEIC block) is 0x00 + the
         # plaintext whose SHA-256 is *key*: its bytes are a function of the key,
         # so the nonce needs no hash of them. Compressed forms are hashed: another
@@ -119,7 +120,8 @@ class StoreKey:
         return self._seal(self._chunk, data, _CHUNK_AD + key.encode(),
                           determined=data[:1] == bytes([CODEC_RAW]))
 
-    def open_chunk(self, key: str, sealed: bytes) -> bytes:
+    def open_chunk(self, key: str, sealed: bytes) -> memoryview:
+        """The stored form, a view into an Authenticated buffer (no hash needed for raw)."""
         return _open(self._chunk, sealed, _CHUNK_AD + key.encode())
 
     # metadata objects -------------------------------------------------------------
@@ -140,14 +142,14 @@ class StoreKey:
             return None
         return f"{head}/{plain.decode(errors='replace')}"
 
-    def seal_meta(self, name: str, data: bytes) -> bytes:
+    def seal_meta(self, name: str, data: bytes) -> bytearray:
         return self._seal(self._meta, data, _META_AD + name.encode())
 
     def open_meta(self, name: str, sealed: bytes) -> bytes:
-        return _open(self._meta, sealed, _META_AD + name.encode())
+        return bytes(_open(self._meta, sealed, _META_AD + name.encode()))
 
     def _seal(self, aead: ChaCha20Poly1305, data: bytes, ad: bytes,
-              determined: bool = False) -> bytes:
+              determined: bool = False) -> bytearray:
         """*determined*: the associated data alone fixes *data* (no hash needed)."""
         mac = hmac.new(self._nonce_key, ad, hashlib.sha256)
         mac.update(b"\0" if determined else b"\1" + hashlib.sha256(data).digest())
@@ -155,18 +157,26 @@ class StoreKey:
         framed = bytearray(padded_size(_LEN.size + len(data)))   # zeros: the padding
         _LEN.pack_into(framed, 0, len(data))
         framed[_LEN.size:_LEN.size + len(data)] = data           # the one copy of the data
-        return b"".join((bytes([FORMAT]), nonce, aead.encrypt(nonce, framed, ad)))
+        # ciphertext straight behind the header: no join copying 1 MiB once more
+        head = 1 + NONCE
+        sealed = bytearray(head + len(framed) + TAG)
+        sealed[0] = FORMAT
+        sealed[1:head] = nonce
+        aead.encrypt_into(nonce, framed, ad, memoryview(sealed)[head:])
+        return sealed
 
 
-def _open(aead: ChaCha20Poly1305, sealed: bytes, ad: bytes) -> bytes:
+def _open(aead: ChaCha20Poly1305, sealed: bytes, ad: bytes) -> memoryview:
+    """The payload, as a view into one buffer the plaintext was decrypted into."""
     if len(sealed) < OVERHEAD or sealed[0] != FORMAT:
         raise SealError("not a sealed object of this format (truncated or plaintext)")
     view = memoryview(sealed)
+    framed = Authenticated(len(sealed) - 1 - NONCE - TAG)
     try:
-        framed = aead.decrypt(bytes(view[1:1 + NONCE]), view[1 + NONCE:], ad)
+        aead.decrypt_into(bytes(view[1:1 + NONCE]), view[1 + NONCE:], ad, framed)
     except InvalidTag:
         raise SealError("authentication failed (altered, truncated, swapped or another key)") from None
     (n,) = _LEN.unpack_from(framed)
     if n > len(framed) - _LEN.size:
         raise SealError("length field beyond the payload")
-    return framed[_LEN.size:_LEN.size + n]
+    return memoryview(framed)[_LEN.size:_LEN.size + n]
