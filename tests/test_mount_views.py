@@ -174,6 +174,8 @@ def test_rewrites_and_deletes_move_entries(trip):
 
 def test_a_store_from_before_views_is_indexed_at_mount(trip):
     views = trip.path / ".views"
+    tagged = next(p for p in (trip.path / "trip").iterdir() if p.is_file())
+    os.setxattr(tagged, "user.xdg.tags", b"sunset")            # this test's own tag
     before = listing(views / "by-date" / "2024" / "05" / "01")
     trip.unmount()
     index = Index(trip.data_dir / "index")
@@ -187,4 +189,4 @@ def test_a_store_from_before_views_is_indexed_at_mount(trip):
         index.close()
     trip.mount()
     assert listing(views / "by-date" / "2024" / "05" / "01") == before
-    assert listing(views / "by-tag" / "sunset") != []
+    assert listing(views / "by-tag" / "sunset") != [], "tags not indexed again"
