@@ -16,8 +16,6 @@ longer one is served as it is (logged once).
 from __future__ import annotations
 
 import logging
-import struct
-import zlib
 from collections import OrderedDict
 
 import trio
@@ -28,18 +26,6 @@ from gffs.index.images import ThumbnailRow
 log = logging.getLogger(__name__)
 
 CACHE_BYTES = 16 << 20
-_PAD_KEYWORD = b"gffs:padding"
-_PAD_MIN = 12 + len(_PAD_KEYWORD) + 1   # length, type and CRC fields, keyword, NUL
-
-
-def fit_length(png: bytes, length: int) -> bytes:
-    """*png* padded before IEND with a tEXt chunk to exactly *length* bytes, when it can be."""
-    missing = length - len(png)
-    if missing < _PAD_MIN or png[-12:-8] != b"\0\0\0\0" or png[-8:-4] != b"IEND":
-        return png
-    body = b"tEXt" + _PAD_KEYWORD + b"\0" + b" " * (missing - _PAD_MIN)
-    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
-    return png[:-12] + chunk + png[-12:]
 
 
 class ThumbnailPngs:
@@ -59,13 +45,11 @@ class ThumbnailPngs:
             self._cache.move_to_end(key)
             return png
         stored = bytes(await self.chunks.load(row.digest))
-        png = await trio.to_thread.run_sync(_render, stored, row.width, row.height)
-        if len(png) != row.length:
-            png = fit_length(png, row.length)
-            if len(png) != row.length and not self._warned:
-                self._warned = True
-                log.warning("a thumbnail rendered to %d bytes, its row says %d (Pillow or zlib "
-                            "changed?): served anyway", len(png), row.length)
+        png = await trio.to_thread.run_sync(_render, stored, row.width, row.height, row.length)
+        if len(png) != row.length and not self._warned:
+            self._warned = True
+            log.warning("a thumbnail rendered to %d bytes, its row says %d (Pillow or zlib "
+                        "changed?): served anyway", len(png), row.length)
         self._keep(key, png)
         return png
 
@@ -78,7 +62,7 @@ class ThumbnailPngs:
             self._cached_bytes -= len(old)
 
 
-def _render(stored: bytes, width: int, height: int) -> bytes:
+def _render(stored: bytes, width: int, height: int, length: int) -> bytes:
     """In a worker thread: Pillow is imported at the first render, not at mount time."""
-    from gffs.images.thumbsource import render
-    return render(stored, width, height)
+    from gffs.images.thumbsource import served_png
+    return served_png(stored, width, height, length)

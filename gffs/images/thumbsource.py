@@ -23,6 +23,7 @@ import io
 import json
 import math
 import struct
+import zlib
 
 from PIL import Image, ImageChops, ImageStat, PngImagePlugin, WebPImagePlugin
 
@@ -95,3 +96,23 @@ def render(stored: bytes, width: int, height: int) -> bytes:
     buf = io.BytesIO()
     im.save(buf, "PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+_PAD_KEYWORD = b"gffs:padding"
+_PAD_MIN = 12 + len(_PAD_KEYWORD) + 1   # length, type and CRC fields, keyword, NUL
+
+
+def fit_length(png: bytes, length: int) -> bytes:
+    """*png* padded before IEND with a tEXt chunk to exactly *length* bytes, when it can be."""
+    missing = length - len(png)
+    if missing < _PAD_MIN or png[-12:-8] != b"\0\0\0\0" or png[-8:-4] != b"IEND":
+        return png
+    body = b"tEXt" + _PAD_KEYWORD + b"\0" + b" " * (missing - _PAD_MIN)
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:-12] + chunk + png[-12:]
+
+
+def served_png(stored: bytes, width: int, height: int, length: int) -> bytes:
+    """The PNG served for a thumbnail row (its source rendered, padded to the row's length):
+    what .sh_thumbnails, the viewer's cache and a published flow all get."""
+    return fit_length(render(stored, width, height), length)

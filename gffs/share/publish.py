@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+import trio
+
 from gffs.crypto.seal import StoreKey
 from gffs.index import ROOT_INO, ChunkMap, Namespace
 from gffs.index.images import ImageIndex
@@ -193,7 +195,9 @@ async def publish(store, args: dict[str, Any], progress: Progress) -> dict[str, 
             blocks = sealed_blocks
         shared_thumbs = {}
         for size_name, row in thumbs.items():
-            png = bytes(await store.chunks.load(row.digest))
+            stored = bytes(await store.chunks.load(row.digest))    # a source: publish its PNG
+            png = await trio.to_thread.run_sync(_served_png, stored, row.width, row.height,
+                                                row.length)
             sha = hashlib.sha256(png).hexdigest()
             t = Thumb("", sha, row.width, row.height, len(png))
             if key is None:
@@ -242,3 +246,9 @@ def _const(data: bytes) -> Loader:
 def _unique(parts: list[tuple[str, Loader]]) -> list[tuple[str, Loader]]:
     """One part per name (a private share's identical blocks are one sealed object)."""
     return list({name: (name, load) for name, load in parts}.values())
+
+
+def _served_png(stored: bytes, width: int, height: int, length: int) -> bytes:
+    """The PNG a mount serves for a thumbnail row (Pillow loads here, in a worker thread)."""
+    from gffs.images.thumbsource import served_png
+    return served_png(stored, width, height, length)
