@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from gffs_backends.local import chunk_path
+
 
 def admin(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gffs.cli.admin", *args], capture_output=True,
@@ -40,7 +42,7 @@ def test_gc_removes_crash_leftovers_only_when_old(mounted, while_mounted):
     if not while_mounted:
         mounted.unmount()
     chunks = mounted.data_dir / "local" / "chunks"
-    leftover = chunks / "ab" / "cd" / ("abcd" + "0" * 60)
+    leftover = chunk_path(chunks, "abcd" + "0" * 60)
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"\x00orphan")
     tmp = leftover.with_name(leftover.name + ".123.tmp")

@@ -55,7 +55,9 @@ def _locations(data_dir: Path) -> dict[bytes, list[str]]:
 
 
 def _staged_bytes(data_dir: Path) -> int:
-    return sum(f.stat().st_size for f in (data_dir / "staging").rglob("*") if f.is_file())
+    """Bytes of staged chunks (the staging area's layout marker is no chunk)."""
+    return sum(f.stat().st_size for f in (data_dir / "staging" / "chunks").rglob("*")
+               if f.is_file())
 
 
 def _files(n: int, seed: int) -> dict[str, bytes]:
