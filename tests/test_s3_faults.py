@@ -119,11 +119,15 @@ def _source(root: Path, n: int, seed: int) -> dict[str, bytes]:
     return files
 
 
-def _ingest(mount_factory, tmp_path: Path, name: str, proxy_url: str, buckets: list[str],
+def _ingest(mount_factory, tmp_path: Path, name: str, proxy, buckets: list[str],
             src: Path, local: bool) -> tuple[object, float]:
-    cfg = _config(tmp_path / f"{name}.toml", proxy_url, buckets,
+    """Mount with the proxy's faults off (the mount's bucket check is not under test
+    here), then copy *src* in with them on."""
+    cfg = _config(tmp_path / f"{name}.toml", proxy.url, buckets,
                   tmp_path / f"{name}-local" if local else None)
+    proxy.enabled = False
     m = mount_factory(config=cfg, name=name)
+    proxy.enabled = True
     t0 = time.monotonic()
     res = subprocess.run(["cp", "-r", str(src), str(m.path / "flow")], capture_output=True,
                          text=True, timeout=600)
@@ -142,10 +146,10 @@ def test_ingest_through_faulty_s3_fails_nothing(tmp_path, fault_proxy, mount_fac
     """
     files = _source(tmp_path / "src", 120, seed=1)
     clean = fault_proxy(slowdown=0, reset=0, delay=0)
-    _, t_clean = _ingest(mount_factory, tmp_path, "clean", clean.url, s3_buckets(2),
+    _, t_clean = _ingest(mount_factory, tmp_path, "clean", clean, s3_buckets(2),
                          tmp_path / "src", local)
     proxy = fault_proxy(slowdown=0.10, reset=0.02, delay=0.03, delay_s=2.0, seed=4)
-    m, t_faults = _ingest(mount_factory, tmp_path, "faulty", proxy.url, s3_buckets(2),
+    m, t_faults = _ingest(mount_factory, tmp_path, "faulty", proxy, s3_buckets(2),
                           tmp_path / "src", local)
     m.remount()
     for name, data in files.items():
