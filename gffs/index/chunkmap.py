@@ -66,9 +66,9 @@ class ChunkMap:
             return
         count, stored = self.stored_blocks(txn, ino)
         if digest is not None:
-            self.ref(txn, digest, new_chunk)
+            rec = self.ref(txn, digest, new_chunk)
             txn.put(key, digest, db=self._blocks)
-            count, stored = count + 1, stored + self._stored_size(txn, digest)
+            count, stored = count + 1, stored + min(rec.stored_size, rec.size)
         else:
             txn.delete(key, db=self._blocks)
         if old is not None:
@@ -128,7 +128,9 @@ class ChunkMap:
                 rec = ChunkRecord.unpack(raw[_GARBAGE_HDR.size:])
         return rec
 
-    def ref(self, txn: lmdb.Transaction, digest: bytes, new_chunk: ChunkRecord | None) -> None:
+    def ref(self, txn: lmdb.Transaction, digest: bytes,
+            new_chunk: ChunkRecord | None) -> ChunkRecord:
+        """One more reference on *digest*; its record as now stored."""
         rec = self.chunk(txn, digest)
         if rec is None:
             raw = txn.get(digest, db=self._garbage)
@@ -154,6 +156,7 @@ class ChunkMap:
             self._count_copies(txn, extra, rec.stored_size, 1)
         rec.refcount += 1
         txn.put(digest, rec.pack(), db=self._chunks)
+        return rec
 
     def unref(self, txn: lmdb.Transaction, digest: bytes) -> None:
         rec = self.chunk(txn, digest)
