@@ -20,6 +20,8 @@ from gffs.fs.filesystem import Filesystem
 from gffs.fs.operations import Operations
 from gffs.maintenance.backup import backup_loop, final_backup
 from gffs.maintenance.control import ControlServer
+from gffs.maintenance.jobs import add_job_modules
+from gffs.share import JOB_MODULES as SHARE_JOBS
 from gffs.mounts import find_mount
 from gffs.store import Store
 
@@ -77,6 +79,7 @@ async def _serve_mounted(store: Store, fs: Filesystem, mountpoint: str, opts: se
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fs.run_background)
+            add_job_modules(SHARE_JOBS)   # the daemon serves the sharing jobs too
             await nursery.start(ControlServer(store).serve)
             if not fs.read_only:
                 nursery.start_soon(backup_loop, store, store.cfg.index_backup_interval)

@@ -90,6 +90,33 @@ def test_imports_run_downwards_only():
     assert upward_imports() == []
 
 
+def named_module_lists() -> list[tuple[Path, int, str]]:
+    """(file, line, module) of every module named in a ``*_MODULES`` / ``*_EXTENSIONS``
+    list: modules imported by name (importlib), which the import check cannot see."""
+    found = []
+    for path in sorted(ROOT.joinpath("gffs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else \
+                getattr(node, "targets", [])
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            value = getattr(node, "value", None)
+            if any(n.endswith(("_MODULES", "_EXTENSIONS")) for n in names) and \
+                    isinstance(value, (ast.List, ast.Tuple)):
+                found += [(path, e.lineno, e.value) for e in value.elts
+                          if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return found
+
+
+def test_modules_imported_by_name_follow_the_layers_too():
+    """maintenance/jobs.py once listed gffs.share's job modules: an upward import by name."""
+    listed = named_module_lists()
+    assert any(module == "gffs.maintenance.gc" for _p, _l, module in listed)
+    bad = [f"{path.relative_to(ROOT)}:{line}: {_source_group(path)} names {module}"
+           for path, line, module in listed
+           if _group(module) not in LAYERS[_source_group(path)] | SHARED | {_source_group(path)}]
+    assert bad == []
+
+
 def test_layers_form_no_cycle():
     """The written graph itself must be a DAG, or 'downwards' would mean nothing."""
     state: dict[str, str] = {}

@@ -12,7 +12,10 @@ if TYPE_CHECKING:
 
 def cli_run(*args: Any, **kw: Any) -> int:
     """gffs.maintenance.runner.cli_run, imported when a job runs (it loads trio and LMDB)."""
+    from gffs.maintenance.jobs import add_job_modules
     from gffs.maintenance.runner import cli_run as run
+    from gffs.share import JOB_MODULES as SHARE_JOBS
+    add_job_modules(SHARE_JOBS)
     return run(*args, **kw)
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}

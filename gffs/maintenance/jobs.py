@@ -15,7 +15,7 @@ connection, kill -9): what they change is checkpointed in the index.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from gffs.exitcodes import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_LIMIT,  # noqa: F401 (re-exported)
                             EXIT_OK, EXIT_REFUSED, EXIT_USAGE)
@@ -53,13 +53,23 @@ def job(name: str, *, writes: bool = True) -> Callable[[JobFn], JobFn]:
     return register
 
 
+# modules whose import registers jobs: maintenance's own; a layer above (sharing) adds
+# its modules through add_job_modules, called by the entry points that know both
+JOB_MODULES: list[str] = ["gffs.maintenance.rebalance", "gffs.maintenance.drain",
+                          "gffs.maintenance.gc", "gffs.maintenance.fsck",
+                          "gffs.maintenance.backup", "gffs.maintenance.rotate",
+                          "gffs.maintenance.commit"]
+
+
+def add_job_modules(modules: Iterable[str]) -> None:
+    """Register the job modules of a layer above maintenance (gffs.share.JOB_MODULES)."""
+    JOB_MODULES.extend(m for m in modules if m not in JOB_MODULES)
+
+
 def load_jobs() -> dict[str, Job]:
     """Import every module that registers jobs, then return the registry."""
     import importlib
-    for module in ("gffs.maintenance.rebalance", "gffs.maintenance.drain", "gffs.maintenance.gc",
-                   "gffs.maintenance.fsck", "gffs.maintenance.backup", "gffs.maintenance.rotate",
-                   "gffs.maintenance.commit", "gffs.share.publish", "gffs.share.importer",
-                   "gffs.share.pin", "gffs.share.follow"):
+    for module in JOB_MODULES:
         importlib.import_module(module)
     return JOBS
 
