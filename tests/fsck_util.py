@@ -35,17 +35,18 @@ def make_config(tmp_path: Path, backends: dict[str, str] | None = None, copies: 
 
 
 def populate(cfg: Config, files: dict[str, bytes], links: dict[str, str] | None = None,
-             symlinks: dict[str, str] | None = None) -> dict[str, int]:
-    """Write *files* ("flow/dir/name": bytes), hard *links* (new: existing) and *symlinks*;
-    return path -> inode."""
+             symlinks: dict[str, str] | None = None,
+             xattrs: dict[str, dict[bytes, bytes]] | None = None) -> dict[str, int]:
+    """Write *files* ("flow/dir/name": bytes), hard *links* (new: existing), *symlinks*
+    and extended attributes (path: {name: value}); return path -> inode."""
     store = Store(cfg, "test populate")
     try:
-        return trio.run(_populate, store, files, links or {}, symlinks or {})
+        return trio.run(_populate, store, files, links or {}, symlinks or {}, xattrs or {})
     finally:
         store.close()
 
 
-async def _populate(store: Store, files, links, symlinks) -> dict[str, int]:
+async def _populate(store: Store, files, links, symlinks, xattrs) -> dict[str, int]:
     fs = Filesystem(store.index, store.chunks, analyze_images=False)
     await fs.start(USER.uid, USER.gid)
     inos: dict[str, int] = {}
@@ -74,6 +75,9 @@ async def _populate(store: Store, files, links, symlinks) -> dict[str, int]:
     for path, target in symlinks.items():
         d, name = parent_of(path)
         inos[path] = fs.symlink(d, name, target.encode(), USER)[0]
+    for path, attrs in xattrs.items():
+        for name, value in attrs.items():
+            fs.setxattr(inos[path], name, value)
     await fs.shutdown()
     return inos
 

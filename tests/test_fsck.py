@@ -371,3 +371,33 @@ def test_cancelled_incremental_run_continues_where_it_stopped(tmp_path):
     result = fsck(cfg, incremental=True, chunks=1000)
     assert result["incremental"]["from"] == stopped.hex()
     assert result["incremental"]["chunks"] == 300 and result["incremental"]["wrapped"]
+
+
+def test_views_tables_are_checked_against_facts_and_attributes(tmp_path):
+    cfg = make_config(tmp_path)
+    inos = populate(cfg, FILES, xattrs={"f1/a.jpg": {b"user.xdg.tags": b"alps,sunset"},
+                                        "f2/c.txt": {b"user.xdg.tags": b"notes"}})
+    assert assert_clean(cfg)["checked"]["view inodes"] == 3   # three contents, two tagged
+    a, b, c = inos["f1/a.jpg"], inos["f1/sub/b.bin"], inos["f2/c.txt"]
+    with Damage(cfg) as d:
+        rows, of_ino, cid_inos = d.db["viewrows"], d.db["inoviews"], d.db["cidinodes"]
+        with d.index.write() as txn:
+            # a row lost: a.jpg would no longer be listed in .views/by-tag/sunset
+            assert txn.delete(b"by-tag\0sunset\0" + u64(a), db=rows)
+            # rows of an inode that is long gone: a ghost entry in by-tag/ghost
+            txn.put(b"by-tag\0ghost\0" + u64(9999), b"#9999", db=rows)
+            txn.put(u64(9999) + b"by-tag\0ghost\0", b"", db=of_ino)
+            # a row without its inoviews twin: no change of c.txt would remove it
+            txn.put(b"by-tag\0stale\0" + u64(c), b"#%d" % c, db=rows)
+            # cidinodes: b.bin's row lost, and a row for a content c.txt does not hold
+            cid_b = bytes(txn.get(u64(b), db=d.db["contentids"]))
+            assert txn.delete(cid_b + u64(b), db=cid_inos)
+            txn.put(b"\x01" * 32 + u64(c), b"", db=cid_inos)
+    repair_fixes_all(cfg, {"view_rows_wrong": 2, "view_row_orphan": 1,
+                           "content_inode_wrong": 2})
+    with Damage(cfg) as d, d.index.read() as txn:
+        rows = d.db["viewrows"]
+        assert txn.get(b"by-tag\0sunset\0" + u64(a), db=rows) == b"#%d" % a
+        assert txn.get(b"by-tag\0ghost\0" + u64(9999), db=rows) is None
+        assert txn.get(b"by-tag\0stale\0" + u64(c), db=rows) is None
+        assert txn.get(b"by-tag\0notes\0" + u64(c), db=rows) == b"#%d" % c

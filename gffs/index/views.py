@@ -173,15 +173,34 @@ class ViewIndex:
             txn.delete(path_key + prefix, db=self._rows)
         if gone:
             return
-        cid = txn.get(prefix, db=self._cids)
+        for path_key, name in self.expected_rows(txn, ino).items():
+            txn.put(path_key + prefix, name, db=self._rows)
+            txn.put(prefix + path_key, b"", db=self._of_ino)
+
+    def expected_rows(self, txn: lmdb.Transaction, ino: int) -> dict[bytes, bytes]:
+        """View path key -> entry name: the rows *ino* should have, from its content's
+        facts and its attributes as the index holds them (refresh writes them; fsck
+        compares them)."""
+        cid = txn.get(u64(ino), db=self._cids)
         facts = self._images.facts(txn, bytes(cid)) if cid is not None else None
         paths = fact_paths(facts) + xattr_paths(*(self._xattr(txn, ino, n)
                                                   for n in (TAGS, NFT_CHAIN, NFT_CONTRACT)))
         name = entry_name(ino, facts)
-        for path in dict.fromkeys(paths):
-            path_key = _key(path)
-            txn.put(path_key + prefix, name, db=self._rows)
-            txn.put(prefix + path_key, b"", db=self._of_ino)
+        return {_key(path): name for path in dict.fromkeys(paths)}
+
+    def rows_of(self, txn: lmdb.Transaction, ino: int) -> dict[bytes, bytes | None]:
+        """View path key -> entry name of the rows *ino* has (None: its ``inoviews`` row
+        has no ``viewrows`` row)."""
+        prefix = u64(ino)
+        cur = txn.cursor(db=self._of_ino)
+        out: dict[bytes, bytes | None] = {}
+        if cur.set_range(prefix):
+            for key, _ in cur:
+                if key[:8] != prefix:
+                    break
+                raw = txn.get(bytes(key[8:]) + prefix, db=self._rows)
+                out[bytes(key[8:])] = bytes(raw) if raw is not None else None
+        return out
 
     def rebuild(self, txn: lmdb.Transaction) -> int:
         """Build every row from the index (a store made before views, once); returns inodes."""

@@ -4,14 +4,15 @@ Phases, each in its own snapshot so a repair made by one phase is seen by the ne
 
 1. namespace (fsck_namespace): inodes, entries, cookies, orphans, link
    counts, parents, reachability (unreachable inodes go to ``lost+found``);
-2. chunk table (fsck_chunks): refcounts against blocks and thumbnails,
+2. views (fsck_views): the .views tables recomputed from facts and attributes;
+3. chunk table (fsck_chunks): refcounts against blocks and thumbnails,
    garbage, counters, unconfigured backends, interrupted moves; chunks that
    blocks name but the table lost are brought back from garbage or from
    copies found on the backends;
-3. backends (fsck_backends): listings (full runs) or a slice (--incremental),
+4. backends (fsck_backends): listings (full runs) or a slice (--incremental),
    missing/corrupt/unrecorded copies, copy counts; with --repair the chunk
    store's repair queue restores copies from good ones;
-4. what could not be repaired: every chunk without a good copy, with the
+5. what could not be repaired: every chunk without a good copy, with the
    paths of the files that use it.
 
 Two registered jobs share the code: ``fsck`` only reads (it may run beside
@@ -29,6 +30,7 @@ from gffs.maintenance.fsck_backends import BackendCheck, Options
 from gffs.maintenance.fsck_chunks import ChunkCheck, users_of
 from gffs.maintenance.fsck_namespace import NamespaceCheck, paths_of
 from gffs.maintenance.fsck_report import Finding, Report
+from gffs.maintenance.fsck_views import ViewCheck
 from gffs.maintenance.fsck_worker import scan
 from gffs.maintenance.jobs import job
 from gffs.maintenance.progress import Progress
@@ -73,6 +75,13 @@ async def run_fsck(store: Store, opts: Options, progress: Progress) -> dict:
     ns = await scan(progress, "checking the namespace", ns_rows, nscheck.scan)
     if opts.repair:
         nscheck.repair(ns)
+
+    vcheck = ViewCheck(index, report)
+    views = await scan(progress, "checking the .views tables", vcheck.rows(), vcheck.scan)
+    if views.skipped:
+        report.note(views.skipped)
+    elif opts.repair:
+        vcheck.repair(views)
 
     ccheck = ChunkCheck(store, report, ns.file_flow)
     chunks = await scan(progress, "checking the chunk table", rows["blocks"] + rows["chunks"],

@@ -39,6 +39,10 @@ KINDS: dict[str, str] = {
     "garbage_also_live": "a chunk is both live and queued for deletion",
     "location_unknown_backend": "a chunk copy is recorded on a backend the config does not name",
     "interrupted_move": "a rebalance step older than an hour never finished",
+    # index against itself: the .views tables
+    "view_rows_wrong": "an inode's .views rows differ from what its facts and attributes make",
+    "view_row_orphan": "a .views row has no inoviews twin (no change would ever remove it)",
+    "content_inode_wrong": "cidinodes and contentids disagree (facts would miss a file)",
     # against the backends
     "backend_unreachable": "a backend could not be checked",
     "copy_missing": "a recorded copy is not on its backend",
