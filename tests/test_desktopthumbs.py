@@ -108,3 +108,36 @@ def test_the_reply_waits_past_the_group_limit_while_thumbnails_keep_coming(env, 
             assert fs.stats["user_cache_writes"] == 2 * N_FILES, "the reply left before the last"
 
     run_with_background(env, main)
+
+
+def test_a_views_listing_fills_the_cache_under_the_views_uris(env, tmp_path):
+    """A file manager browsing .views/by-tag/alps looks thumbnails up by the URIs it lists
+    there, not the flow's: without them it reads every original."""
+    viewer = Viewer(os.getuid(), os.getgid(), frozenset(), os.fsencode(tmp_path / "cache"), True)
+
+    async def main(fs):
+        flow, _ = fs.mkdir(ROOT_INO, b"flow", 0o755, USER)
+        for i in range(N_FILES):
+            ino = await put(fs, flow, b"IMG_%d.jpg" % i, jpeg(i))
+            fs.setxattr(ino, b"user.xdg.tags", b"alps")
+            await analysed(fs, ino)
+        views_ino, _ = fs.lookup(ROOT_INO, b".views")
+        by_tag, _ = fs.lookup(views_ino, b"by-tag")
+        alps, _ = fs.lookup(by_tag, b"alps")
+        assert fs.view_dir_path(alps) == b".views/by-tag/alps"
+        assert fs.view_dir_path(flow) is None
+        entries = [(name, ino, rec) for name, ino, rec, _cookie in fs.readdir(alps, 0)]
+        assert len(entries) == N_FILES
+        desk = DesktopThumbnails(fs.index, fs.chunks, "/mnt/g", fs.stats, fs.spawn)
+        await desk.listed(Listing(alps, 0, viewer.uid, viewer.gid, viewer, True), entries,
+                          fs.view_dir_path(alps))
+        with trio.fail_after(60):
+            while fs.stats["user_cache_writes"] < 2 * N_FILES:
+                await trio.sleep(0.05)
+        for name, _ino, rec in entries:
+            uri = usercache.file_uri(b"/mnt/g/.views/by-tag/alps/" + name)
+            for size in desktopthumbs.SIZES:
+                assert usercache.is_current(usercache.cache_file(viewer, size, uri), uri,
+                                            usercache.mtime_text(rec.mtime_ns)), (name, size)
+
+    run_with_background(env, main)

@@ -8,6 +8,7 @@ other through self; gffs/fs/filesystem.py combines them behind the Filesystem fa
 from __future__ import annotations
 
 import errno
+import os
 import logging
 import stat
 import time
@@ -95,6 +96,16 @@ class FsCore:
     def _virtual(self, ino: int) -> SharedThumbnails | Views:
         """The owner of a virtual node: .views or .sh_thumbnails."""
         return self.thumbs if ino >= VIRTUAL_BASE else self.views
+
+    def view_dir_path(self, ino: int) -> bytes | None:
+        """``.views/by-tag/alps``: where a .views directory is under the mount point (None
+        for any other inode, or one no longer known)."""
+        if not is_virtual(ino) or self._virtual(ino) is not self.views:
+            return None
+        try:
+            return os.path.join(views_dir.DIRNAME, *self.views.node(ino))
+        except FsError:
+            return None
 
     def attr(self, ino: int) -> InodeRecord:
         if is_virtual(ino):

@@ -129,8 +129,13 @@ class DesktopThumbnails:
             ino = parent
         return None
 
-    async def listed(self, listing: Listing, entries: list[tuple[bytes, int, InodeRecord]]) -> None:
-        """A readdir reply with *entries* is about to go out: put their thumbnails in place first."""
+    async def listed(self, listing: Listing, entries: list[tuple[bytes, int, InodeRecord]],
+                     virtual_path: bytes | None = None) -> None:
+        """A readdir reply with *entries* is about to go out: put their thumbnails in place first.
+
+        *virtual_path*: the directory is no index directory but a ``.views`` one, at this
+        path under the mount point (its entries are real files under other names: the
+        viewer's cache is keyed by the URI it lists them under)."""
         if not self.enabled or listing.ino == ROOT_INO:
             return
         files = [e for e in entries if stat.S_ISREG(e[2].mode)]
@@ -145,7 +150,7 @@ class DesktopThumbnails:
         async def warm() -> None:
             try:
                 with trio.move_on_after(BACKGROUND_TIME_LIMIT):
-                    await self._warm(listing.ino, files, viewer, groups)
+                    await self._warm(listing.ino, files, viewer, groups, virtual_path)
             except Exception:  # noqa: BLE001 - the listing matters more than a thumbnail
                 log.debug("user thumbnail cache of uid %d not filled", viewer.uid, exc_info=True)
             finally:
@@ -163,11 +168,12 @@ class DesktopThumbnails:
                     await finished.wait()
 
     async def _warm(self, dir_ino: int, files: list[tuple[bytes, int, InodeRecord]],
-                    viewer: Viewer, groups: list[int]) -> None:
+                    viewer: Viewer, groups: list[int], virtual_path: bytes | None) -> None:
         wanted: list[tuple[str, bytes, str]] = []
         rows: list[ThumbnailRow] = []
         with self.index.read() as txn:
-            dir_path = self._dir_path(txn, dir_ino)
+            dir_path = (os.path.join(self.mountpoint, virtual_path) if virtual_path is not None
+                        else self._dir_path(txn, dir_ino))
             if dir_path is None:
                 return
             for name, ino, rec in files:

@@ -232,6 +232,8 @@ class Operations(pyfuse3.Operations):
         # the reply reaches the lister when this returns: thumbnails first
         if replied and not is_virtual(listing.ino):
             await self.desktop.listed(listing, replied)
+        elif replied and (view_path := self.fs.view_dir_path(listing.ino)) is not None:
+            await self.desktop.listed(listing, replied, view_path)
 
     @_guard
     async def releasedir(self, fh):
