@@ -93,6 +93,22 @@ def _flow(m: Mount, name: str) -> Path:
     return p
 
 
+def test_cp_writes_whole_blocks_per_request(mounted, tmp_path):
+    """st_blksize is the block (1 MiB): cp writes a chunk per request, not eight 128 KiB
+    pieces (each of which also costs the kernel's security.capability lookup)."""
+    m = mounted
+    src = tmp_path / "one" / "big.jpg"
+    src.parent.mkdir()
+    src.write_bytes(random.Random(7).randbytes(4 * MIB))
+    flow = _flow(m, "blocks")
+    before = int(os.getxattr(m.path, "user.gf.stats.write_requests"))
+    run_cp(src.parent, flow)
+    requests = int(os.getxattr(m.path, "user.gf.stats.write_requests")) - before
+    assert os.stat(flow / "big.jpg").st_blksize == MIB
+    assert requests <= 8, f"4 MiB took {requests} write requests"
+    assert (flow / "big.jpg").read_bytes() == src.read_bytes()
+
+
 def test_dedup_same_images_in_three_flows_generated(mounted, tmp_path):
     src = tmp_path / "src"
     files = make_files(src, 10, 300 * KIB, seed=11)

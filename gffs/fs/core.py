@@ -84,8 +84,8 @@ class FsCore:
         self._next_listed: OrderedDict[int, int] = OrderedDict()
         # the FUSE layer sets this: forget the kernel's cached pages of an inode
         self.drop_kernel_cache: Callable[[int], None] = lambda ino: None
-        # chunk loads by purpose since mount (user.gf.stats.* on the root): proves that
-        # browsing thumbnails reads no original
+        # counters since mount (user.gf.stats.* on the root): chunk loads by purpose prove
+        # that browsing thumbnails reads no original; write requests, how big writes come
         self.stats: Counter[str] = Counter()
 
     # helpers -------------------------------------------------------------------

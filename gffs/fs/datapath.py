@@ -198,6 +198,7 @@ class DataPath(FsCore):
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         self._writable()
+        self.stats["write_requests"] += 1
         h = self.handle(fh)
         buf = self.buffers[h.ino]
         if h.flags & os.O_APPEND:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 1.0
 ENTRY_TIMEOUT = 1.0
+MAX_REQUEST = 1 << 20   # the kernel's largest FUSE write (256 pages of max_pages_limit)
 
 
 def _guard(func: Callable) -> Callable:
@@ -49,10 +50,11 @@ def _guard(func: Callable) -> Callable:
     return wrapper
 
 
-def entry_attributes(ino: int, rec: InodeRecord,
-                     stored: int | None = None) -> pyfuse3.EntryAttributes:
+def entry_attributes(ino: int, rec: InodeRecord, stored: int | None = None,
+                     io_size: int = 128 * 1024) -> pyfuse3.EntryAttributes:
     """*stored*: bytes the file's stored blocks cost (holes cost nothing), which
-    st_blocks reports; None (a virtual file) counts its size."""
+    st_blocks reports; None (a virtual file) counts its size. *io_size* is st_blksize,
+    the I/O size programs prefer: cp writes in pieces of that size."""
     e = pyfuse3.EntryAttributes()
     e.st_ino = ino
     e.generation = 0
@@ -64,7 +66,7 @@ def entry_attributes(ino: int, rec: InodeRecord,
     e.st_gid = rec.gid
     e.st_rdev = rec.rdev
     e.st_size = rec.size
-    e.st_blksize = 128 * 1024
+    e.st_blksize = io_size
     e.st_blocks = -(-(rec.size if stored is None else stored) // 512)
     e.st_atime_ns = rec.atime_ns
     e.st_mtime_ns = rec.mtime_ns
@@ -102,13 +104,16 @@ class Operations(pyfuse3.Operations):
         self._listings: dict[int, Listing] = {}   # directory handle -> who opened it
         self._next_dir_fh = 1
         fs.drop_kernel_cache = _invalidate_soon
+        # st_blksize = one block: cp and most tools then write a whole chunk per request
+        # instead of eight 128 KiB ones (each also a security.capability getxattr)
+        self.io_size = min(fs.block_size, MAX_REQUEST)
 
     def _entry(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
         self.fs.remember(ino)
         return self._attributes(ino, rec)
 
     def _attributes(self, ino: int, rec: InodeRecord) -> pyfuse3.EntryAttributes:
-        return entry_attributes(ino, rec, self.fs.stored_bytes(ino))
+        return entry_attributes(ino, rec, self.fs.stored_bytes(ino), self.io_size)
 
     @_guard
     async def lookup(self, parent_inode, name, ctx=None):

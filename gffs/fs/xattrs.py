@@ -24,7 +24,8 @@ XATTR_LIST_MAX = 64 * 1024
 XATTR_NAMESPACES = (b"user.", b"trusted.")
 NFT_PREFIX = _NFT_PREFIX.encode()
 STATS_PREFIX = b"user.gf.stats."   # read-only counters on the mount's root directory
-STATS = ("file_block_loads", "analysis_block_loads", "thumbnail_loads", "user_cache_writes")
+STATS = ("file_block_loads", "analysis_block_loads", "thumbnail_loads", "user_cache_writes",
+         "write_requests")
 
 
 class XattrOps(FsCore):
