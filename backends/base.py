@@ -65,13 +65,15 @@ async def with_retry(attempt: Callable[[], Awaitable[T]], *, timeout: float,
                      classify: Callable[[BaseException], BackendError], retry_time: float | None = None,
                      backoff: float = 0.5, backoff_max: float = 16.0,
                      retry_if: Callable[[BackendError], bool] = is_temporary,
-                     on_retry: Callable[[BackendError, int, float], None] | None = None) -> T:
+                     on_retry: Callable[[BackendError, int, float], None] | None = None,
+                     retry_raised: bool = False) -> T:
     """One backend request: each attempt bounded by *timeout*, failures classified,
     temporary ones retried (the shape of S3QL's ``@retry``).
 
     *classify* turns what an attempt raised (trio.TooSlowError for a timeout, a client
     library's exception) into a BackendError, or re-raises what is a bug. A BackendError
-    the attempt raised itself is final. A classified error that *retry_if* accepts is
+    the attempt raised itself is final, unless *retry_raised* (an attempt that classifies
+    its own failures, as the Kubo RPC session does). A classified error that *retry_if* accepts is
     retried with jittered exponential backoff (*backoff* doubling up to *backoff_max*)
     while the next try still starts within *retry_time* seconds (None: one attempt only,
     for a client that retries itself); then BackendUnavailable says how many attempts were made. *on_retry(error, attempt, delay)* sees each retry.
@@ -85,8 +87,10 @@ async def with_retry(attempt: Callable[[], Awaitable[T]], *, timeout: float,
         try:
             with trio.fail_after(timeout):
                 return await attempt()
-        except BackendError:
-            raise
+        except BackendError as exc:
+            if not retry_raised:
+                raise
+            err, cause = exc, exc.__cause__
         except Exception as exc:   # noqa: BLE001 - classified (or re-raised) below
             err, cause = classify(exc), exc
         if retry_time is None or not retry_if(err):

@@ -51,7 +51,7 @@ from gffs_backends.gdrive_batch import DrivePacking, _Batch, _Flight, _Pack
 from gffs_backends.gdrive_fresh import RecentWrites
 from gffs_backends.gdrive_pack import Loc, encode_dead, valid_key
 from gffs_backends.gdrive_session import (CONFIG_KEYS, CREATE_BURST, FILE_FIELDS, LIST_FIELDS,
-                                          DailyLimitReached, _rfc3339, error_reason)
+                                          _CHECKING, DailyLimitReached, _rfc3339, error_reason)
 
 log = logging.getLogger("gffs_backends.gdrive")
 
@@ -359,8 +359,14 @@ class DriveBackend(DrivePacking):
         self._written.deleted_meta(name)
 
     async def check(self) -> None:
-        """The folder can be found (or created under its name, as the first put would)."""
-        await self._folder()
+        """The folder can be found (or created under its name, as the first put would).
+
+        Temporary failures are retried as for any request; a refused endpoint is not."""
+        token = _CHECKING.set(True)
+        try:
+            await self._folder()
+        finally:
+            _CHECKING.reset(token)
 
     async def capacity(self) -> Capacity | None:
         res = await self._call("about", lambda h: self._exec(h, self._svc.about().get(

@@ -4,11 +4,13 @@ pacing, single-file uploads, ranged reads and deletes."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import http.client
 import io
 import json
 import logging
+import socket
 import time
 from datetime import datetime
 from typing import Callable, TypeVar
@@ -66,6 +68,15 @@ def error_reason(content: bytes) -> str:
         return ""
 
 
+class DriveRefused(BackendUnavailable):
+    """Nothing listens at the API endpoint (refused, or its host does not resolve)."""
+
+
+# set while check() runs: a mount's check retries temporary failures, but not a refusal
+_CHECKING: contextvars.ContextVar[bool] = contextvars.ContextVar("gdrive_checking",
+                                                                  default=False)
+
+
 class DailyLimitReached(BackendUnavailable):
     """Drive's daily upload quota is used up: temporary, but not worth retrying today."""
 
@@ -73,6 +84,8 @@ class DailyLimitReached(BackendUnavailable):
 def _retry_now(err: BackendError) -> bool:
     """Retry at once (with backoff): a temporary failure, except an exhausted daily quota
     and an answer that makes no sense (asking again gets the same)."""
+    if _CHECKING.get() and isinstance(err, DriveRefused):
+        return False        # a wrong api_endpoint or no network: say so at once
     return err.temporary and not isinstance(err, (DailyLimitReached, MalformedAnswer))
 
 
@@ -152,6 +165,9 @@ class DriveSession(Backend):
                                 f"endpoint (revoked or invalid key/token)")
         if isinstance(exc, gexc.TransportError):
             return BackendUnavailable(f"{prefix}: cannot reach the token endpoint")
+        if isinstance(exc, (ConnectionRefusedError, socket.gaierror,
+                            httplib2.ServerNotFoundError)):
+            return DriveRefused(f"{prefix}: connection failed ({type(exc).__name__})")
         if isinstance(exc, (OSError, httplib2.HttpLib2Error, http.client.HTTPException)):
             return BackendUnavailable(f"{prefix}: connection failed ({type(exc).__name__})")
         if isinstance(exc, (ValueError, KeyError, TypeError)):   # malformed answers

@@ -402,8 +402,9 @@ class IpfsBackend(KuboRpc, Backend):
         await self._run(self._delete_meta, name)
 
     async def check(self) -> None:
-        """The node answers `version` (RPC API reachable, credentials accepted)."""
-        await self._run(self._json, "version", [])
+        """The node answers `version` (RPC API reachable, credentials accepted); a
+        temporary failure is retried, a refused address fails at once (KuboRpc._probe)."""
+        await self._probe(self._json, "version", [])
 
     async def capacity(self) -> Capacity | None:
         return await self._run(self._capacity)

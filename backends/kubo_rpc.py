@@ -139,6 +139,9 @@ class KuboRpc:
                     self.base_url = self._read_api_file()
                 except ValueError:
                     pass
+            if _refused(exc):
+                raise ApiRefused(f"{self.name}: IPFS API at {self.base_url} unreachable "
+                                 f"(connection refused or unknown host)") from None
             raise BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} unreachable "
                                      f"({type(exc).__name__})") from None
         except requests.Timeout:
@@ -193,11 +196,42 @@ class KuboRpc:
             return await with_retry(lambda: in_thread(fn, *args), timeout=self.timeout,
                                     classify=self._classify)
 
+    async def _probe(self, fn: Callable, *args) -> Any:
+        """An RPC call for a mount's check: temporary failures (5xx, a reset, one attempt
+        timing out) retried with backoff for up to half the timeout; a refused address or
+        rejected credentials fail at once."""
+        with answers_checked(self.name, fn.__name__.strip("_")):
+            return await with_retry(
+                lambda: in_thread(fn, *args), timeout=self.timeout, classify=self._classify,
+                retry_time=self.timeout / 2, retry_raised=True,
+                retry_if=lambda err: err.temporary and not isinstance(err, ApiRefused))
+
     def _classify(self, exc: BaseException) -> BackendError:
         if isinstance(exc, trio.TooSlowError):
             return BackendUnavailable(f"{self.name}: IPFS API at {self.base_url} gave no answer "
                                       f"within {self.timeout:g} s")
         raise exc   # requests' errors are translated in _rpc; parse errors by answers_checked
+
+
+class ApiRefused(BackendUnavailable):
+    """Nothing listens at the API address (refused, or the host does not resolve)."""
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    """Whether *exc* failed to open a connection at all (urllib3's NewConnectionError:
+    refused, unresolvable), not one that broke or timed out once open."""
+    from urllib3.exceptions import NewConnectionError   # (a ConnectTimeoutError subclass:
+    # urllib3 raises ConnectTimeoutError itself for a timeout, which is not a refusal)
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, NewConnectionError):
+            return True
+        seen = getattr(seen, "reason", None) or (seen.args[0] if seen.args and
+                                                 isinstance(seen.args[0], BaseException)
+                                                 else None)
+    return False
 
 
 def _error_message(resp: requests.Response) -> str:

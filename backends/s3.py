@@ -46,11 +46,11 @@ from gffs_backends.s3_config import (ATTEMPTS, DEFAULT_MULTIPART_THRESHOLD, DEFA
                                      MAX_CHUNK_BYTES, MIN_PART_SIZE, MIN_RATE, POOL_CONNECTIONS,
                                      attempt_timeout, opt_error, parse_buckets, parse_options,
                                      quiet_aws_loggers)
-from gffs_backends.s3_errors import UNAVAILABLE_CODES, S3Unreachable, classify
+from gffs_backends.s3_errors import UNAVAILABLE_CODES, S3Refused, S3Unreachable, classify
 
 log = logging.getLogger(__name__)
 
-__all__ = ["S3Backend", "S3Unreachable", "attempt_timeout", "meta_prefix"]
+__all__ = ["S3Backend", "S3Refused", "S3Unreachable", "attempt_timeout", "meta_prefix"]
 
 
 @answers_checked_class
@@ -92,11 +92,11 @@ class S3Backend(Backend):
                                   f"{profile!r} cannot be used") from None
         self._client = session.client("s3", endpoint_url=endpoint_url, region_name=region,
                                       config=config)
-        # check() asks once (and once more): a refused endpoint is "unreachable" at once,
-        # not after the ten jittered attempts that data requests get
+        # check() makes one attempt per call and retries itself (base.with_retry), so a
+        # refused endpoint is "unreachable" at once while a 503 or a reset is retried
         self._probe_client = lambda: session.client(
             "s3", endpoint_url=endpoint_url, region_name=region,
-            config=config.merge(Config(retries={"total_max_attempts": 2, "mode": "standard"})))
+            config=config.merge(Config(retries={"total_max_attempts": 1, "mode": "standard"})))
         self.region = self._client.meta.region_name
         self._transfer = TransferConfig(
             multipart_threshold=self.multipart_threshold,
@@ -351,18 +351,34 @@ class S3Backend(Backend):
                                    f"{errors[0].get('Code')}")
 
     async def check(self) -> None:
-        """head_bucket on every bucket: each must exist and answer to our credentials."""
+        """head_bucket on every bucket: each must exist and answer to our credentials.
+
+        A temporary answer (503 SlowDown, a reset, one attempt timing out) is retried
+        with jittered backoff for up to half the backend timeout, like a data request;
+        a missing bucket, rejected credentials or a refused endpoint fail at once."""
         probe = await trio.to_thread.run_sync(self._probe_client)
         try:
             for bucket in self.buckets:
                 what = f"bucket {bucket!r}"
                 try:
-                    await self._call(self.timeout, what, probe.head_bucket, Bucket=bucket)
+                    await self._probe(probe, what, bucket)
                 except ObjectMissing:
                     raise BackendError(f"{self.name}: {what} does not exist (create it, or "
                                        f"set create_buckets = true)") from None
         finally:
             probe.close()
+
+    async def _probe(self, probe, what: str, bucket: str) -> None:
+        """One head_bucket through the single-attempt *probe* client, retried here."""
+        def classify(exc: BaseException) -> BackendError:
+            if isinstance(exc, trio.TooSlowError):
+                return S3Unreachable(f"{self.name}: {what}: no answer within "
+                                     f"{self.timeout:g} s")
+            return self._error(exc, what)
+        await with_retry(lambda: in_thread(probe.head_bucket, Bucket=bucket),
+                         timeout=self.timeout, classify=classify,
+                         retry_time=self.timeout / 2,
+                         retry_if=lambda err: err.temporary and not isinstance(err, S3Refused))
 
     async def capacity(self) -> None:
         return None     # S3 does not know (quotas are not visible through the API)

@@ -32,6 +32,13 @@ class S3Unreachable(BackendUnavailable):
     """The endpoint itself cannot be reached (every bucket is affected, stop searching)."""
 
 
+class S3Refused(S3Unreachable):
+    """Nothing listens at the endpoint (connection refused, or its name does not resolve).
+
+    Still temporary for data requests (a server restarting comes back), but a mount's
+    check fails on it at once: retrying a wrong endpoint_url only delays the one line."""
+
+
 def classify(name: str, exc: BaseException, what: str) -> BackendError:
     """Map a botocore/s3transfer exception to the backend error hierarchy.
 
@@ -42,6 +49,8 @@ def classify(name: str, exc: BaseException, what: str) -> BackendError:
         BotoCoreError,
         ClientError,
         ConnectionError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
         HTTPClientError,
         NoCredentialsError,
         PartialCredentialsError,
@@ -65,6 +74,9 @@ def classify(name: str, exc: BaseException, what: str) -> BackendError:
     if isinstance(cause, (NoCredentialsError, PartialCredentialsError)):
         return BackendError(f"{name}: {what}: no usable AWS credentials (set them in "
                             f"the environment, ~/.aws/credentials or 'profile')")
+    if isinstance(cause, EndpointConnectionError) and not isinstance(cause, ConnectTimeoutError):
+        return S3Refused(f"{name}: {what}: endpoint unreachable (connection refused or "
+                         f"unknown host)")
     if isinstance(cause, (ConnectionError, HTTPClientError)):
         # connection refused/reset, DNS, TLS, connect/read timeouts, short reads
         return S3Unreachable(f"{name}: {what}: endpoint unreachable "

@@ -326,6 +326,7 @@ def test_check_of_a_down_backend_is_one_clear_line(request, tmp_path, factory, s
         return str(err.value)
     message = run(main)
     assert message.startswith(f"{b.name}: ") and says in message and "\n" not in message
+    assert "gave up after" not in message, message     # said at once, not after retries
 
 
 # metadata objects (index backups) ---------------------------------------------------------

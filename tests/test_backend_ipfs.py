@@ -443,3 +443,25 @@ def test_chunk_store_reads_ipfs_copy_and_rejects_a_corrupt_one(kubo, tmp_path):
         run(main)
     finally:
         index.close()
+
+
+def test_check_retries_a_throttling_proxy_and_fails_fast_when_refused(kubo):
+    """The mount's check through a proxy that answers the first three requests with 503
+    (a gateway in front of the node) succeeds; it made one attempt and refused the mount.
+    A port where nothing listens is still one line at once."""
+    from s3_fault_proxy import FaultProxy
+    proxy = FaultProxy(kubo.url, slowdown=0, reset=0, delay=0).start()
+    try:
+        proxy.fail_next = 3
+        backend = IpfsBackend("ipfs", proxy.url, timeout=10)
+        run(backend.check)
+        assert proxy.injected == {"slowdown": 3, "forward": 1}
+        run(backend.close)
+    finally:
+        proxy.stop()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        backend = IpfsBackend("ipfs", f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10)
+        with pytest.raises(BackendError) as err:
+            run(backend.check)
+    assert "connection refused" in str(err.value) and "gave up" not in str(err.value)
