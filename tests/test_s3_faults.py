@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import socket
 import subprocess
@@ -90,13 +91,17 @@ def test_backend_puts_and_gets_survive_heavy_faults(fault_proxy, s3_buckets):
     assert not failures, failures[:5]
 
 
-def _config(path: Path, endpoint: str, buckets: list[str], local: Path | None) -> Path:
+def _config(path: Path, endpoint: str, buckets: list[str], local: Path | None,
+            staged: bool = False) -> Path:
     local_table = f'[backends.local]\ntype = "local"\npath = "{local}"\n' if local else ""
     names = ["local", "s3"] if local else ["s3"]
+    # staging off: close() waits for S3, so the cp's time is the time to store on S3;
+    # staged (the default configuration): close() waits for local disk, uploads follow
+    staging = "" if staged else "staging_mb = 0"
     path.write_text(f"""
 [store]
 analyze_images = false
-staging_mb = 0          # close() waits for S3: the cp's time is the time to store on S3
+{staging}
 
 {local_table}
 [backends.s3]
@@ -124,22 +129,49 @@ def _source(root: Path, n: int, seed: int) -> dict[str, bytes]:
 
 
 def _ingest(mount_factory, tmp_path: Path, name: str, proxy, buckets: list[str],
-            src: Path, local: bool) -> tuple[object, float, list[str]]:
+            src: Path, local: bool, staged: bool = False) -> tuple[object, float, list[str]]:
     """Mount through the proxy (its bucket check meets the faults too), then copy *src*
-    in: (mount, seconds the cp took, cp's error lines, one per failed file)."""
+    in: (mount, seconds until the data is on S3, cp's error lines, one per failed file).
+    Staged, that is the cp and then the upload queue draining."""
     cfg = _config(tmp_path / f"{name}.toml", proxy.url, buckets,
-                  tmp_path / f"{name}-local" if local else None)
+                  tmp_path / f"{name}-local" if local else None, staged)
     m = mount_factory(config=cfg, name=name)
     t0 = time.monotonic()
     res = subprocess.run(["cp", "-r", str(src), str(m.path / "flow")], capture_output=True,
                          text=True, timeout=600)
+    if staged:
+        _wait_uploaded(m, deadline=time.monotonic() + 600)
     seconds = time.monotonic() - t0
     return m, seconds, res.stderr.splitlines()
 
 
-@pytest.mark.parametrize("local", [False, True], ids=["s3-only", "local+s3"])
+def _wait_uploaded(m, deadline: float) -> None:
+    """Until no chunk waits for its S3 copy: asked of the live index (LMDB readers in
+    another process), after an fsync, which commits the daemon's open group."""
+    from gffs.index import ChunkMap, Index
+    probe = next((m.path / "flow").iterdir())
+    while True:
+        fd = os.open(probe, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        index = Index(m.data_dir / "index", readonly=True)
+        try:
+            with index.read() as txn:
+                pending = ChunkMap(index).repair_count(txn)
+        finally:
+            index.close()
+        if not pending:
+            return
+        assert time.monotonic() < deadline, f"{pending} chunks never reached S3"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("local,staged", [(False, False), (True, False), (False, True)],
+                         ids=["s3-only", "local+s3", "s3-only-staged"])
 def test_ingest_through_faulty_s3_fails_nothing(tmp_path, fault_proxy, mount_factory,
-                                                s3_buckets, local):
+                                                s3_buckets, local, staged):
     """The hardening issue's mix: 10 % SlowDown, 2 % resets, 3 % delayed by 2 s, from the
     mount's backend check on (the mount is not let in with the faults off).
 
@@ -151,11 +183,11 @@ def test_ingest_through_faulty_s3_fails_nothing(tmp_path, fault_proxy, mount_fac
     files = _source(tmp_path / "src", 120, seed=1)
     clean = fault_proxy(slowdown=0, reset=0, delay=0)
     _, t_clean, clean_errors = _ingest(mount_factory, tmp_path, "clean", clean, s3_buckets(2),
-                                       tmp_path / "src", local)
+                                       tmp_path / "src", local, staged)
     assert not clean_errors, clean_errors[:5]
     proxy = fault_proxy(slowdown=0.10, reset=0.02, delay=0.03, delay_s=2.0, seed=4)
     m, t_faults, errors = _ingest(mount_factory, tmp_path, "faulty", proxy, s3_buckets(2),
-                                  tmp_path / "src", local)
+                                  tmp_path / "src", local, staged)
     at_ingest = dict(proxy.injected)
     m.remount()
     bad_reads: list[str] = []
@@ -165,7 +197,8 @@ def test_ingest_through_faulty_s3_fails_nothing(tmp_path, fault_proxy, mount_fac
                 bad_reads.append(f"{name}: other bytes")
         except OSError as exc:
             bad_reads.append(f"{name}: {exc}")
-    print(f"\n{'local+s3' if local else 's3-only'}, {len(files)} files, staging off: "
+    print(f"\n{'local+s3' if local else 's3-only'}, {len(files)} files, "
+          f"{'staged: cp and uploads' if staged else 'staging off'}: "
           f"clean {t_clean:.1f} s, faults {t_faults:.1f} s, ratio "
           f"{t_faults / max(t_clean, 1e-9):.2f}; failed: {len(errors)} of {len(files)} cp, "
           f"{len(bad_reads)} reads; injected during mount+cp {at_ingest}, "
