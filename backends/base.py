@@ -158,6 +158,8 @@ class Backend(ABC):
     deferred: bool = False
     #: a source to read from, never a place for copies (a flow shared by another store)
     read_only: bool = False
+    #: prepare_put does work (sealing): worth calling in the chunk store's hashing thread
+    prepares_puts: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -178,6 +180,17 @@ class Backend(ABC):
     @abstractmethod
     async def put(self, key: str, data: bytes) -> str:
         """Store *data* under *key*; return the locator. Overwriting is harmless."""
+
+    def prepare_put(self, key: str, data: bytes) -> object | None:
+        """The CPU work a put of *data* does on its bytes (sealing), done ahead by a
+        caller already in a worker thread, so the put needs no thread hop of its own.
+        Blocking and thread-safe; the result goes to :meth:`put_prepared` of this or
+        any backend (each uses it only if it is its own kind). None: nothing ahead."""
+        return None
+
+    async def put_prepared(self, key: str, data: bytes, prepared: object) -> str:
+        """:meth:`put` with what a prepare_put made of *data*; the default ignores it."""
+        return await self.put(key, data)
 
     @abstractmethod
     async def get(self, key: str, locator: str = "") -> bytes:

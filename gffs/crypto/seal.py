@@ -110,7 +110,7 @@ class StoreKey:
     # chunks ---------------------------------------------------------------------
     def chunk_name(self, key: str) -> str:
         """The object name of chunk *key* (hex id): a keyed MAC, never the content hash."""
-        return hmac.new(self._name_key, key.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._name_key, key.encode(), "sha256").hex()   # one-shot, in C
 
     def seal_chunk(self, key: str, data: bytes) -> bytearray:
         # A raw chunk (codec byte 0: every JPEG, PNG, HEIC block) is 0x00 + the
@@ -151,9 +151,9 @@ class StoreKey:
     def _seal(self, aead: ChaCha20Poly1305, data: bytes, ad: bytes,
               determined: bool = False) -> bytearray:
         """*determined*: the associated data alone fixes *data* (no hash needed)."""
-        mac = hmac.new(self._nonce_key, ad, hashlib.sha256)
-        mac.update(b"\0" if determined else b"\1" + hashlib.sha256(data).digest())
-        nonce = mac.digest()[:NONCE]
+        nonce = hmac.digest(self._nonce_key, ad + (b"\0" if determined else
+                                                   b"\1" + hashlib.sha256(data).digest()),
+                            "sha256")[:NONCE]
         framed = bytearray(padded_size(_LEN.size + len(data)))   # zeros: the padding
         _LEN.pack_into(framed, 0, len(data))
         framed[_LEN.size:_LEN.size + len(data)] = data           # the one copy of the data
