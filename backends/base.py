@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 import trio
 
 T = TypeVar("T")
+INLINE_WORK = 16 * 1024     # get_then: smaller objects are worked on without a thread hop
 
 # trio >= 0.23 renamed cancellable= to abandon_on_cancel=
 _ABANDON_KW = ("abandon_on_cancel"
@@ -195,6 +196,15 @@ class Backend(ABC):
     @abstractmethod
     async def get(self, key: str, locator: str = "") -> bytes:
         """Return the object's bytes or raise ObjectMissing."""
+
+    async def get_then(self, key: str, locator: str, then: Callable[[bytes], T]) -> T:
+        """``then(get(key, locator))``: *then* is blocking CPU work on the bytes (opening a
+        sealed object). A backend that reads in a worker thread runs *then* in that same
+        thread (one hop per read, not two); this default hops again for large objects."""
+        data = await self.get(key, locator)
+        if len(data) <= INLINE_WORK:
+            return then(data)
+        return await trio.to_thread.run_sync(then, data)
 
     @abstractmethod
     async def delete(self, key: str, locator: str = "") -> None:

@@ -20,6 +20,7 @@ key a backend needs.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import OrderedDict
@@ -241,14 +242,14 @@ class CryptBackend(Backend):
         missing: ObjectMissing | None = None
         for k in keys:
             try:
-                sealed = await self.inner.get(self._object_name(k, key), inner)
+                if k is None:   # plaintext: the chunk store checks its hash, as unencrypted
+                    return await self.inner.get(key, inner)
+                # opened in the worker thread that read it (one hop per chunk)
+                return await self.inner.get_then(k.chunk_name(key), inner,
+                                                 functools.partial(k.open_chunk, key))
             except ObjectMissing as exc:
                 missing = exc
                 continue
-            if k is None:
-                return sealed   # plaintext: the chunk store checks its hash, as unencrypted
-            try:
-                return await self._run(k.open_chunk, key, sealed)
             except SealError as exc:
                 raise ObjectCorrupt(f"{self.name}: chunk {key[:16]}: {exc}") from None
         raise missing or ObjectMissing(f"{self.name}: chunk {key[:16]} is under a retired key")
