@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 import trio
 
 T = TypeVar("T")
+INLINE_WORK = 16 * 1024     # get_then: smaller objects are worked on without a thread hop
 
 # trio >= 0.23 renamed cancellable= to abandon_on_cancel=
 _ABANDON_KW = ("abandon_on_cancel"
@@ -162,6 +163,8 @@ class Backend(ABC):
     deferred: bool = False
     #: a source to read from, never a place for copies (a flow shared by another store)
     read_only: bool = False
+    #: prepare_put does work (sealing): worth calling in the chunk store's hashing thread
+    prepares_puts: bool = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -183,9 +186,29 @@ class Backend(ABC):
     async def put(self, key: str, data: bytes) -> str:
         """Store *data* under *key*; return the locator. Overwriting is harmless."""
 
+    def prepare_put(self, key: str, data: bytes) -> object | None:
+        """The CPU work a put of *data* does on its bytes (sealing), done ahead by a
+        caller already in a worker thread, so the put needs no thread hop of its own.
+        Blocking and thread-safe; the result goes to :meth:`put_prepared` of this or
+        any backend (each uses it only if it is its own kind). None: nothing ahead."""
+        return None
+
+    async def put_prepared(self, key: str, data: bytes, prepared: object) -> str:
+        """:meth:`put` with what a prepare_put made of *data*; the default ignores it."""
+        return await self.put(key, data)
+
     @abstractmethod
     async def get(self, key: str, locator: str = "") -> bytes:
         """Return the object's bytes or raise ObjectMissing."""
+
+    async def get_then(self, key: str, locator: str, then: Callable[[bytes], T]) -> T:
+        """``then(get(key, locator))``: *then* is blocking CPU work on the bytes (opening a
+        sealed object). A backend that reads in a worker thread runs *then* in that same
+        thread (one hop per read, not two); this default hops again for large objects."""
+        data = await self.get(key, locator)
+        if len(data) <= INLINE_WORK:
+            return then(data)
+        return await trio.to_thread.run_sync(then, data)
 
     @abstractmethod
     async def delete(self, key: str, locator: str = "") -> None:

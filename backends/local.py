@@ -22,13 +22,14 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, TypeVar
 
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, Capacity, ObjectInfo,
                                 ObjectMissing, check_meta_name, check_meta_prefix)
 
+T = TypeVar("T")
 TMP_SUFFIX = ".tmp"
 LAYOUT_FILE = "layout"              # <root>/layout: written by a store made in this layout
 LAYOUT = "chunks/xx/KEY\n"          # its content: one level of 256 directories
@@ -274,6 +275,9 @@ class LocalBackend(Backend):
 
     async def get(self, key: str, locator: str = "") -> bytes:
         return await trio.to_thread.run_sync(self._get, key)
+
+    async def get_then(self, key: str, locator: str, then: Callable[[bytes], T]) -> T:
+        return await trio.to_thread.run_sync(lambda: then(self._get(key)))   # one hop
 
     async def delete(self, key: str, locator: str = "") -> None:
         await trio.to_thread.run_sync(self._delete, key)

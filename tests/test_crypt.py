@@ -322,3 +322,48 @@ def test_key_file_keeps_the_previous_key_of_a_rotation_under_the_passphrase(tmp_
     retired = keyfile.unseal(keyfile.parse_key_file(keyfile.encode_key("s1", StoreKey(new.master)),
                                                     "f"), "f")
     assert retired.key_id == new.key_id and not retired.previous
+
+
+def test_a_chunk_is_sealed_once_in_the_hashing_hop_and_read_in_one_hop(tmp_path, monkeypatch):
+    """Two encrypted copies of a new 1 MiB block: one seal, inside the chunk store's
+    hashing thread, two thread hops in all (hash + seal, then each local put); the
+    duplicate is not sealed again. A cold read: one hop (read + open together)."""
+    data = os.urandom(1 << 20)
+    seals = []
+    real_seal = StoreKey.seal_chunk
+
+    def counting_seal(self, key, stored):
+        seals.append(key)
+        return real_seal(self, key, stored)
+    monkeypatch.setattr(StoreKey, "seal_chunk", counting_seal)
+
+    async def main():
+        index = Index(tmp_path / "index")
+        b0, b1 = crypt(tmp_path, "b0"), crypt(tmp_path, "b1")
+        store = ChunkStore(index, {"b0": b0, "b1": b1}, Placement([b0, b1], 2))
+        await b0.stat("00" * 32)     # marker checks (metadata I/O) out of the way
+        await b1.stat("00" * 32)
+        hops = []
+        real = trio.to_thread.run_sync
+
+        async def counting(fn, *args, **kw):
+            hops.append(getattr(fn, "__name__", repr(fn)))
+            return await real(fn, *args, **kw)
+        monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+        sc = await store.store(data, try_compress=False)
+        assert seals == [sc.digest.hex()]
+        assert hops[0] == "_encode" and len(hops) == 3, hops      # no hop of its own to seal
+        with index.write() as txn:
+            ChunkMap(index).ref(txn, sc.digest, sc.record)
+        store.release([sc])
+        again = await store.store(data, try_compress=False)      # known: nothing sealed
+        store.release([again])
+        assert len(seals) == 1
+        for b in (b0, b1):
+            assert bytes(codec.decode(await b.get(sc.digest.hex(), ""), sc.digest)) == data
+        store.cache.discard(sc.digest)
+        hops.clear()
+        assert bytes(await store.load(sc.digest)) == data
+        assert len(hops) == 1, hops                            # read + open, no decode hop
+        index.close()
+    trio.run(main)

@@ -36,6 +36,12 @@ def authenticated(stored: object) -> bool:
     """Whether *stored* is a view into an :class:`Authenticated` buffer."""
     return isinstance(stored, memoryview) and isinstance(stored.obj, Authenticated)
 
+def decode_is_free(stored: object) -> bool:
+    """Whether :func:`decode` of *stored* is O(1) (an authenticated raw chunk: no hash,
+    no copy), so a reader calls it without a worker-thread hop."""
+    return authenticated(stored) and len(stored) > 0 and stored[0] == CODEC_RAW  # type: ignore[arg-type, index]
+
+
 # Leading bytes of formats that are already compressed: zstd cannot shrink them.
 _COMPRESSED_MAGIC = (
     b"\xff\xd8\xff",            # JPEG

@@ -54,11 +54,12 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
         the chunk has committed (or failed), and queue a repair for a chunk that
         comes back ``short``.
         """
+        prepared: object | None = None
         if len(data) <= INLINE_HASH_LIMIT:
             digest, codec_id, stored = codec.encode_and_hash(data, try_compress)
         else:
-            digest, codec_id, stored = await trio.to_thread.run_sync(
-                codec.encode_and_hash, data, try_compress, limiter=self._limiter)
+            digest, codec_id, stored, prepared = await trio.to_thread.run_sync(
+                self._encode, data, try_compress, self._preparer(flow), limiter=self._limiter)
         self._pins[digest] += 1
         try:
             await self.wait_deleted(digest)
@@ -73,7 +74,7 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
                 targets = [b for b in targets if self.placement.is_local(b.name)]
             try:
                 record.locations = await self._put_safely(
-                    digest, stored, targets or [self.backends[STAGING]])
+                    digest, stored, targets or [self.backends[STAGING]], prepared)
             except BaseException:
                 # cancelled or failed midway: some backend may hold the bytes anyway
                 record.locations = [Location(name) for name in self.backends]
@@ -90,6 +91,35 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
             self.unpin([digest])
             raise
 
+    def _preparer(self, flow: str | None) -> Backend | None:
+        """A backend of the flow's policy that does work ahead of a put (an encrypted one
+        seals) and is written before close() returns (not deferred, not staged)."""
+        for name in self.placement.policy_for(flow).backends:
+            b = self.backends.get(name)
+            if (b is not None and b.prepares_puts and not b.deferred
+                    and (self.staging is None or b.is_local)):
+                return b
+        return None
+
+    def _encode(self, data: bytes, try_compress: bool,
+                preparer: Backend | None) -> tuple[bytes, int, bytes, object | None]:
+        """encode_and_hash, and in the same worker thread the preparer's work on the
+        stored bytes (sealing a chunk costs about half of hashing it; a second thread
+        hop per block would add its latency to every write). Skipped for a chunk the
+        committed index already has (a duplicate is not put); one only in the open
+        group just costs a wasted seal."""
+        digest, codec_id, stored = codec.encode_and_hash(data, try_compress)
+        prepared = None
+        if preparer is not None:
+            with self.index.read_committed() as txn:
+                known = self.chunkmap.known(txn, digest) is not None
+            if not known:
+                try:
+                    prepared = preparer.prepare_put(digest.hex(), stored)
+                except BackendError:     # the put itself will meet and report it
+                    prepared = None
+        return digest, codec_id, stored, prepared
+
     def _stage(self, digest: bytes, size: int, flow: str | None, targets: list[Backend]) -> bool:
         """Whether the remote copies of a new chunk are left to the upload queue: when
         the policy names a remote target and the staging area has room for it."""
@@ -97,12 +127,15 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
             return False
         return self.staging.reserve(digest, size, flow)
 
-    async def _put_safely(self, digest: bytes, stored: bytes, targets: list[Backend]) -> list[Location]:
-        """Put to the targets; if none took it, to a fallback (local first). ≥ 1 copy or raise."""
-        locations, errors = await self._put_to(digest.hex(), stored, targets)
+    async def _put_safely(self, digest: bytes, stored: bytes, targets: list[Backend],
+                          prepared: object | None = None) -> list[Location]:
+        """Put to the targets; if none took it, to a fallback (local first). ≥ 1 copy or raise.
+
+        *prepared*: a backend's prepare_put of *stored* (Backend.put_prepared)."""
+        locations, errors = await self._put_to(digest.hex(), stored, targets, prepared)
         if not locations:
             for backend in self.placement.fallbacks({b.name for b in targets}):
-                locations, more = await self._put_to(digest.hex(), stored, [backend])
+                locations, more = await self._put_to(digest.hex(), stored, [backend], prepared)
                 errors += more
                 if locations:
                     log.warning("chunk %s kept on %s until its backends are back",
@@ -115,14 +148,18 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
             raise FsError(errno.EIO, f"no backend accepted chunk {digest.hex()[:16]}: {detail}")
         return locations
 
-    async def _put_to(self, key: str, stored: bytes,
-                      targets: list[Backend]) -> tuple[list[Location], list[BackendError]]:
+    async def _put_to(self, key: str, stored: bytes, targets: list[Backend],
+                      prepared: object | None = None) -> tuple[list[Location], list[BackendError]]:
         results: dict[str, str] = {}
         errors: list[BackendError] = []
 
         async def put_one(backend: Backend) -> None:
             try:
-                results[backend.name] = await self.call(backend, "put", key, stored)
+                if prepared is None:
+                    results[backend.name] = await self.call(backend, "put", key, stored)
+                else:
+                    results[backend.name] = await self.call(backend, "put_prepared", key, stored,
+                                                            prepared)
             except BackendError as exc:
                 errors.append(exc)
                 log.error("put of chunk %s to backend %s failed: %s", key[:16], backend.name, exc)

@@ -20,9 +20,11 @@ key a backend needs.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable
 
 import trio
@@ -40,6 +42,14 @@ _TAG_RE = re.compile(rf"k[0-9a-f]{{{TAG_LEN}}}:")
 PLAIN_TAG = "p:"            # locator prefix of a plaintext object on a migrating backend
 
 
+@dataclass(frozen=True, slots=True)
+class PreSealed:
+    """A chunk sealed ahead (prepare_put) by *sealer* for chunk id *key*."""
+    sealer: StoreKey
+    key: str
+    sealed: bytearray
+
+
 class ObjectCorrupt(ObjectMissing):
     """The object exists but fails authentication: no usable copy here."""
 
@@ -54,6 +64,8 @@ def marker_name(store_id: str) -> str:
 
 class CryptBackend(Backend):
     """Encrypts object bytes and names on the way into *inner*, checks them on the way out."""
+
+    prepares_puts = True   # sealing: the chunk store does it in its hashing thread
 
     def __init__(self, inner: Backend, store_id: str | None, key: StoreKey | None,
                  known_ids: Callable[[], Iterable[bytes]] | None = None,
@@ -196,11 +208,26 @@ class CryptBackend(Backend):
         return await in_thread(fn, *args)
 
     # chunks -----------------------------------------------------------------------------
+    def prepare_put(self, key: str, data: bytes) -> PreSealed | None:
+        """Seal in the caller's worker thread: one object serves every encrypted backend
+        of the store (they share the key), and put_prepared needs no hop of its own."""
+        sealer = self.key
+        if sealer is None:      # learnt from the marker at the first operation
+            return None
+        self._check_key(key)
+        return PreSealed(sealer, key, sealer.seal_chunk(key, data))
+
     async def put(self, key: str, data: bytes) -> str:
+        return await self.put_prepared(key, data, None)
+
+    async def put_prepared(self, key: str, data: bytes, prepared: object) -> str:
         await self._check()
         sealer = self.key
         name = self._name(key)
-        sealed = await self._run(sealer.seal_chunk, key, data)
+        if isinstance(prepared, PreSealed) and prepared.sealer is sealer and prepared.key == key:
+            sealed = prepared.sealed
+        else:
+            sealed = await self._run(sealer.seal_chunk, key, data)
         locator = await self.inner.put(name, sealed)
         self._recent[name] = key
         self._recent.move_to_end(name)
@@ -215,14 +242,14 @@ class CryptBackend(Backend):
         missing: ObjectMissing | None = None
         for k in keys:
             try:
-                sealed = await self.inner.get(self._object_name(k, key), inner)
+                if k is None:   # plaintext: the chunk store checks its hash, as unencrypted
+                    return await self.inner.get(key, inner)
+                # opened in the worker thread that read it (one hop per chunk)
+                return await self.inner.get_then(k.chunk_name(key), inner,
+                                                 functools.partial(k.open_chunk, key))
             except ObjectMissing as exc:
                 missing = exc
                 continue
-            if k is None:
-                return sealed   # plaintext: the chunk store checks its hash, as unencrypted
-            try:
-                return await self._run(k.open_chunk, key, sealed)
             except SealError as exc:
                 raise ObjectCorrupt(f"{self.name}: chunk {key[:16]}: {exc}") from None
         raise missing or ObjectMissing(f"{self.name}: chunk {key[:16]} is under a retired key")

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import struct
+import threading
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -110,7 +111,7 @@ class StoreKey:
     # chunks ---------------------------------------------------------------------
     def chunk_name(self, key: str) -> str:
         """The object name of chunk *key* (hex id): a keyed MAC, never the content hash."""
-        return hmac.new(self._name_key, key.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._name_key, key.encode(), "sha256").hex()   # one-shot, in C
 
     def seal_chunk(self, key: str, data: bytes) -> bytearray:
         # A raw chunk (codec byte 0: every JPEG, PNG, HEIC block) is 0x00 + the
@@ -151,19 +152,56 @@ class StoreKey:
     def _seal(self, aead: ChaCha20Poly1305, data: bytes, ad: bytes,
               determined: bool = False) -> bytearray:
         """*determined*: the associated data alone fixes *data* (no hash needed)."""
-        mac = hmac.new(self._nonce_key, ad, hashlib.sha256)
-        mac.update(b"\0" if determined else b"\1" + hashlib.sha256(data).digest())
-        nonce = mac.digest()[:NONCE]
-        framed = bytearray(padded_size(_LEN.size + len(data)))   # zeros: the padding
-        _LEN.pack_into(framed, 0, len(data))
-        framed[_LEN.size:_LEN.size + len(data)] = data           # the one copy of the data
-        # ciphertext straight behind the header: no join copying 1 MiB once more
-        head = 1 + NONCE
-        sealed = bytearray(head + len(framed) + TAG)
-        sealed[0] = FORMAT
-        sealed[1:head] = nonce
-        aead.encrypt_into(nonce, framed, ad, memoryview(sealed)[head:])
+        nonce = hmac.digest(self._nonce_key, ad + (b"\0" if determined else
+                                                   b"\1" + hashlib.sha256(data).digest()),
+                            "sha256")[:NONCE]
+        size = padded_size(_LEN.size + len(data))
+        end = _LEN.size + len(data)
+        buf = _frames.take(size)
+        try:
+            framed = memoryview(buf)[:size]
+            _LEN.pack_into(framed, 0, len(data))
+            framed[_LEN.size:end] = data                   # the one copy of the data
+            framed[end:] = bytes(size - end)               # the padding: zeros
+            # ciphertext straight behind the header: no join copying 1 MiB once more
+            head = 1 + NONCE
+            sealed = bytearray(head + size + TAG)
+            sealed[0] = FORMAT
+            sealed[1:head] = nonce
+            aead.encrypt_into(nonce, framed, ad, memoryview(sealed)[head:])
+            framed.release()
+        finally:
+            _frames.give(buf)
         return sealed
+
+
+class _FramePool:
+    """A few plaintext frame buffers, reused: a fresh 1 MiB buffer per seal costs its
+    allocation and zeroing (a quarter of a seal in the daemon's profile), and the
+    frame never leaves _seal. Bounded, so idle worker threads hold no buffers."""
+
+    KEEP = 4
+
+    def __init__(self) -> None:
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return bytearray(max(size, 1 << 16))
+
+    def give(self, buf: bytearray) -> None:
+        if len(buf) > 4 << 20:     # a rare huge metadata object: not worth keeping
+            return
+        with self._lock:
+            if len(self._free) < self.KEEP:
+                self._free.append(buf)
+
+
+_frames = _FramePool()
 
 
 def _open(aead: ChaCha20Poly1305, sealed: bytes, ad: bytes) -> memoryview:
