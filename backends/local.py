@@ -33,6 +33,7 @@ T = TypeVar("T")
 TMP_SUFFIX = ".tmp"
 LAYOUT_FILE = "layout"              # <root>/layout: written by a store made in this layout
 LAYOUT = "chunks/xx/KEY\n"          # its content: one level of 256 directories
+LIST_CHECKPOINT = 256   # objects list() yields between two trio checkpoints
 SYNC_THREADS = 16   # fsyncs issued at once: the filesystem's journal commits them together
 
 
@@ -245,15 +246,37 @@ class LocalBackend(Backend):
             pass
 
     def _scan(self) -> list[ObjectInfo]:
-        """Every chunk file, in either layout (a chunk in both is listed once)."""
+        """Every chunk file, in either layout, each once (blocking: tests and tools)."""
+        try:
+            names = sorted(os.listdir(self.objects))
+        except FileNotFoundError:
+            return []
+        return [info for name in names for info in self._scan_dir(name)]
+
+    def _scan_dir(self, name: str) -> list[ObjectInfo]:
+        """The chunk files under one fan-out directory (or a stray file beside them).
+
+        A chunk's two possible paths (``ab/KEY`` and the old ``ab/cd/KEY``) share
+        the fan-out directory ``ab``, so listing it once lists each chunk once."""
+        top = os.path.join(self.objects, name)
         out: dict[str, ObjectInfo] = {}
-        for dirpath, _dirs, files in os.walk(self.objects):
-            for fname in files:
+        stack = [top]
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except NotADirectoryError:          # a file directly under chunks/
+                entries = [e for e in os.scandir(self.objects) if e.name == name]
+            except FileNotFoundError:
+                continue
+            for entry in entries:
                 try:
-                    st = os.stat(os.path.join(dirpath, fname))
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    st = entry.stat()
                 except FileNotFoundError:
                     continue
-                out.setdefault(fname, ObjectInfo(fname, st.st_size, st.st_mtime))
+                out.setdefault(entry.name, ObjectInfo(entry.name, st.st_size, st.st_mtime))
         return list(out.values())
 
     def remove_stale_temps(self, older_than: float) -> int:
@@ -292,9 +315,25 @@ class LocalBackend(Backend):
         return await trio.to_thread.run_sync(self._stat, key)
 
     async def list(self) -> AsyncIterator[ObjectInfo]:  # type: ignore[override]
-        for info in await trio.to_thread.run_sync(self._scan):
-            if not info.key.endswith(TMP_SUFFIX):
+        """One fan-out directory at a time, each scanned in a worker thread.
+
+        Memory stays at one directory's entries (a million chunks listed at once
+        cost the daemon over 300 MB), and the caller's loop reaches a checkpoint
+        every LIST_CHECKPOINT objects, so a long listing (fsck, gc) never holds
+        the trio thread, and with it every FUSE request, for more than a slice."""
+        try:
+            names = sorted(await trio.to_thread.run_sync(os.listdir, self.objects))
+        except FileNotFoundError:
+            return
+        n = 0
+        for name in names:
+            for info in await trio.to_thread.run_sync(self._scan_dir, name):
+                if info.key.endswith(TMP_SUFFIX):
+                    continue
                 yield info
+                n += 1
+                if n % LIST_CHECKPOINT == 0:
+                    await trio.lowlevel.checkpoint()
 
     async def put_meta(self, name: str, data: bytes) -> None:
         await trio.to_thread.run_sync(self._put_meta, name, bytes(data))

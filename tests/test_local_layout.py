@@ -96,3 +96,32 @@ def test_a_store_made_in_the_old_layout_reads_every_file_and_passes_fsck(tmp_pat
     more = {f"later/new{i}.bin": os.urandom(5000 + i) for i in range(5)}
     populate(cfg, more)
     assert read_back(cfg, list(FILES) + list(more)) == FILES | more
+
+
+def test_a_long_listing_lets_other_tasks_run_between_its_objects(tmp_path):
+    """fsck and gc consume list() on the daemon's trio thread: other tasks (FUSE
+    requests) must get turns while it goes on, not only before and after it. A
+    listing read in one go and yielded without checkpoints gives them none."""
+    b = LocalBackend("a", tmp_path / "disk")
+    keys = [f"{i:04x}" * 16 for i in range(3 * 256 + 7)]
+    for key in keys:
+        b._put(key, b"x")
+    consumed: list[str] = []
+    turns: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async def other() -> None:
+                while True:
+                    turns.append(len(consumed))
+                    await trio.sleep(0)
+            nursery.start_soon(other)
+            await trio.sleep(0)
+            async for info in b.list():
+                consumed.append(info.key)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert sorted(consumed) == sorted(keys)
+    inside = {n for n in turns if 0 < n < len(keys)}
+    assert len(inside) >= 2, f"no other task ran during the listing: {sorted(set(turns))}"

@@ -7,6 +7,7 @@ trio thread, however fast the machine is.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import threading
@@ -241,3 +242,73 @@ def test_status_reads_counters_and_the_last_plans_census(tmp_path):
     assert after["copies"]["under"] == 0 and after["copies"]["over"] == 0
     assert after["flow_totals"] == {"pics": {"files": 5, "bytes": sum(100 + i for i in range(5))}}
     assert after["backends"]["a"]["chunks"] + after["backends"]["b"]["chunks"] == 5
+
+
+def test_planning_keeps_per_chunk_state_only_for_flows_with_their_own_policy(tmp_path):
+    """A store of default-policy flows plans with no per-chunk map (memory at a million
+    chunks); a chunk shared with a flow of its own policy still gets both policies'
+    copies, --flow still plans exactly that flow's chunks, a hard link counts once."""
+    cfg = tmp_path / "gffs.toml"
+    cfg.write_text(f"""
+[store]
+data_dir = "{tmp_path / 'data'}"
+analyze_images = false
+
+[backends.a]
+type = "local"
+path = "{tmp_path / 'a'}"
+
+[backends.b]
+type = "local"
+path = "{tmp_path / 'b'}"
+
+[placement]
+copies = 1
+backends = ["a"]
+
+[placement.flows.archive]
+copies = 1
+backends = ["b"]
+""")
+    os.chmod(cfg, 0o600)
+    store = Store(load_config(cfg), "test")
+    contents = {"shared": b"s" * 700, "plain": b"p" * 800, "archive": b"r" * 900}
+    try:
+        async def main() -> None:
+            fs = Filesystem(store.index, store.chunks, analyze_images=False)
+            await fs.start(1000, 1000)
+            for flow, names in (("plain", ("shared", "plain")), ("archive", ("shared", "archive"))):
+                d, _ = fs.mkdir(ROOT_INO, flow.encode(), 0o755, USER)
+                for name in names:
+                    fh, _ino, _ = fs.create(d, name.encode(), 0o644, os.O_RDWR, USER)
+                    await fs.write(fh, 0, contents[name])
+                    await fs.release(fh)
+            plain = fs.lookup(ROOT_INO, b"plain")[0]
+            fs.link(fs.lookup(plain, b"plain")[0], plain, b"again")
+            await fs.shutdown()
+        trio.run(main)
+        digest = {name: hashlib.sha256(data).digest()
+                  for name, data in contents.items()}
+
+        flows, members = rebalance_mod.chunk_flows(store.index, None, set(), None)
+        assert flows == {} and members is None     # no flow has a policy of its own
+        totals: dict = {}
+        flows, members = rebalance_mod.chunk_flows(store.index, totals, {"archive"}, "plain")
+        assert flows == {digest["shared"]: frozenset({"archive", None}),
+                         digest["archive"]: frozenset({"archive"})}
+        assert members == {digest["shared"], digest["plain"]}
+        assert totals == {"plain": {"files": 2, "bytes": 1500},
+                          "archive": {"files": 2, "bytes": 1600}}
+
+        only = trio.run(rebalance_mod.rebalance, store, {"dry_run": True, "flow": "plain"},
+                        Progress())
+        assert only["chunks_checked"] == 2
+        trio.run(rebalance_mod.rebalance, store, {}, Progress())
+        with store.index.read() as txn:
+            where = {name: {loc.backend for loc in store.chunks.chunkmap.chunk(txn, dg).locations}
+                     for name, dg in digest.items()}
+        assert where == {"shared": {"a", "b"}, "plain": {"a"}, "archive": {"b"}}
+        again = trio.run(rebalance_mod.rebalance, store, {"dry_run": True}, Progress())
+        assert again["chunks_to_move"] == 0 and again["chunks_checked"] == 3
+    finally:
+        store.close()

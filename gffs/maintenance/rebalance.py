@@ -87,34 +87,45 @@ class Plan:
         return dict(out)
 
 
-def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None
-                ) -> dict[bytes, frozenset[str]]:
-    """Which flows reference each chunk (dedup and hard links can put one in several).
+def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None,
+                own_policy: set[str] | frozenset[str] = frozenset(), member_of: str | None = None
+                ) -> tuple[dict[bytes, frozenset[str | None]], set[bytes] | None]:
+    """Which policies each chunk must satisfy (dedup and hard links can put one in several
+    flows), and with *member_of* the chunks that flow uses.
 
-    Walks every flow's tree once, in short read transactions (one per flow) so it
-    can run in a worker thread beside the daemon's writers; chunks no flow
-    reaches (thumbnails, files open after unlink) keep the default policy. Each
-    distinct set of flows is one shared frozenset, so memory is one dict slot
-    per chunk. *totals*, if given, receives each flow's files and bytes.
+    Only chunks some flow of *own_policy* (flows with their own placement policy)
+    references get an entry: its value names those flows, plus None when a flow
+    following the default policy references it too. A chunk with no entry follows
+    the default policy alone, which is what every other flow would ask for, so a
+    store where no flow has its own policy keeps no per-chunk state at all (a
+    million chunks used to cost a dict slot and a key each, over 100 MB in the
+    daemon). Flows are walked in short read transactions (one per flow), so this
+    can run in a worker thread beside the daemon's writers. *totals*, if given,
+    receives each flow's files and bytes.
     """
     ns, cm = Namespace(index), ChunkMap(index)
-    flows: dict[bytes, frozenset[str]] = {}
-    interned: dict[frozenset[str], frozenset[str]] = {}
+    flows: dict[bytes, frozenset[str | None]] = {}
+    interned: dict[frozenset[str | None], frozenset[str | None]] = {}
+    members: set[bytes] | None = set() if member_of is not None else None
     with index.read() as txn:
         tops = [(name.decode(errors="surrogateescape"), ino)
                 for _c, name, ino in ns.entries(txn, ROOT_INO)]
+    # flows with their own policy first: the default-policy walks then only mark those rows
+    tops.sort(key=lambda t: t[0] not in own_policy)
     for flow, top in tops:
+        key: str | None = flow if flow in own_policy else None
         with index.read() as txn:
             stack, seen = [top], set()
             while stack:
                 cur = stack.pop()
-                if cur in seen:
-                    continue
-                seen.add(cur)
                 try:
                     rec = ns.get(txn, cur)
                 except NotFound:        # removed between the listing and this snapshot
                     continue
+                if stat.S_ISDIR(rec.mode) or rec.nlink > 1:
+                    if cur in seen:     # a hard link met twice counts once
+                        continue
+                    seen.add(cur)
                 if stat.S_ISDIR(rec.mode):
                     stack.extend(child for _c2, _n, child in ns.entries(txn, cur))
                 elif stat.S_ISREG(rec.mode):
@@ -122,12 +133,20 @@ def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None
                         t = totals.setdefault(flow, {"files": 0, "bytes": 0})
                         t["files"] += 1
                         t["bytes"] += rec.size
+                    if key is None and not flows and flow != member_of:
+                        continue        # nothing to mark: the default policy is implied
                     for _idx, digest in cm.blocks(txn, cur):
-                        have = flows.get(digest, frozenset())
-                        if flow not in have:
-                            both = have | {flow}
+                        if flow == member_of:
+                            members.add(digest)
+                        have = flows.get(digest)
+                        if have is None:
+                            if key is None:
+                                continue
+                            have = frozenset()
+                        if key not in have:
+                            both = have | {key}
                             flows[digest] = interned.setdefault(both, both)
-    return flows
+    return flows, members
 
 
 def wanted_copies(placement: Placement, digest: bytes,
@@ -151,11 +170,11 @@ def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
     flow's policy wants too.
     """
     plan = Plan()
-    flows = chunk_flows(index, plan.flows)
+    flows, members = chunk_flows(index, plan.flows, set(placement.flows), only_flow)
     for digest, rec in ChunkMap.scan_chunks(index, window):
-        in_flows = flows.get(digest)
-        if only_flow is not None and (not in_flows or only_flow not in in_flows):
+        if members is not None and digest not in members:
             continue
+        in_flows = flows.get(digest)
         plan.chunks_checked += 1
         wanted, required = wanted_copies(placement, digest, in_flows)
         have = [loc.backend for loc in rec.locations]
