@@ -181,6 +181,9 @@ def test_import_lists_facts_tags_and_thumbnails_without_fetching_an_image_block(
     assert stats(mb, "thumbnail_loads") >= 3
     assert stats(mb, "file_block_loads") == 0
     assert stats(mb, "analysis_block_loads") == 0
+    # the imported files are in .views as the flow's own would be (fsck checks the tables)
+    in_view = [os.stat(p).st_ino for p in (mb.path / ".views" / "by-tag" / "alps").iterdir()]
+    assert (b / "red.jpg").stat().st_ino in in_view
     res = admin(mb.data_dir, shared["cb"], "fsck", "--json")   # not pinned: no problem either
     assert res.returncode == 0 and "chunks only on a share source" in res.stdout, res.stdout
     assert stats(mb, "file_block_loads") == 0

@@ -19,6 +19,7 @@ from gffs.chunks.codec import CODEC_RAW
 from gffs.errors import FsError
 from gffs.index import ROOT_INO, ChunkMap, Namespace
 from gffs.index.images import ImageIndex, content_id_from_blocks
+from gffs.index.views import ViewIndex
 from gffs.index.namespace import check_name
 from gffs.index.records import ChunkRecord, InodeRecord, Location
 from gffs.maintenance.jobs import JobRefused, job
@@ -51,6 +52,7 @@ class FlowWriter:
     def __init__(self, store, txn, m: Manifest, source: str, key=None) -> None:
         self.ns, self.cm = Namespace(store.index), ChunkMap(store.index)
         self.images = ImageIndex(store.index)
+        self.views = ViewIndex(store.index)
         self.txn, self.m, self.source = txn, m, source
         self.tag = key.tag if key is not None else ""
         self.root = self.ns.get(txn, ROOT_INO)
@@ -95,8 +97,14 @@ class FlowWriter:
             ns.set_xattr(txn, ino, xname.encode(), value.encode())
         content_id = content_id_of(f)
         images.set_content_id(txn, ino, content_id)
-        if f.facts and images.facts(txn, content_id) is None:
+        new_facts = bool(f.facts) and images.facts(txn, content_id) is None
+        if new_facts:
             images.set_facts(txn, content_id, f.facts)
+        # .views: the file by its date, camera, place, tags (as a flow's own file gets them
+        # when it is closed and analysed); new facts reach every file holding the content
+        self.views.content_set(txn, ino, None, content_id)
+        if new_facts:
+            self.views.facts_stored(txn, content_id)
         for size_name, t in f.thumbnails.items():
             if images.thumbnail(txn, content_id, size_name) is None:
                 images.set_thumbnail(txn, content_id, size_name, bytes.fromhex(t.sha256),
