@@ -29,7 +29,14 @@ from gffs.store import Store
 USER = Caller(1000, 1000)
 
 
-def two_disk_store(tmp_path) -> Store:
+TWO_DISKS_BOTH = """[placement]
+copies = 1
+backends = ["a", "b"]
+"""
+
+
+def two_disk_store(tmp_path, placement: str = TWO_DISKS_BOTH) -> Store:
+    """Local backends a and b; *placement*: the config's placement tables."""
     cfg = tmp_path / "gffs.toml"
     cfg.write_text(f"""
 [store]
@@ -45,10 +52,7 @@ path = "{tmp_path / 'a'}"
 type = "local"
 path = "{tmp_path / 'b'}"
 
-[placement]
-copies = 1
-backends = ["a", "b"]
-""")
+{placement}""")
     os.chmod(cfg, 0o600)
     backup_mod._STATES.clear()
     return Store(load_config(cfg), "test")
@@ -248,21 +252,7 @@ def test_planning_keeps_per_chunk_state_only_for_flows_with_their_own_policy(tmp
     """A store of default-policy flows plans with no per-chunk map (memory at a million
     chunks); a chunk shared with a flow of its own policy still gets both policies'
     copies, --flow still plans exactly that flow's chunks, a hard link counts once."""
-    cfg = tmp_path / "gffs.toml"
-    cfg.write_text(f"""
-[store]
-data_dir = "{tmp_path / 'data'}"
-analyze_images = false
-
-[backends.a]
-type = "local"
-path = "{tmp_path / 'a'}"
-
-[backends.b]
-type = "local"
-path = "{tmp_path / 'b'}"
-
-[placement]
+    store = two_disk_store(tmp_path, """[placement]
 copies = 1
 backends = ["a"]
 
@@ -270,8 +260,6 @@ backends = ["a"]
 copies = 1
 backends = ["b"]
 """)
-    os.chmod(cfg, 0o600)
-    store = Store(load_config(cfg), "test")
     contents = {"shared": b"s" * 700, "plain": b"p" * 800, "archive": b"r" * 900}
     try:
         async def main() -> None:
