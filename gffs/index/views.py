@@ -161,14 +161,7 @@ class ViewIndex:
         if not self.enabled:
             return
         prefix = u64(ino)
-        cur = txn.cursor(db=self._of_ino)
-        old = []
-        if cur.set_range(prefix):
-            for key, _ in cur:
-                if key[:8] != prefix:
-                    break
-                old.append(bytes(key[8:]))
-        for path_key in old:
+        for path_key in list(self._path_keys(txn, ino)):
             txn.delete(prefix + path_key, db=self._of_ino)
             txn.delete(path_key + prefix, db=self._rows)
         if gone:
@@ -191,16 +184,21 @@ class ViewIndex:
     def rows_of(self, txn: lmdb.Transaction, ino: int) -> dict[bytes, bytes | None]:
         """View path key -> entry name of the rows *ino* has (None: its ``inoviews`` row
         has no ``viewrows`` row)."""
+        out: dict[bytes, bytes | None] = {}
+        for path_key in self._path_keys(txn, ino):
+            raw = txn.get(path_key + u64(ino), db=self._rows)
+            out[path_key] = bytes(raw) if raw is not None else None
+        return out
+
+    def _path_keys(self, txn: lmdb.Transaction, ino: int) -> Iterator[bytes]:
+        """The view path keys of *ino*'s rows, from ``inoviews``."""
         prefix = u64(ino)
         cur = txn.cursor(db=self._of_ino)
-        out: dict[bytes, bytes | None] = {}
         if cur.set_range(prefix):
             for key, _ in cur:
                 if key[:8] != prefix:
                     break
-                raw = txn.get(bytes(key[8:]) + prefix, db=self._rows)
-                out[bytes(key[8:])] = bytes(raw) if raw is not None else None
-        return out
+                yield bytes(key[8:])
 
     def rebuild(self, txn: lmdb.Transaction) -> int:
         """Build every row from the index (a store made before views, once); returns inodes."""
