@@ -135,12 +135,16 @@ class S3Backend(Backend):
     async def _call(self, deadline: float, what: str, fn: Callable, *args, **kw):
         """Run a blocking boto3 call in a worker thread, bounded by *deadline* seconds
         (botocore retries within it: one attempt here)."""
+        return await with_retry(lambda: in_thread(fn, *args, **kw), timeout=deadline,
+                                classify=self._classifier(what, deadline))
+
+    def _classifier(self, what: str, deadline: float) -> Callable[[BaseException], BackendError]:
+        """with_retry's classify: an attempt's timeout or botocore error as a BackendError."""
         def classify(exc: BaseException) -> BackendError:
             if isinstance(exc, trio.TooSlowError):
                 return S3Unreachable(f"{self.name}: {what}: no answer within {deadline:g} s")
             return self._error(exc, what)
-        return await with_retry(lambda: in_thread(fn, *args, **kw), timeout=deadline,
-                                classify=classify)
+        return classify
 
     async def _search(self, key: str, locator: str, op):
         """``op(bucket)`` on the locator's bucket, then every other bucket, until one
@@ -370,13 +374,8 @@ class S3Backend(Backend):
 
     async def _probe(self, probe, what: str, bucket: str) -> None:
         """One head_bucket through the single-attempt *probe* client, retried here."""
-        def classify(exc: BaseException) -> BackendError:
-            if isinstance(exc, trio.TooSlowError):
-                return S3Unreachable(f"{self.name}: {what}: no answer within "
-                                     f"{self.timeout:g} s")
-            return self._error(exc, what)
         await with_retry(lambda: in_thread(probe.head_bucket, Bucket=bucket),
-                         timeout=self.timeout, classify=classify,
+                         timeout=self.timeout, classify=self._classifier(what, self.timeout),
                          retry_time=self.timeout / 2,
                          retry_if=lambda err: err.temporary and not isinstance(err, S3Refused))
 
