@@ -50,8 +50,8 @@ def _guard(func: Callable) -> Callable:
     return wrapper
 
 
-def entry_attributes(ino: int, rec: InodeRecord, stored: int | None = None,
-                     io_size: int = 128 * 1024) -> pyfuse3.EntryAttributes:
+def entry_attributes(ino: int, rec: InodeRecord, stored: int | None,
+                     io_size: int) -> pyfuse3.EntryAttributes:
     """*stored*: bytes the file's stored blocks cost (holes cost nothing), which
     st_blocks reports; None (a virtual file) counts its size. *io_size* is st_blksize,
     the I/O size programs prefer: cp writes in pieces of that size."""

@@ -79,9 +79,7 @@ class ChunkMap:
     def drop_blocks(self, txn: lmdb.Transaction, ino: int, start: int = 0) -> None:
         """Remove blocks >= *start* of a file (truncate, or delete the file)."""
         dropped = list(self.blocks(txn, ino, start))
-        if not dropped:     # the common close of a file that did not shrink: no write
-            if start == 0 and self._inode_blocks is not None:
-                txn.delete(u64(ino), db=self._inode_blocks)   # a file going away
+        if not dropped and start:   # a close of a file that did not shrink: nothing to write
             return
         count, stored = self.stored_blocks(txn, ino)
         for idx, digest in dropped:
