@@ -164,12 +164,9 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
                 errors.append(exc)
                 log.error("put of chunk %s to backend %s failed: %s", key[:16], backend.name, exc)
 
-        if len(targets) == 1:           # one copy (the usual local put): no nursery
-            await put_one(targets[0])
-        else:
-            async with trio.open_nursery() as nursery:
-                for backend in targets:
-                    nursery.start_soon(put_one, backend)
+        async with trio.open_nursery() as nursery:
+            for backend in targets:
+                nursery.start_soon(put_one, backend)
         return [Location(b.name, results[b.name]) for b in targets if b.name in results], errors
 
     def release(self, chunks: list[StoredChunk]) -> None:

@@ -344,13 +344,9 @@ class DataPath(FsCore):
                     stored[idx] = await self.chunks.store(data, try_compress, buf.flow)
 
             try:
-                todo = [(idx, data) for idx, (data, _) in snap.items()
-                        if idx * self.block_size < size]
-                if len(todo) == 1:      # a small file: no task to spawn and schedule
-                    await store_one(*todo[0])
-                elif todo:
-                    async with trio.open_nursery() as nursery:
-                        for idx, data in todo:
+                async with trio.open_nursery() as nursery:
+                    for idx, (data, _) in snap.items():
+                        if idx * self.block_size < size:
                             nursery.start_soon(store_one, idx, data)
                 await self.index.available()
                 with self.index.write() as txn:
