@@ -57,9 +57,20 @@ class ObjectMissing(BackendError):
     """The backend does not hold the requested object."""
 
 
+class EndpointRefused(BackendUnavailable):
+    """Nothing listens at the backend's address (connection refused, or the host does not
+    resolve). Temporary for data requests (a server restarting comes back), but a mount's
+    check reports it at once: retrying a wrong endpoint only delays the one line."""
+
+
 def is_temporary(err: BackendError) -> bool:
     """The one notion of a temporary failure: retrying later may succeed."""
     return err.temporary
+
+
+def retry_at_check(err: BackendError) -> bool:
+    """What a mount's Backend.check() retries: temporary failures, but not a refusal."""
+    return err.temporary and not isinstance(err, EndpointRefused)
 
 
 async def with_retry(attempt: Callable[[], Awaitable[T]], *, timeout: float,

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendFull, BackendUnavailable,
-                                MalformedAnswer, ObjectMissing, in_thread, with_retry)
+                                EndpointRefused, MalformedAnswer, ObjectMissing, in_thread,
+                                retry_at_check, with_retry)
 from gffs_backends.gdrive_pack import valid_id
 
 
@@ -68,7 +69,7 @@ def error_reason(content: bytes) -> str:
         return ""
 
 
-class DriveRefused(BackendUnavailable):
+class DriveRefused(EndpointRefused):
     """Nothing listens at the API endpoint (refused, or its host does not resolve)."""
 
 
@@ -84,7 +85,7 @@ class DailyLimitReached(BackendUnavailable):
 def _retry_now(err: BackendError) -> bool:
     """Retry at once (with backoff): a temporary failure, except an exhausted daily quota
     and an answer that makes no sense (asking again gets the same)."""
-    if _CHECKING.get() and isinstance(err, DriveRefused):
+    if _CHECKING.get() and not retry_at_check(err):
         return False        # a wrong api_endpoint or no network: say so at once
     return err.temporary and not isinstance(err, (DailyLimitReached, MalformedAnswer))
 

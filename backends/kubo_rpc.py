@@ -18,7 +18,8 @@ import requests
 import trio
 
 from gffs_backends.base import (BackendError, BackendFull, BackendUnavailable, MalformedAnswer,
-                                ObjectMissing, answers_checked, in_thread, with_retry)
+                                EndpointRefused, ObjectMissing, answers_checked, in_thread,
+                                retry_at_check, with_retry)
 
 DEFAULT_API = "/ip4/127.0.0.1/tcp/5001"     # Kubo's default Addresses.API
 
@@ -204,7 +205,7 @@ class KuboRpc:
             return await with_retry(
                 lambda: in_thread(fn, *args), timeout=self.timeout, classify=self._classify,
                 retry_time=self.timeout / 2, retry_raised=True,
-                retry_if=lambda err: err.temporary and not isinstance(err, ApiRefused))
+                retry_if=retry_at_check)
 
     def _classify(self, exc: BaseException) -> BackendError:
         if isinstance(exc, trio.TooSlowError):
@@ -213,7 +214,7 @@ class KuboRpc:
         raise exc   # requests' errors are translated in _rpc; parse errors by answers_checked
 
 
-class ApiRefused(BackendUnavailable):
+class ApiRefused(EndpointRefused):
     """Nothing listens at the API address (refused, or the host does not resolve)."""
 
 

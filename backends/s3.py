@@ -39,7 +39,7 @@ import trio
 
 from gffs_backends.base import (Backend, BackendError, BackendUnavailable, ObjectInfo,
                                 ObjectMissing, answers_checked_class, check_meta_name,
-                                check_meta_prefix, in_thread, with_retry)
+                                check_meta_prefix, in_thread, retry_at_check, with_retry)
 from gffs_backends.s3_buckets import choose_bucket, meta_prefix, search_order
 from gffs_backends.s3_config import (ATTEMPTS, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PREFIX,
                                      DEFAULT_TIMEOUT, DELETE_BATCH, MAX_CONNECT_TIMEOUT,
@@ -377,7 +377,7 @@ class S3Backend(Backend):
         await with_retry(lambda: in_thread(probe.head_bucket, Bucket=bucket),
                          timeout=self.timeout, classify=self._classifier(what, self.timeout),
                          retry_time=self.timeout / 2,
-                         retry_if=lambda err: err.temporary and not isinstance(err, S3Refused))
+                         retry_if=retry_at_check)
 
     async def capacity(self) -> None:
         return None     # S3 does not know (quotas are not visible through the API)

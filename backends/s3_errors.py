@@ -7,7 +7,7 @@ gffs_backends.base.with_retry; this only says what a failure means.
 from __future__ import annotations
 
 from gffs_backends.base import (PARSE_ERRORS, BackendError, BackendFull, BackendUnavailable,
-                                MalformedAnswer, ObjectMissing)
+                                EndpointRefused, MalformedAnswer, ObjectMissing)
 
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 _FULL_CODES = {"EntityTooLarge", "QuotaExceeded", "StorageFull", "InsufficientStorage",
@@ -32,11 +32,8 @@ class S3Unreachable(BackendUnavailable):
     """The endpoint itself cannot be reached (every bucket is affected, stop searching)."""
 
 
-class S3Refused(S3Unreachable):
-    """Nothing listens at the endpoint (connection refused, or its name does not resolve).
-
-    Still temporary for data requests (a server restarting comes back), but a mount's
-    check fails on it at once: retrying a wrong endpoint_url only delays the one line."""
+class S3Refused(S3Unreachable, EndpointRefused):
+    """Nothing listens at the endpoint_url (refused, or its name does not resolve)."""
 
 
 def classify(name: str, exc: BaseException, what: str) -> BackendError:
