@@ -470,9 +470,11 @@ def new_results(sizes: Any, cls: type[Results] = Results) -> Results:
 
 def run_benchmark(results: Results, args: argparse.Namespace, prefix: str,
                   body: Callable[[Path], None], judge: Callable[[list[Row]], None],
-                  show: Callable[[Results], None]) -> int:
+                  show: Callable[[Results], None], keep: Path | None = None) -> int:
     """Run *body* in a fresh work directory that is always removed; report; exit 0.
 
+    With *keep*, *body* runs in that directory instead and it is left in place (a
+    store built once and measured again by later runs).
     A benchmark measures, it does not test: an interruption or an error becomes a
     note on the results, never a failure.
     """
@@ -480,7 +482,9 @@ def run_benchmark(results: Results, args: argparse.Namespace, prefix: str,
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+    work = keep if keep is not None else Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
     log(f"work directory {work}")
     try:
         body(work)
@@ -489,7 +493,8 @@ def run_benchmark(results: Results, args: argparse.Namespace, prefix: str,
     except Exception as exc:  # noqa: BLE001
         results.notes.append(f"aborted: {type(exc).__name__}: {exc}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
     judge(results.rows)
     show(results)
     if args.json:

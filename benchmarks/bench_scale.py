@@ -2,6 +2,7 @@
 
     sudo python benchmarks/bench_scale.py [--quick] [--files N] [--mount-files M]
                                           [--json FILE] [--workdir DIR]
+                                          [--keep DIR | --reuse DIR]
 
 1. Build: N tiny images (default 1,000,000; --quick 100,000) through the Filesystem
    layer without FUSE (Store + Filesystem in this process, one flow `bulk`, 10,000
@@ -18,13 +19,20 @@
 5. The index size (data.mdb).
 
 Each row prints the figure and its target, PASS or MISS. It measures and does not
-test: it always exits 0, and always unmounts and removes its work directory.
+test: it always exits 0, and always unmounts and removes its work directory —
+except with --keep DIR: the store is built in DIR and left there, and a later
+--reuse DIR skips step 1 (sizes come from DIR/bench_scale.json) and measures steps
+2-5 exactly as a fresh run would. Before it does, it removes what a run leaves
+(backend b's index backups, the backup piece cache and copy), so the first backup
+is again a full one; the 1,000 changes set a value new to each run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -44,6 +52,7 @@ from bench_core import (GffsMount, Results, Row, bench_parser, drop_caches, log,
 
 PER_DIR = 10_000
 CHANGED = 1_000
+KEPT = "bench_scale.json"   # in a --keep directory: the sizes it was built with
 
 
 @dataclass
@@ -189,24 +198,52 @@ def row(results: Results, name: str, unit: str, value: float, target: str,
     results.rows.append(r)
 
 
-def run(work: Path, sizes: Sizes, results: Results) -> None:
-    config = write_config(work)
-    m = GffsMount(work, config)
+def build(work: Path, config: Path, m: GffsMount, sizes: Sizes, results: Results) -> None:
+    """Step 1: the offline files, then the files through the mount (left unmounted)."""
     m.path.mkdir()
     log(f"building {sizes.files} files without FUSE")
     rate = build_offline(config, sizes.files)
     row(results, f"build without FUSE ({sizes.files} files)", "files/s", rate, "-")
+    m.mount()
+    big = m.path / "big" / "all"
+    big.mkdir(parents=True)
+    log(f"writing {sizes.mount_files} files through the mount")
+    t0 = time.monotonic()
+    for i in range(sizes.mount_files):
+        (big / f"m{i:06d}.jpg").write_bytes(b"\xff\xd8\xff" + i.to_bytes(8, "big") + b"m")
+    row(results, f"create through the mount ({sizes.mount_files})", "files/s",
+        sizes.mount_files / (time.monotonic() - t0), "-")
+    m.unmount()
+
+
+def forget_backups(work: Path) -> None:
+    """Remove what an earlier run's index backups left, so a reused store backs up in full."""
+    from gffs.maintenance.backup import SNAPSHOT_DIR
+    from gffs.maintenance.backup_snapshot import CACHE_FILE
+
+    shutil.rmtree(work / "b", ignore_errors=True)
+    (work / "b").mkdir()
+    shutil.rmtree(work / "data" / SNAPSHOT_DIR, ignore_errors=True)
+    (work / "data" / CACHE_FILE).unlink(missing_ok=True)
+
+
+def run(work: Path, sizes: Sizes, results: Results, reuse: bool = False,
+        keep: bool = False) -> None:
+    config = write_config(work)
+    m = GffsMount(work, config)
     try:
-        m.mount()
+        if reuse:
+            log(f"reusing the store in {work} ({sizes.files} + {sizes.mount_files} files)")
+            results.notes.append(f"reused the store built in {work}")
+            if m.is_mounted():
+                raise RuntimeError(f"{m.path} is mounted: unmount it before --reuse")
+            forget_backups(work)
+        else:
+            build(work, config, m, sizes, results)
+            if keep:
+                (work / KEPT).write_text(json.dumps({"files": sizes.files,
+                                                     "mount_files": sizes.mount_files}) + "\n")
         big = m.path / "big" / "all"
-        big.mkdir(parents=True)
-        log(f"writing {sizes.mount_files} files through the mount")
-        t0 = time.monotonic()
-        for i in range(sizes.mount_files):
-            (big / f"m{i:06d}.jpg").write_bytes(b"\xff\xd8\xff" + i.to_bytes(8, "big") + b"m")
-        row(results, f"create through the mount ({sizes.mount_files})", "files/s",
-            sizes.mount_files / (time.monotonic() - t0), "-")
-        m.unmount()
         drop_caches(results)
         t0 = time.monotonic()
         m.mount()
@@ -227,8 +264,9 @@ def run(work: Path, sizes: Sizes, results: Results) -> None:
             row(results, f"  worst stat during {name}", "ms", probe.worst * 1000, "< 100 ms", 100)
             row(results, f"  daemon RssAnon during {name}", "MB", probe.anon_mb, "-")
         log(f"changing {CHANGED} files, then backing up")
+        changed = f"changed {time.time_ns()}".encode()   # new on a reused store too
         for i in range(min(CHANGED, sizes.mount_files)):
-            os.setxattr(big / f"m{i:06d}.jpg", "user.xdg.tags", b"changed")
+            os.setxattr(big / f"m{i:06d}.jpg", "user.xdg.tags", changed)
         row(results, f"index backup after {CHANGED} changes", "s",
             admin(config, "index", "backup"), "-")
         record_rss(m, results, "daemon")
@@ -246,13 +284,29 @@ def main(argv: list[str] | None = None) -> int:
     p = bench_parser(__doc__)
     p.add_argument("--files", type=int, help="files built without FUSE (default 1,000,000)")
     p.add_argument("--mount-files", type=int, help="files through the mount (default 100,000)")
+    kept = p.add_mutually_exclusive_group()
+    kept.add_argument("--keep", metavar="DIR", type=Path,
+                      help="build the store in DIR (new or empty) and leave it there")
+    kept.add_argument("--reuse", metavar="DIR", type=Path,
+                      help="measure the store an earlier --keep DIR built, without building")
     args = p.parse_args(argv)
     sizes = Sizes(100_000, 10_000) if args.quick else Sizes(1_000_000, 100_000)
     sizes.files = args.files or sizes.files
     sizes.mount_files = args.mount_files or sizes.mount_files
+    if args.reuse is not None:
+        try:
+            built = json.loads((args.reuse / KEPT).read_text())
+        except (OSError, ValueError) as exc:
+            p.error(f"--reuse {args.reuse}: not a store kept by --keep ({exc})")
+        sizes = Sizes(built["files"], built["mount_files"])
+    elif args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        p.error(f"--keep {args.keep}: not empty")
     results = new_results(sizes)
-    return run_benchmark(results, args, "gffs-bench-scale-", lambda work: run(work, sizes, results),
-                         lambda rows: None, lambda r: print_table(r, name_width=40))
+    reuse, keep = args.reuse is not None, args.keep is not None
+    return run_benchmark(results, args, "gffs-bench-scale-",
+                         lambda work: run(work, sizes, results, reuse, keep),
+                         lambda rows: None, lambda r: print_table(r, name_width=40),
+                         keep=args.reuse or args.keep)
 
 
 if __name__ == "__main__":
