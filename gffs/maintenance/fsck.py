@@ -31,7 +31,7 @@ from gffs.maintenance.fsck_chunks import ChunkCheck, users_of
 from gffs.maintenance.fsck_namespace import NamespaceCheck, paths_of
 from gffs.maintenance.fsck_report import Finding, Report
 from gffs.maintenance.fsck_views import ViewCheck
-from gffs.maintenance.fsck_worker import scan
+from gffs.maintenance.fsck_worker import ScanWorker
 from gffs.maintenance.jobs import job
 from gffs.maintenance.progress import Progress
 from gffs.store import Store
@@ -71,21 +71,23 @@ async def run_fsck(store: Store, opts: Options, progress: Progress) -> dict:
                 for name in ("inodes", "dirents", "dircookies", "blocks", "chunks")}
     ns_rows = rows["inodes"] + 2 * rows["dirents"] + rows["dircookies"]
 
-    nscheck = NamespaceCheck(index, report)
-    ns = await scan(progress, "checking the namespace", ns_rows, nscheck.scan)
-    if opts.repair:
-        nscheck.repair(ns)
+    ccheck = ChunkCheck(store, report, lambda ino: None)
+    async with ScanWorker(index.path, ccheck.ctx) as worker:
+        nscheck = NamespaceCheck(index, report)
+        ns = await worker.scan(progress, "checking the namespace", ns_rows, "namespace", report)
+        if opts.repair:
+            nscheck.repair(ns)
 
-    vcheck = ViewCheck(index, report)
-    views = await scan(progress, "checking the .views tables", vcheck.rows(), vcheck.scan)
-    if views.skipped:
-        report.note(views.skipped)
-    elif opts.repair:
-        vcheck.repair(views)
+        vcheck = ViewCheck(index, report)
+        views = await worker.scan(progress, "checking the .views tables", vcheck.rows(),
+                                  "views", report)
+        if views.skipped:
+            report.note(views.skipped)
+        elif opts.repair:
+            vcheck.repair(views)
 
-    ccheck = ChunkCheck(store, report, ns.file_flow)
-    chunks = await scan(progress, "checking the chunk table", rows["blocks"] + rows["chunks"],
-                        ccheck.scan)
+        chunks = await worker.scan(progress, "checking the chunk table",
+                                   rows["blocks"] + rows["chunks"], "chunks", report)
     bcheck = BackendCheck(store, report, progress, opts, chunks.flows)
     if opts.repair:
         await ccheck.repair(chunks)

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gffs.chunks.moves import ChunkMover
-from gffs.index import ChunkMap
+from gffs.index import ChunkMap, Index
 from gffs.index.env import LOGICAL_BYTES, N_CHUNKS, STORED_BYTES
 from gffs.index.images import ImageIndex
 from gffs.index.records import ChunkRecord, from_u64
 from gffs.maintenance.fsck_report import Finding, Report
-from gffs.maintenance.fsck_worker import Ticker
+from gffs.maintenance.fsck_worker import ScanContext, Ticker
 from gffs.maintenance.gc import GC_MIN_AGE
 from gffs.placement.policy import STAGING
 from gffs.store import Store
@@ -55,9 +55,19 @@ class ChunkCheck:
                  file_flow: Callable[[int], str | None]) -> None:
         self.store = store
         self.index = store.index
+        self.ctx = ScanContext.of(store)
         self.cm = ChunkMap(store.index)
         self.report = report
         self.file_flow = file_flow
+
+    @classmethod
+    def for_scan(cls, index: Index, ctx: ScanContext, report: Report,
+                 file_flow: Callable[[int], str | None]) -> "ChunkCheck":
+        """A check that can only scan (no Store): what the fsck worker process runs."""
+        self = cls.__new__(cls)
+        self.store, self.index, self.ctx = None, index, ctx
+        self.cm, self.report, self.file_flow = ChunkMap(index), report, file_flow
+        return self
 
     # checking (worker thread, one read transaction) -----------------------------------
     def scan(self, tick: Ticker) -> ChunkScan:
@@ -74,12 +84,9 @@ class ChunkCheck:
         return finding
 
     def _count_refs(self, txn, s: ChunkScan, tick: Ticker) -> Counter:
-        placement = self.store.placement
-        if placement.flows:  # per-flow policies: remember which flow each chunk serves
+        copies = self.ctx.copies
+        if self.ctx.flow_copies:  # per-flow policies: remember which flow each chunk serves
             s.flows = {}
-
-            def copies(flow: str | None) -> int:
-                return placement.policy_for(flow).copies
         refs: Counter = Counter()
         last_ino, flow, n = -1, None, 0
         for key, digest in txn.cursor(db=self.index.db["blocks"]):
@@ -148,9 +155,9 @@ class ChunkCheck:
                           chunks - have["chunks"], nbytes - have["bytes"])
 
     def _check_locations(self, s: ChunkScan, digest: bytes, rec: ChunkRecord) -> None:
-        configured = [loc.backend for loc in rec.locations if loc.backend in self.store.backends]
+        configured = [loc.backend for loc in rec.locations if loc.backend in self.ctx.backends]
         for loc in rec.locations:
-            if loc.backend in self.store.backends or loc.backend == STAGING:
+            if loc.backend in self.ctx.backends or loc.backend == STAGING:
                 continue  # (a staged copy waits for its upload: the repair queue has it)
             obj = f"chunk {digest.hex()}"
             if configured:

@@ -51,6 +51,15 @@ class NsScan:
     max_cookie: int = 0
     todo: list[tuple[Finding, str, tuple]] = field(default_factory=list)
 
+    def for_repair(self) -> "NsScan":
+        """The part repair needs (the findings, and the rows of unreachable inodes), without
+        the per-inode tables: what the fsck worker process sends back to the daemon."""
+        lost = {args[0] for _f, action, args in self.todo if action == "to_lost_found"}
+        return NsScan(inodes={i: self.inodes[i] for i in lost},
+                      links=Counter({i: self.links[i] for i in lost if self.links[i]}),
+                      holders={i: self.holders[i] for i in lost if i in self.holders},
+                      todo=self.todo)
+
     def file_flow(self, ino: int) -> str | None:
         """The flow whose placement policy a file's chunks follow (its parent's flow)."""
         rec = self.inodes.get(ino)
