@@ -13,8 +13,9 @@
 3. Each admin command in turn (status, rebalance --dry-run, fsck, gc, index
    backup) while a thread stat()s a file on the mount in a loop: the command's
    time, the worst stat latency during it (the FUSE requests must not wait
-   for admin work) and the daemon's largest RssAnon sampled meanwhile (its heap;
-   the peak RSS row also counts the index pages LMDB maps, up to data.mdb's size).
+   for admin work), the daemon's largest RssAnon sampled meanwhile (its heap) and
+   its peak RSS (VmHWM) after it: which command raised the peak (VmRSS also counts
+   the index pages LMDB maps, up to data.mdb's size).
 4. 1,000 files changed (an xattr each) then one more index backup: its time.
 5. The index size (data.mdb).
 
@@ -263,6 +264,9 @@ def run(work: Path, sizes: Sizes, results: Results, reuse: bool = False,
                 row(results, f"gffs-admin {name}", "s", took, "-")
             row(results, f"  worst stat during {name}", "ms", probe.worst * 1000, "< 100 ms", 100)
             row(results, f"  daemon RssAnon during {name}", "MB", probe.anon_mb, "-")
+            peak = m.peak_rss_mb()
+            if peak is not None:
+                row(results, f"  daemon peak RSS after {name}", "MB", peak, "-")
         log(f"changing {CHANGED} files, then backing up")
         changed = f"changed {time.time_ns()}".encode()   # new on a reused store too
         for i in range(min(CHANGED, sizes.mount_files)):
