@@ -29,6 +29,7 @@ from gffs.maintenance import backup as backup_mod
 from gffs.maintenance import backup_format
 from gffs.maintenance.backup import backup_if_changed, backup_index, list_versions
 from gffs.maintenance.backup_format import PIECES, VERSIONS, BadBackup, records
+from gffs.maintenance.backup_snapshot import snapshot
 from gffs.maintenance.jobs import JobRefused
 from gffs.maintenance.progress import Progress
 from gffs.maintenance.restore import restore_index
@@ -392,6 +393,13 @@ def change_many_tables(store: Store) -> None:
     trio.run(main)
 
 
+def full_cut(store: Store) -> list[tuple[str, str]]:
+    """(table, sha256) of every piece a full cut of the committed index makes now."""
+    got: list[tuple[str, str]] = []
+    snapshot(store.index, lambda table, sha, _size, _plain: got.append((table, sha)), {})
+    return got
+
+
 def manifest_pieces(tmp_path: Path, version: str) -> list[tuple[str, str]]:
     disk = LocalBackend("disk", tmp_path / "disk")
     m = json.loads(trio.run(disk.get_meta, f"{VERSIONS}{version}.json"))
@@ -416,10 +424,13 @@ def test_incremental_backup_equals_a_full_one_and_restores_the_same_records(
         LocalBackend("disk", tmp_path / "disk").get_meta,
         f"{VERSIONS}{incremental['backends'][0]['version']}.json"))["tables"].values())
     assert len(cuts) < 0.5 * n_records, (len(cuts), n_records)
-    # a full cut of the same state (no cache) makes exactly the same pieces
+    assert incremental["pass"] == "changes", incremental
+    assert manifest_pieces(tmp_path, incremental["backends"][0]["version"]) == full_cut(store)
+    # a full pass of the same state (no cache, changes unknown) makes exactly the same pieces
     (cfg.data_dir / backup_mod.CACHE_FILE).unlink()
+    store.index.changes.doubt()
     full = backup(store)
-    assert full["pieces_reused"] == 0
+    assert full["pieces_reused"] == 0 and full["pass"] == "full"
     assert full["backends"][0]["unchanged"] is True       # same pieces: no new manifest
     vid = incremental["backends"][0]["version"]
     assert full["backends"][0]["version"] == vid
@@ -461,15 +472,18 @@ def test_a_stale_or_damaged_piece_cache_costs_time_not_correctness(tmp_path, cfg
     change_many_tables(store)
     reference = backup(store)             # with the right cache
     (cfg.data_dir / backup_mod.CACHE_FILE).write_bytes(stale)   # one version behind
+    store.index.changes.doubt()           # (a full pass reads the cache file)
     again = backup(store)
     assert again["backends"][0]["unchanged"] is True, again
     cache.write_bytes(b"{not json")
+    store.index.changes.doubt()
     assert backup(store)["backends"][0]["version"] == reference["backends"][0]["version"]
     doc = json.loads(stale)               # a cache whose hashes lie about every piece
     for pieces in doc["tables"].values():
         for p in pieces:
             p[2] = "0" * 64
     cache.write_text(json.dumps(doc))
+    store.index.changes.doubt()
     assert backup(store)["backends"][0]["version"] == reference["backends"][0]["version"]
 
 
