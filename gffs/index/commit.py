@@ -215,6 +215,7 @@ class GroupCommit:
             group, self._group = self._group, None
             try:
                 group.put(JOURNAL_SEQ, u64(self.seq), db=self.index.db["meta"])
+                self.changes.add(self.index.dbnum(self.index.db["meta"]), JOURNAL_SEQ)
                 self.index.changes.commit(group, self.changes, wrote=True)
             except BaseException:
                 self._rebuild(group)     # still holds every change: self.changes stays

@@ -130,6 +130,7 @@ async def backup_index(store: Store, progress: Progress,
             raise
         reused = info.pop("reused", 0)
         how = info.pop("pass")
+        read_s = info.pop("read_s")
         progress.finish_phase()
         vid = new_version_id()
         m = manifest(vid, store.index.store_id, store.index.block_size, info, refs)
@@ -156,6 +157,7 @@ async def backup_index(store: Store, progress: Progress,
             store.index.changes.give_back(cut["changes"])
     return {"exit_code": EXIT_FAILED if failed or not targets else EXIT_OK,
             "pieces": len(refs), "pieces_reused": reused, "pass": how,
+            "read_seconds": round(read_s, 3),
             "bytes": sum(p.size for p in refs),
             "summary": info["summary"], "backends": results}
 

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from array import array
 from dataclasses import dataclass
 from bisect import bisect_left, bisect_right
@@ -313,6 +314,7 @@ def snapshot_changes(index: Index, txn, changes: Changes,
     pieces: dict[str, list[CachedPiece]] = {}
     tables: dict[str, int] = {}
     reused = 0
+    t0 = time.monotonic()
     try:
         for table in DB_NAMES:
             out = pieces[table] = []
@@ -329,6 +331,7 @@ def snapshot_changes(index: Index, txn, changes: Changes,
                             "logical_bytes": index.counter(txn, LOGICAL_BYTES)}}
     finally:
         txn.abort()
+    info["read_s"] = time.monotonic() - t0
     return info, pieces
 
 
@@ -362,7 +365,9 @@ def snapshot_copy(index: Index, workdir: Path, emit: Emit, cache: Path | None = 
     workdir.mkdir(parents=True)
     try:
         txnid = index.env.info()["last_txnid"]      # the copy holds at least this state
+        t0 = time.monotonic()
         index.env.copy(str(workdir), compact=True)
+        read_s = time.monotonic() - t0
         _prefetch(workdir / "data.mdb")
         copy = Index(workdir, readonly=True)
         try:
@@ -371,6 +376,6 @@ def snapshot_copy(index: Index, workdir: Path, emit: Emit, cache: Path | None = 
             copy.close()
         if cache:
             save_cache(cache, pieces)
-        return {**info, "txnid": txnid}, pieces
+        return {**info, "txnid": txnid, "read_s": read_s}, pieces
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
