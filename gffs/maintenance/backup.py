@@ -1,9 +1,11 @@
 """Index backups to the backends: consistent, versioned, incremental; automatic in the daemon.
 
 The LMDB index is the one thing a lost machine takes with it (chunks are on the
-backends). A backup serializes every table in one read transaction (a consistent
+backends). A backup serializes every table as of one read transaction (a consistent
 snapshot, taken in one worker thread: LMDB transactions are thread-bound), cuts
-it into content-defined pieces (backup_format.py) and uploads to each target
+it into content-defined pieces (backup_format.py), reading only the pieces around
+the keys that changed since the last backup when those are known
+(gffs/index/changes.py; otherwise a full pass of a compact copy), and uploads to each target
 backend the pieces it does not hold yet, then the manifest last: a backup that
 dies half-way leaves only unreferenced pieces, which the next one's pruning
 deletes. Pruning keeps the newest ``index_backup_keep`` versions of this store

@@ -1,5 +1,10 @@
 """Cutting a snapshot of the index into backup pieces, reusing the last backup's unchanged pieces.
 
+Two ways. :func:`snapshot_changes` (the usual one in a daemon) knows which keys
+changed since the last cut (gffs/index/changes.py) and reuses every other piece
+without reading it. :func:`snapshot_copy`, the full pass when the changes are not
+known, recognises unchanged pieces by the fingerprint of their records:
+
 The cut rule (backup_format.py) is content-defined: after a cut, the next piece
 depends only on the records that follow. So if the next ``count`` records are
 exactly those of a piece of the last backup, a full cut would produce that very
