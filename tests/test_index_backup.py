@@ -29,6 +29,7 @@ from gffs.maintenance import backup as backup_mod
 from gffs.maintenance import backup_format
 from gffs.maintenance.backup import backup_if_changed, backup_index, list_versions
 from gffs.maintenance.backup_format import PIECES, VERSIONS, BadBackup, records
+from gffs.maintenance.backup_snapshot import snapshot
 from gffs.maintenance.jobs import JobRefused
 from gffs.maintenance.progress import Progress
 from gffs.maintenance.restore import restore_index
@@ -392,6 +393,13 @@ def change_many_tables(store: Store) -> None:
     trio.run(main)
 
 
+def full_cut(store: Store) -> list[tuple[str, str]]:
+    """(table, sha256) of every piece a full cut of the committed index makes now."""
+    got: list[tuple[str, str]] = []
+    snapshot(store.index, lambda table, sha, _size, _plain: got.append((table, sha)), {})
+    return got
+
+
 def manifest_pieces(tmp_path: Path, version: str) -> list[tuple[str, str]]:
     disk = LocalBackend("disk", tmp_path / "disk")
     m = json.loads(trio.run(disk.get_meta, f"{VERSIONS}{version}.json"))
@@ -416,10 +424,13 @@ def test_incremental_backup_equals_a_full_one_and_restores_the_same_records(
         LocalBackend("disk", tmp_path / "disk").get_meta,
         f"{VERSIONS}{incremental['backends'][0]['version']}.json"))["tables"].values())
     assert len(cuts) < 0.5 * n_records, (len(cuts), n_records)
-    # a full cut of the same state (no cache) makes exactly the same pieces
+    assert incremental["pass"] == "changes", incremental
+    assert manifest_pieces(tmp_path, incremental["backends"][0]["version"]) == full_cut(store)
+    # a full pass of the same state (no cache, changes unknown) makes exactly the same pieces
     (cfg.data_dir / backup_mod.CACHE_FILE).unlink()
+    store.index.changes.doubt()
     full = backup(store)
-    assert full["pieces_reused"] == 0
+    assert full["pieces_reused"] == 0 and full["pass"] == "full"
     assert full["backends"][0]["unchanged"] is True       # same pieces: no new manifest
     vid = incremental["backends"][0]["version"]
     assert full["backends"][0]["version"] == vid
@@ -461,15 +472,18 @@ def test_a_stale_or_damaged_piece_cache_costs_time_not_correctness(tmp_path, cfg
     change_many_tables(store)
     reference = backup(store)             # with the right cache
     (cfg.data_dir / backup_mod.CACHE_FILE).write_bytes(stale)   # one version behind
+    store.index.changes.doubt()           # (a full pass reads the cache file)
     again = backup(store)
     assert again["backends"][0]["unchanged"] is True, again
     cache.write_bytes(b"{not json")
+    store.index.changes.doubt()
     assert backup(store)["backends"][0]["version"] == reference["backends"][0]["version"]
     doc = json.loads(stale)               # a cache whose hashes lie about every piece
     for pieces in doc["tables"].values():
         for p in pieces:
             p[2] = "0" * 64
     cache.write_text(json.dumps(doc))
+    store.index.changes.doubt()
     assert backup(store)["backends"][0]["version"] == reference["backends"][0]["version"]
 
 
@@ -495,3 +509,199 @@ def test_restore_of_a_backup_written_before_the_piece_cache(tmp_path):
         assert backup(store)["backends"][0]["unchanged"] is True
     finally:
         store.close()
+
+
+# --- backups that read only around what changed (gffs/index/changes.py) ------------------
+
+PROTECTED_META = {b"schema", b"store_id", b"block_size", b"created_ns"}
+
+
+def random_changes(store: Store, rnd: random.Random, n: int) -> None:
+    """*n* puts, overwrites and deletes in every table, many at or next to the first keys
+    of the last backup's pieces (where a cut begins), in a few write transactions. Values
+    in ``chunks`` are other records' (restore reads that table)."""
+    pieces = backup_mod._state(store).pieces or {}
+    index = store.index
+    for table in DB_NAMES:
+        db = index.db[table]
+        with index.read() as txn:
+            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
+        keys = [k for k, _v in records]
+
+        def value(n: int) -> bytes:
+            return rnd.choice(records)[1] if table == "chunks" else rnd.randbytes(n)
+        firsts = [p.first for p in pieces.get(table, [])]
+        with index.write() as txn:
+            for _ in range(n):
+                what = rnd.random()
+                if table == "meta":
+                    txn.put(b"test-%d" % rnd.randrange(50), rnd.randbytes(rnd.randrange(1, 300)),
+                            db=db)
+                elif what < 0.25 and firsts:                   # a piece's first key goes
+                    txn.delete(rnd.choice(firsts), db=db)
+                elif what < 0.4 and firsts:                    # a record just before a cut
+                    k = keys.index(f) - 1 if (f := rnd.choice(firsts)) in keys else -1
+                    if k >= 0:
+                        txn.delete(keys[k], db=db)
+                elif what < 0.6 and keys:                      # overwritten
+                    txn.put(rnd.choice(keys), value(rnd.randrange(0, 2000)), db=db)
+                elif what < 0.75 and keys:
+                    txn.delete(rnd.choice(keys), db=db)
+                elif records or table != "chunks":             # new, anywhere in key order
+                    txn.put(rnd.randbytes(rnd.randrange(1, 40)),
+                            value(rnd.randrange(0, 1500)), db=db)
+
+
+def empty_table(store: Store, table: str) -> None:
+    with store.index.read() as txn:
+        keys = [bytes(k) for k in txn.cursor(db=store.index.db[table]).iternext(values=False)]
+    with store.index.write() as txn:
+        for k in keys:
+            txn.delete(k, db=store.index.db[table])
+
+
+def check_like_a_full_cut(tmp_path: Path, store: Store, result: dict, how: str = "changes"
+                          ) -> None:
+    assert result["exit_code"] == 0, result
+    assert result["pass"] == how, result
+    version = result["backends"][0]["version"]
+    assert manifest_pieces(tmp_path, version) == full_cut(store)
+
+
+def test_random_changes_in_every_table_give_the_pieces_of_a_full_cut(tmp_path, cfg, store,
+                                                                     monkeypatch):
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 2 << 10)
+    populate(store, 300)
+    check_like_a_full_cut(tmp_path, store, backup(store), how="full")
+    rnd = random.Random(13)
+    reads = []
+    real = backup_format.ends_piece
+    monkeypatch.setattr(backup_format, "ends_piece", lambda *a: reads.append(1) or real(*a))
+    for rounds in range(8):
+        random_changes(store, rnd, 1 + rounds % 3)
+        if rounds == 2:
+            empty_table(store, "xattrs")                       # a table emptied
+        if rounds == 4:                                        # ... and filled again
+            with store.index.write() as txn:
+                for i in range(40):
+                    txn.put(b"x%03d" % i, rnd.randbytes(300), db=store.index.db["xattrs"])
+        reads.clear()
+        result = backup(store)
+        decided = len(reads)
+        check_like_a_full_cut(tmp_path, store, result)
+        assert result["pieces_reused"] > 0, result
+    # the cut decided only records around changes (the last round: a few keys per table)
+    reads.clear()
+    full_cut(store)
+    assert decided < 0.5 * len(reads), (decided, len(reads))
+    # and the result restores
+    before = dump(store.index)
+    store.close()
+    wipe_data_dir(cfg)
+    restore(cfg)
+    assert dump(cfg.index_dir) == before
+
+
+def test_a_restart_or_an_unseen_commit_makes_one_full_pass(tmp_path, cfg, store, monkeypatch):
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    populate(store, 200)
+    check_like_a_full_cut(tmp_path, store, backup(store), how="full")
+    rnd = random.Random(5)
+    random_changes(store, rnd, 2)
+    check_like_a_full_cut(tmp_path, store, backup(store))
+    # a write the tracker does not see (as another process's would be): the ids jump
+    with store.index.env.begin(write=True) as txn:
+        txn.put(b"unseen", b"1", db=store.index.db["xattrs"])
+    check_like_a_full_cut(tmp_path, store, backup(store), how="full")
+    with store.index.env.begin(write=True) as txn:      # ... also followed by a seen one
+        txn.put(b"unseen", b"2", db=store.index.db["xattrs"])
+    random_changes(store, rnd, 2)
+    check_like_a_full_cut(tmp_path, store, backup(store), how="full")
+    random_changes(store, rnd, 2)
+    check_like_a_full_cut(tmp_path, store, backup(store))
+    # a restart knows nothing: one full pass (reusing the cache file), then incremental again
+    store.close()
+    backup_mod._STATES.clear()
+    again = Store(cfg, "test")
+    try:
+        random_changes(again, rnd, 2)
+        result = backup(again)
+        check_like_a_full_cut(tmp_path, again, result, how="full")
+        assert result["pieces_reused"] > 0
+        random_changes(again, rnd, 2)
+        check_like_a_full_cut(tmp_path, again, backup(again))
+    finally:
+        again.close()
+
+
+def test_a_failed_backup_gives_its_changes_back(tmp_path, cfg, store, monkeypatch):
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    populate(store, 200)
+    backup(store)
+    rnd = random.Random(8)
+    random_changes(store, rnd, 3)
+    real_put = LocalBackend.put_meta
+    uploads = []
+
+    async def failing_put(self, name, data):
+        if name.startswith(PIECES):
+            uploads.append(name)
+            if len(uploads) == 2:                  # the second piece: mid-upload
+                raise backup_mod.BackendError("injected")
+        return await real_put(self, name, data)
+    monkeypatch.setattr(LocalBackend, "put_meta", failing_put)
+    failed = backup(store)
+    assert failed["exit_code"] == 1 and len(uploads) >= 2, failed
+    monkeypatch.setattr(LocalBackend, "put_meta", real_put)
+    random_changes(store, rnd, 2)                  # more changes after the failure
+    check_like_a_full_cut(tmp_path, store, backup(store))
+    # a cut that raises (a bug): the next backup is a full pass
+    random_changes(store, rnd, 2)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("injected")
+    monkeypatch.setattr(backup_mod, "snapshot_changes", broken)
+    with pytest.raises(Exception):
+        backup(store)
+    monkeypatch.undo()
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    check_like_a_full_cut(tmp_path, store, backup(store), how="full")
+
+
+def test_group_commit_changes_reach_the_backup_that_sees_them(tmp_path, cfg, store,
+                                                              monkeypatch):
+    """Under group commit (a mount) a backup reads the committed state: changes merged but
+    not yet committed are neither in it nor lost for the next one."""
+    from gffs.index import commit as commit_mod
+    monkeypatch.setattr(backup_format, "TARGET_PIECE", 4 << 10)
+    monkeypatch.setattr(commit_mod, "COMMIT_INTERVAL", 3600.0)   # commits only when asked
+    populate(store, 200)
+    backup(store)
+    db = store.index.db["xattrs"]
+
+    async def nothing() -> None:
+        pass
+
+    async def main() -> list[dict]:
+        out = []
+        async with store.index.grouped(nothing):
+            with store.index.write() as txn:
+                txn.put(b"grouped-a", b"1", db=db)
+            await store.index.durable()
+            with store.index.write() as txn:          # merged, not committed
+                txn.put(b"grouped-b", b"2", db=db)
+                txn.delete(b"grouped-a", db=db)
+            out.append(await backup_index(store, Progress()))
+            out.append(full_cut(store))
+            await store.index.durable()
+            out.append(await backup_index(store, Progress()))
+            out.append(full_cut(store))
+        return out
+
+    first, cut1, second, cut2 = trio.run(main)
+    for result, cut in ((first, cut1), (second, cut2)):
+        assert result["exit_code"] == 0 and result["pass"] == "changes", result
+        assert manifest_pieces(tmp_path, result["backends"][0]["version"]) == cut
+    assert cut1 != cut2
+    with store.index.read() as txn:
+        assert txn.get(b"grouped-b", db=db) == b"2" and txn.get(b"grouped-a", db=db) is None

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterator
 import lmdb
 import trio
 
+from gffs.index.changes import Changes
 from gffs.index.errors import IndexFailure, IndexFull, IndexUnwritable
 from gffs.index.journal import DELETE, PUT, VOID, Journal, Op
 from gffs.index.records import from_u64, u64
@@ -56,26 +57,48 @@ MAIN_DB = 255                  # journal db number of LMDB's unnamed database
 
 
 class RecordingTxn:
-    """A child write transaction that remembers its puts and deletes for the journal."""
+    """A child write transaction that remembers its puts and deletes for the journal.
 
-    __slots__ = ("txn", "ops", "_dbnum")
+    With *changes* (a write outside a group: no journal) it notes only the changed
+    keys there, for incremental backups (gffs/index/changes.py), and passes any
+    other transaction method through, marking the transaction *untracked*. In a
+    group only put and delete exist (the journal could not redo anything else).
+    """
 
-    def __init__(self, txn: lmdb.Transaction, dbnum: Callable[[object], int]) -> None:
+    __slots__ = ("txn", "ops", "_dbnum", "changes", "untracked")
+
+    def __init__(self, txn: lmdb.Transaction, dbnum: Callable[[object], int],
+                 changes: Changes | None = None) -> None:
         self.txn = txn
         self.ops: list[Op] = []
         self._dbnum = dbnum
+        self.changes = changes
+        self.untracked = False
 
     def put(self, key: bytes, value: bytes, *, db=None, overwrite: bool = True, **kw) -> bool:
         done = self.txn.put(key, value, db=db, overwrite=overwrite, **kw)
         if done:
-            self.ops.append((PUT, self._dbnum(db), bytes(key), bytes(value)))
+            if self.changes is not None:
+                self.changes.add(self._dbnum(db), bytes(key))
+            else:
+                self.ops.append((PUT, self._dbnum(db), bytes(key), bytes(value)))
         return done
 
     def delete(self, key: bytes, value: bytes = b"", *, db=None) -> bool:
         done = self.txn.delete(key, value, db=db)
         if done:
-            self.ops.append((DELETE, self._dbnum(db), bytes(key), bytes(value)))
+            if self.changes is not None:
+                self.changes.add(self._dbnum(db), bytes(key))
+            else:
+                self.ops.append((DELETE, self._dbnum(db), bytes(key), bytes(value)))
         return done
+
+    def __getattr__(self, name: str):
+        """Outside a group, another transaction method (replace, pop, ...): not tracked."""
+        if self.changes is None or name.startswith("_"):
+            raise AttributeError(name)
+        self.untracked = True
+        return getattr(self.txn, name)
 
     def get(self, key: bytes, default=None, *, db=None):
         return self.txn.get(key, default, db=db)
@@ -173,6 +196,7 @@ class GroupCommit:
             raw = txn.get(JOURNAL_SEQ, db=index.db["meta"])
         self.seq = self.durable_seq = from_u64(raw) if raw is not None else 0
         self.dirty = False
+        self.changes = Changes()                 # keys the open group changed (backups)
         self.failure: IndexFailure | None = None
         self._wakeup = trio.Event()
         self._committing: trio.Event | None = None
@@ -191,10 +215,12 @@ class GroupCommit:
             group, self._group = self._group, None
             try:
                 group.put(JOURNAL_SEQ, u64(self.seq), db=self.index.db["meta"])
-                group.commit()
+                self.changes.add(self.index.dbnum(self.index.db["meta"]), JOURNAL_SEQ)
+                self.index.changes.commit(group, self.changes, wrote=True)
             except BaseException:
-                self._rebuild(group)
+                self._rebuild(group)     # still holds every change: self.changes stays
                 raise
+            self.changes = Changes()
             self.durable_seq = self.seq
             try:
                 self.journal.reset()
@@ -269,6 +295,7 @@ class GroupCommit:
                 log.error("index journal: cannot void record %d", seq)
             raise
         self.dirty = True
+        self.changes.add_ops(ops)
         if self.journal.bytes_pending > MAX_GROUP_BYTES:
             self._wakeup.set()
 

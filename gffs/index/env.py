@@ -19,6 +19,7 @@ import lmdb
 import trio
 
 from gffs.errors import ConfigError
+from gffs.index.changes import Changes, ChangeTracker
 from gffs.index.commit import MAIN_DB, GroupCommit, GroupView, RecordingTxn, replay
 from gffs.index.errors import IndexFull, IndexUnwritable
 from gffs.index.journal import Journal
@@ -74,6 +75,7 @@ class Index:
         self._dbnums = {id(h): i for i, h in self.dbs_by_number.items() if h is not None}
         self.group: GroupCommit | None = None
         self.journal: Journal | None = None
+        self.changes = ChangeTracker(self.env)   # for incremental backups (changes.py)
         self._init_meta(block_size)
         if not readonly:
             try:
@@ -132,7 +134,7 @@ class Index:
         return False
 
     @contextmanager
-    def write(self) -> Iterator[lmdb.Transaction | RecordingTxn]:
+    def write(self) -> Iterator[RecordingTxn]:
         """A write transaction; a full disk or full map becomes ENOSPC, nothing half-done.
 
         With group commit running (a mount) this is a child of the open group on
@@ -146,8 +148,7 @@ class Index:
                 with self.group.child() as txn:
                     yield txn
             else:
-                with self.env.begin(write=True) as txn:
-                    yield txn
+                yield from self._tracked_write()
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise IndexFull(f"index: {exc}") from exc
         except lmdb.Error as exc:
@@ -155,6 +156,18 @@ class Index:
             if "No space left" in str(exc) or self._disk_nearly_full():
                 raise IndexFull(f"index: disk full ({exc})") from exc
             raise IndexUnwritable(f"index: {exc}") from exc
+
+    def _tracked_write(self) -> Iterator[RecordingTxn]:
+        """A write transaction outside a group whose changed keys the tracker learns."""
+        txn = self.env.begin(write=True)
+        rec = RecordingTxn(txn, self.dbnum, Changes())
+        try:
+            yield rec
+        except BaseException:
+            txn.abort()
+            raise
+        self.changes.commit(txn, None if rec.untracked else rec.changes,
+                            wrote=bool(rec.changes))
 
     def _disk_nearly_full(self) -> bool:
         try:

@@ -1,9 +1,11 @@
 """Index backups to the backends: consistent, versioned, incremental; automatic in the daemon.
 
 The LMDB index is the one thing a lost machine takes with it (chunks are on the
-backends). A backup serializes every table in one read transaction (a consistent
+backends). A backup serializes every table as of one read transaction (a consistent
 snapshot, taken in one worker thread: LMDB transactions are thread-bound), cuts
-it into content-defined pieces (backup_format.py) and uploads to each target
+it into content-defined pieces (backup_format.py), reading only the pieces around
+the keys that changed since the last backup when those are known
+(gffs/index/changes.py; otherwise a full pass of a compact copy), and uploads to each target
 backend the pieces it does not hold yet, then the manifest last: a backup that
 dies half-way leaves only unreferenced pieces, which the next one's pruning
 deletes. Pruning keeps the newest ``index_backup_keep`` versions of this store
@@ -18,6 +20,7 @@ reported; they never fail the mount.
 from __future__ import annotations
 
 import logging
+import tempfile
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -29,7 +32,8 @@ from gffs.errors import ConfigError
 from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRef, encode_manifest,
                                             manifest, new_version_id, parse_manifest, piece_name,
                                             version_name, version_of)
-from gffs.maintenance.backup_snapshot import CACHE_FILE, snapshot_copy
+from gffs.maintenance.backup_snapshot import (CACHE_FILE, CachedPiece, save_cache,
+                                              snapshot_changes, snapshot_copy)
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs_backends.base import Backend, BackendError, ObjectMissing
@@ -60,6 +64,7 @@ class _State:
     lock: trio.Lock = field(default_factory=trio.Lock)
     known: dict[str, _Known] = field(default_factory=dict)
     txnid: int | None = None        # index transaction of the last backup that reached all targets
+    pieces: dict[str, list[CachedPiece]] | None = None   # that backup's cut (None: none yet)
 
 
 _STATES: "weakref.WeakKeyDictionary[Store, _State]" = weakref.WeakKeyDictionary()
@@ -119,8 +124,15 @@ async def backup_index(store: Store, progress: Progress,
                     failed[name] = str(exc)
         live = {n: b for n, b in targets.items() if n not in failed}
         progress.begin("index backup", unit="pieces")
-        refs, info = await _upload_snapshot(store, live, state, progress, failed)
+        cut: dict[str, Any] = {}
+        try:
+            refs, info = await _upload_snapshot(store, live, state, progress, failed, cut)
+        except BaseException:
+            _failed_cut(store, state, cut)
+            raise
         reused = info.pop("reused", 0)
+        how = info.pop("pass")
+        read_s = info.pop("read_s")
         progress.finish_phase()
         vid = new_version_id()
         m = manifest(vid, store.index.store_id, store.index.block_size, info, refs)
@@ -139,27 +151,81 @@ async def backup_index(store: Store, progress: Progress,
             results.append(res)
         if targets and not failed:
             state.txnid = info["txnid"]
+            state.pieces = cut["pieces"]
+            if how == "changes":        # (a full pass wrote it already)
+                await trio.to_thread.run_sync(save_cache, store.cfg.data_dir / CACHE_FILE,
+                                              state.pieces)
+        elif "changes" in cut:
+            store.index.changes.give_back(cut["changes"])
     return {"exit_code": EXIT_FAILED if failed or not targets else EXIT_OK,
-            "pieces": len(refs), "pieces_reused": reused, "bytes": sum(p.size for p in refs),
+            "pieces": len(refs), "pieces_reused": reused, "pass": how,
+            "read_seconds": round(read_s, 3),
+            "bytes": sum(p.size for p in refs),
             "summary": info["summary"], "backends": results}
 
 
+def _failed_cut(store: Store, state: _State, cut: dict[str, Any]) -> None:
+    """A backup that raised (a bug, or a piece that changed untracked): the next one is a
+    full pass."""
+    if "changes" in cut:
+        store.index.changes.give_back(cut["changes"])
+    store.index.changes.doubt()
+    state.pieces = None
+
+
 async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State,
-                           progress: Progress, failed: dict[str, str]
+                           progress: Progress, failed: dict[str, str], cut: dict[str, Any]
                            ) -> tuple[list[PieceRef], dict[str, Any]]:
-    """Stream the snapshot from its thread and upload each piece where it is missing."""
+    """Cut the index in a thread, streaming each piece to the uploads where it is missing.
+
+    With the last backup's cut in memory and the changes since known (the usual case
+    in a daemon), only the pieces around changed keys are read, in one short read
+    transaction of the live index; their plaintexts go to an anonymous spool file and
+    are uploaded after that transaction ended. Otherwise (first backup of a process,
+    or any doubt) a full pass cuts a compact copy. *cut* receives the changes taken
+    ("changes", to give back on failure) and the new cut ("pieces").
+    """
     sets = [state.known[n].pieces for n in live]
     everywhere = {sha: size for sha, size in sets[0].items()
                   if all(sha in s for s in sets[1:])} if sets else {}
     send, recv = trio.open_memory_channel(2)
     info: dict[str, Any] = {}
+    index = store.index
+
+    def emit(table: str, sha: str, size: int, plain: Callable[[], bytes]) -> None:
+        stored = None if sha in everywhere else codec.encode(plain(), True)[1]
+        trio.from_thread.run(send.send, (table, sha, size, stored))
+
+    def changed_pass(txn) -> dict[str, Any]:
+        with tempfile.TemporaryFile(dir=store.cfg.data_dir) as spool:
+            items: list[tuple[str, str, int, int | None]] = []
+
+            def to_spool(table: str, sha: str, size: int, plain: Callable[[], bytes]) -> None:
+                if sha in everywhere:
+                    items.append((table, sha, size, None))
+                else:
+                    items.append((table, sha, size, spool.tell()))
+                    spool.write(plain())
+            found, cut["pieces"] = snapshot_changes(index, txn, cut["changes"], state.pieces,
+                                                    to_spool)       # txn ends here
+            for table, sha, size, at in items:
+                stored = None
+                if at is not None:
+                    spool.seek(at)
+                    stored = codec.encode(spool.read(size), True)[1]
+                trio.from_thread.run(send.send, (table, sha, size, stored))
+        return {**found, "pass": "changes"}
 
     def produce() -> dict[str, Any]:
-        def emit(table: str, sha: str, size: int, plain: Callable[[], bytes]) -> None:
-            stored = None if sha in everywhere else codec.encode(plain(), True)[1]
-            trio.from_thread.run(send.send, (table, sha, size, stored))
+        changes, txn = index.changes.take(index.env.begin)
+        cut["changes"] = changes
+        if state.pieces is not None and not changes.everything and not changes.whole:
+            return changed_pass(txn)
+        txn.abort()
         data_dir = store.cfg.data_dir
-        return snapshot_copy(store.index, data_dir / SNAPSHOT_DIR, emit, data_dir / CACHE_FILE)
+        found, cut["pieces"] = snapshot_copy(index, data_dir / SNAPSHOT_DIR, emit,
+                                             data_dir / CACHE_FILE)
+        return {**found, "pass": "full"}
 
     async def producer() -> None:
         async with send:

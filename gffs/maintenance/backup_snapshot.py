@@ -1,5 +1,10 @@
 """Cutting a snapshot of the index into backup pieces, reusing the last backup's unchanged pieces.
 
+Two ways. :func:`snapshot_changes` (the usual one in a daemon) knows which keys
+changed since the last cut (gffs/index/changes.py) and reuses every other piece
+without reading it. :func:`snapshot_copy`, the full pass when the changes are not
+known, recognises unchanged pieces by the fingerprint of their records:
+
 The cut rule (backup_format.py) is content-defined: after a cut, the next piece
 depends only on the records that follow. So if the next ``count`` records are
 exactly those of a piece of the last backup, a full cut would produce that very
@@ -28,12 +33,15 @@ import json
 import logging
 import os
 import shutil
+import time
 from array import array
 from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from gffs.index.changes import Changes
 from gffs.index.env import DB_NAMES, LOGICAL_BYTES, N_CHUNKS, N_INODES, Index
 from gffs.maintenance import backup_format as fmt
 
@@ -225,6 +233,113 @@ def snapshot(index: Index, emit: Emit, cached: dict[str, list[CachedPiece]]
     return info, pieces
 
 
+class StaleCache(Exception):
+    """A reused piece read back differs from its cache entry: a change went untracked."""
+
+
+def _reusable(cached: list[CachedPiece], firsts: list[bytes], changed: list[bytes]) -> list[bool]:
+    """Per cached piece: whether no changed key falls in its key range, from its first key
+    to the next piece's (the first piece's range starts at the table's start)."""
+    clean = [True] * len(cached)
+    for key in changed if cached else ():
+        clean[max(bisect_right(firsts, key) - 1, 0)] = False
+    return clean
+
+
+def _recut(cutter: _Cutter, src: Iterator[Record], firsts: list[bytes], clean: list[bool]
+           ) -> int:
+    """Cut from *src* until a cut lands on the first key of a reusable piece: its index
+    (len(firsts) when the table ended first)."""
+    while True:
+        if cutter.feed(src) is None:
+            cutter.close(at_end=True)
+            return len(firsts)
+        while True:                     # just after a cut: an old boundary again?
+            nxt = next(src, None)
+            if nxt is None:
+                return len(firsts)
+            k = bisect_left(firsts, nxt[0])
+            if k < len(firsts) and firsts[k] == nxt[0] and clean[k]:
+                return k
+            if cutter.feed((nxt,)) is None:
+                break                   # nxt began a piece: go on from the cursor
+
+
+def cut_changed_table(table: str, txn, db, cached: list[CachedPiece], changed: list[bytes],
+                      emit: Emit, out: list[CachedPiece]) -> int:
+    """Cut one table like :func:`cut_table` would, reading only around *changed* keys.
+
+    Valid when *cached* is the cut of a state from which this one differs only in
+    *changed* keys: a piece whose range holds none is the same piece again (the cut
+    before it is unchanged by induction, and the cut rule depends only on the records
+    after a cut), so it is reused without being read (unless a backend lacks it).
+    Around a changed key the cut starts at the first key of the changed piece and
+    runs until it lands on the first key of a reusable piece. Returns pieces reused.
+    """
+    firsts = [p.first for p in cached]
+    clean = _reusable(cached, firsts, changed)
+    reused = i = 0
+    cur = txn.cursor(db=db)
+    while i < len(cached):
+        if clean[i]:
+            old = cached[i]
+            emit(table, old.sha256, old.size,
+                 lambda old=old: _read_piece(txn, db, old))
+            out.append(old)
+            reused += 1
+            i += 1
+            continue
+        if not (cur.set_range(firsts[i]) if i else cur.first()):
+            return reused               # nothing left from here: the table ends before
+        i = _recut(_Cutter(table, emit, out), cur.iternext(), firsts, clean)
+    if not cached and cur.first():      # an empty table then: its new records
+        _recut(_Cutter(table, emit, out), cur.iternext(), firsts, clean)
+    return reused
+
+
+def _read_piece(txn, db, old: CachedPiece) -> bytes:
+    """A reused piece's plaintext, read from *txn* (a backend lacks it) and checked."""
+    cur = txn.cursor(db=db)
+    recs = list(islice(cur.iternext(), old.count)) if cur.set_key(old.first) else []
+    plain = serialize(recs)
+    if len(recs) != old.count or hashlib.sha256(plain).hexdigest() != old.sha256:
+        raise StaleCache(f"index backup: piece {old.sha256[:12]} changed untracked")
+    return plain
+
+
+def snapshot_changes(index: Index, txn, changes: Changes,
+                     cached: dict[str, list[CachedPiece]], emit: Emit
+                     ) -> tuple[dict[str, Any], dict[str, list[CachedPiece]]]:
+    """:func:`snapshot` of *txn* given the last cut (*cached*) and what changed since
+    (*changes*, no table changed whole): work in proportion to the change.
+
+    *txn* is the read transaction :meth:`ChangeTracker.take` began with *changes*;
+    it is aborted here, before the caller uploads anything. Same thread throughout.
+    """
+    pieces: dict[str, list[CachedPiece]] = {}
+    tables: dict[str, int] = {}
+    reused = 0
+    t0 = time.monotonic()
+    try:
+        for table in DB_NAMES:
+            out = pieces[table] = []
+            db = index.db[table]
+            changed = changes.table(index.dbnum(db))
+            if changed is None:
+                raise ValueError(f"table {table} changed whole: a full cut is needed")
+            reused += cut_changed_table(table, txn, db, cached.get(table, []), changed,
+                                        emit, out)
+            tables[table] = sum(p.count for p in out)
+        info = {"txnid": txn.id(), "tables": tables, "reused": reused,
+                "summary": {"inodes": index.counter(txn, N_INODES),
+                            "chunks": index.counter(txn, N_CHUNKS),
+                            "logical_bytes": index.counter(txn, LOGICAL_BYTES)}}
+    finally:
+        txn.abort()
+    info["read_s"] = time.monotonic() - t0
+    return info, pieces
+
+
 def _prefetch(path: Path) -> None:
     """Ask the kernel to read the copy ahead in one sweep: LMDB may write it with O_DIRECT
     (not in the page cache) and the index maps it with readahead off, so the cut would
@@ -238,22 +353,26 @@ def _prefetch(path: Path) -> None:
 
 
 def snapshot_copy(index: Index, workdir: Path, emit: Emit, cache: Path | None = None
-                  ) -> dict[str, Any]:
+                  ) -> tuple[dict[str, Any], dict[str, list[CachedPiece]]]:
     """:func:`snapshot` of a compact copy of *index*, so the live index is read only briefly.
 
-    ``env.copy(compact=True)`` holds one read transaction only while it writes
-    the copy to local disk; the pieces are then cut (and uploaded, however slowly
-    a backend takes them) from the copy, so the live data.mdb does not grow under
-    writes for the length of an upload. With *cache*, the last snapshot's pieces
-    are reused where unchanged and the cache is rewritten after a complete cut.
-    Blocking: one worker thread for the whole call. The copy is deleted afterwards.
+    The full pass (the first backup of a process, or when the changes are not
+    known): ``env.copy(compact=True)`` holds one read transaction only while it
+    writes the copy to local disk; the pieces are then cut (and uploaded, however
+    slowly a backend takes them) from the copy, so the live data.mdb does not grow
+    under writes for the length of an upload. With *cache*, the last snapshot's
+    pieces are reused where their records' fingerprints match and the cache is
+    rewritten after a complete cut. Blocking: one worker thread for the whole call.
+    The copy is deleted afterwards. Returns (manifest info, the pieces cut).
     """
     if workdir.exists():
         shutil.rmtree(workdir)          # left by a backup that died
     workdir.mkdir(parents=True)
     try:
         txnid = index.env.info()["last_txnid"]      # the copy holds at least this state
+        t0 = time.monotonic()
         index.env.copy(str(workdir), compact=True)
+        read_s = time.monotonic() - t0
         _prefetch(workdir / "data.mdb")
         copy = Index(workdir, readonly=True)
         try:
@@ -262,6 +381,6 @@ def snapshot_copy(index: Index, workdir: Path, emit: Emit, cache: Path | None = 
             copy.close()
         if cache:
             save_cache(cache, pieces)
-        return {**info, "txnid": txnid}
+        return {**info, "txnid": txnid, "read_s": read_s}, pieces
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
