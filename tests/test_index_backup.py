@@ -135,6 +135,15 @@ def wipe_data_dir(cfg) -> None:
     shutil.rmtree(cfg.data_dir)
 
 
+def assert_restores(store, cfg) -> None:
+    """Close the store, lose its data dir, restore the newest backup: every record is back."""
+    before = dump(store.index)
+    store.close()
+    wipe_data_dir(cfg)
+    restore(cfg)
+    assert dump(cfg.index_dir) == before
+
+
 def test_restore_brings_back_every_record_of_every_table(tmp_path, cfg, store):
     populate(store, 300)
     before = dump(store.index)
@@ -434,11 +443,7 @@ def test_incremental_backup_equals_a_full_one_and_restores_the_same_records(
     assert full["backends"][0]["unchanged"] is True       # same pieces: no new manifest
     vid = incremental["backends"][0]["version"]
     assert full["backends"][0]["version"] == vid
-    before = dump(store.index)
-    store.close()
-    wipe_data_dir(cfg)
-    restore(cfg)
-    assert dump(cfg.index_dir) == before
+    assert_restores(store, cfg)
 
 
 def test_incremental_backup_uploads_only_changed_pieces(tmp_path, cfg, store, monkeypatch):
@@ -595,11 +600,7 @@ def test_random_changes_in_every_table_give_the_pieces_of_a_full_cut(tmp_path, c
     full_cut(store)
     assert decided < 0.5 * len(reads), (decided, len(reads))
     # and the result restores
-    before = dump(store.index)
-    store.close()
-    wipe_data_dir(cfg)
-    restore(cfg)
-    assert dump(cfg.index_dir) == before
+    assert_restores(store, cfg)
 
 
 def test_a_restart_or_an_unseen_commit_makes_one_full_pass(tmp_path, cfg, store, monkeypatch):
