@@ -7,6 +7,8 @@ copies, key files on disk. Mount-level tests are in test_mount_crypt.py.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import os
 import stat
 
@@ -18,7 +20,12 @@ from gffs.chunks.store import ChunkStore
 from gffs.config import load_config
 from gffs.crypto import keyfile
 from gffs.crypto.backend import CryptBackend, KeyMismatch, ObjectCorrupt, marker_name
-from gffs.crypto.seal import OVERHEAD, StoreKey, padded_size, sealed_size
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gffs.crypto.seal import (AES_GCM, CHACHA, FORMAT_ENV, OVERHEAD, SealError, StoreKey,
+                              default_format, padded_size, sealed_size)
 from gffs.crypto.setup import store_key
 from gffs.errors import ConfigError, FsError
 from gffs.index import ChunkMap, Index
@@ -28,6 +35,7 @@ from gffs_backends.local import LocalBackend
 
 KEY = StoreKey(bytes(range(32)))
 OTHER = StoreKey(bytes(range(1, 33)))
+KEYS = {fmt: StoreKey(bytes(range(32)), write_format=fmt) for fmt in (CHACHA, AES_GCM)}
 
 
 def key_of(data: bytes) -> str:
@@ -366,4 +374,140 @@ def test_a_chunk_is_sealed_once_in_the_hashing_hop_and_read_in_one_hop(tmp_path,
         assert bytes(await store.load(sc.digest)) == data
         assert len(hops) == 1, hops                            # read + open, no decode hop
         index.close()
+    trio.run(main)
+
+
+# sealed-object formats -------------------------------------------------------------------
+KAT_ID = hashlib.sha256(b"gffs kat").hexdigest()
+KAT_META = "index/versions/kat.json"
+# SHA-256 of the sealed objects of KEY (bytes 0..31): raw chunk b"\0gffs kat", zstd-tagged
+# chunk b"\1" + bytes(range(200)), metadata object {"kat": 1}, raw chunk of 70,000 zeros.
+# Format 1 was taken from the code before format 2 existed: it must never change (every
+# store written until then is in it); format 2 likewise from its first version.
+KAT = {CHACHA: ["fda09dc48cc67fb31eb85b403af39819e00d6555f550b56505383109aed6df51",
+                "542c9ee2571c4888f4fa832f1027f1aa15a71de655ae6dc054a82580a913dd14",
+                "a1a318980abe56c761f38dd3669a731feebd42eba48fdab036e64194b5c5d816",
+                "b13ec8c5a848e0a462a18739065ec6718185c26b6fc9f0a927754db445d8fa56"],
+       AES_GCM: ["75719d365ef40be18050fff0085ea45d257b1bd35323b057a2c97ccaae2fc382",
+                 "1d45cedc46ba4f28688e2813a19b98c26b83e34fdb42fa3635da12f6791515b1",
+                 "7daa3621efc9b73e2063a9f1b9281e9348fdb3d69049c726b7969c4f80e3beb4",
+                 "ab595d638d29421634c13cb383882081c8e65ad738dd2038ebd4c5fc9daa2bd0"]}
+
+
+def kat_objects(k: StoreKey) -> list[bytes]:
+    zeros = bytes(70000)
+    return [k.seal_chunk(KAT_ID, b"\0gffs kat"), k.seal_chunk(KAT_ID, b"\1" + bytes(range(200))),
+            k.seal_meta(KAT_META, b'{"kat": 1}'), k.seal_chunk(key_of(zeros), b"\0" + zeros)]
+
+
+@pytest.mark.parametrize("fmt", [CHACHA, AES_GCM])
+def test_known_answers_of_each_format_and_names_that_do_not_depend_on_it(fmt):
+    k = KEYS[fmt]
+    objects = kat_objects(k)
+    assert [hashlib.sha256(o).hexdigest() for o in objects] == KAT[fmt]
+    assert {o[0] for o in objects} == {fmt}
+    assert [len(o) for o in objects] == [285, 285, 285, 71773]
+    # names, key id and nonces are the same in both formats (puts stay idempotent)
+    assert k.chunk_name(KAT_ID) == "b8567e6072a494aab5ffa2ec6739f9d663de6cb8151cc4f131ab7121" \
+                                   "3ed859c4"
+    assert k.meta_name(KAT_META) == "index/versions/ij2uxg37orxndj5wxi4fohcythjnnhwuuhqt3dy"
+    assert k.key_id == "9e4f1708ac830f836237f70a859fa13f"
+    assert [bytes(o[1:13]).hex() for o in objects] == [bytes(o[1:13]).hex()
+                                                       for o in kat_objects(KEYS[CHACHA])]
+    # any key opens both formats
+    for reader in KEYS.values():
+        assert bytes(reader.open_chunk(KAT_ID, objects[0])) == b"\0gffs kat"
+        assert reader.open_meta(KAT_META, objects[2]) == b'{"kat": 1}'
+
+
+def test_format_2_is_aes_gcm_under_its_own_subkey_as_documented():
+    """Rebuilt from docs/ENCRYPTION.md with the primitives alone, not with seal.py."""
+    master = bytes(range(32))
+
+    def sub(label: str) -> bytes:
+        return HKDF(hashes.SHA256(), 32, salt=None,
+                    info=b"gffs store key v1: " + label.encode()).derive(master)
+    ad = b"gffs chunk v1\0" + KAT_ID.encode()
+    payload = b"\0gffs kat"
+    nonce = hmac.digest(sub("chunk nonces"), ad + b"\0", "sha256")[:12]
+    framed = len(payload).to_bytes(4, "big") + payload
+    framed += bytes(padded_size(len(framed)) - len(framed))
+    expect = b"\2" + nonce + AESGCM(sub("chunk data aes-gcm")).encrypt(nonce, framed, ad)
+    assert KEYS[AES_GCM].seal_chunk(KAT_ID, payload) == expect
+    assert sub("chunk data aes-gcm") != sub("chunk data")    # never one key for two ciphers
+
+
+@pytest.mark.parametrize("fmt", [CHACHA, AES_GCM])
+def test_each_format_refuses_tampering_truncation_swaps_and_unknown_formats(fmt):
+    k = KEYS[fmt]
+    a, b = b"\0" + os.urandom(3000), b"\0" + os.urandom(3000)
+    sa, sb = k.seal_chunk(key_of(a[1:]), a), k.seal_chunk(key_of(b[1:]), b)
+    assert bytes(k.open_chunk(key_of(a[1:]), sa)) == a
+    bad = [sb, sa[:-1], sa[:OVERHEAD - 1], sa + b"\0"]          # swapped, truncated, extended
+    for pos in (1, 13, 40, len(sa) - 1):                       # nonce, length, payload, tag
+        flipped = bytearray(sa)
+        flipped[pos] ^= 1
+        bad.append(flipped)
+    bad.append(bytes([CHACHA + AES_GCM - fmt]) + sa[1:])       # the other format's byte
+    for other in (0, 3, 255):
+        bad.append(bytes([other]) + sa[1:])                    # no such format
+    for sealed in bad:
+        with pytest.raises(SealError):
+            k.open_chunk(key_of(a[1:]), sealed)
+    with pytest.raises(SealError, match="known format"):
+        k.open_chunk(key_of(a[1:]), bytes([3]) + sa[1:])
+    sm = k.seal_meta("index/versions/a.json", b"{}")
+    with pytest.raises(SealError):                             # bound to its name
+        k.open_meta("index/versions/b.json", sm)
+
+
+def test_write_format_follows_the_environment_then_the_cpu(monkeypatch):
+    monkeypatch.setenv(FORMAT_ENV, "1")
+    assert default_format() == CHACHA and StoreKey(bytes(32)).write_format == CHACHA
+    monkeypatch.setenv(FORMAT_ENV, "2")
+    assert StoreKey(bytes(32)).seal_chunk(KAT_ID, b"\0x")[0] == AES_GCM
+    monkeypatch.setenv(FORMAT_ENV, "7")
+    with pytest.raises(ValueError, match=FORMAT_ENV):
+        StoreKey(bytes(32))
+    monkeypatch.delenv(FORMAT_ENV)
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    assert default_format() == (AES_GCM if "aes" in flags.partition(":")[2].split() else CHACHA)
+
+
+def test_a_chunk_re_put_in_the_other_format_is_the_same_object_and_still_reads(tmp_path):
+    data = os.urandom(200_000)
+    stored = b"\0" + data
+    cid = key_of(data)
+
+    async def main():
+        old = crypt(tmp_path, key=KEYS[CHACHA])
+        await old.put(cid, stored)
+        path = old.inner._path(KEY.chunk_name(cid))
+        assert path.read_bytes()[0] == CHACHA
+        marker = old.inner.meta / marker_name("store-a")
+        assert json.loads(marker.read_bytes())["formats"] == [CHACHA]
+        new = crypt(tmp_path, key=KEYS[AES_GCM])
+        assert bytes(await new.get(cid)) == stored                # format 1 read by a format-2 writer
+        assert json.loads(marker.read_bytes())["formats"] == [CHACHA, AES_GCM]
+        await new.put(cid, stored)                                # same name, other bytes
+        assert [p.name for p in path.parent.iterdir()] == [path.name]
+        assert path.read_bytes()[0] == AES_GCM
+        assert bytes(await old.get(cid)) == stored                # and back
+        assert (await new.stat(cid)).size == sealed_size(len(stored))
+    trio.run(main)
+
+
+def test_a_marker_from_before_formats_reads_and_gains_the_list(tmp_path):
+    async def main():
+        inner = LocalBackend("b", tmp_path / "b")
+        await inner.put_meta(marker_name("store-a"), json.dumps(
+            {"store_id": "store-a", "key_id": KEY.key_id, "cipher": "ChaCha20-Poly1305",
+             "names": "HMAC-SHA256"}).encode())
+        b = CryptBackend(inner, "store-a", KEYS[AES_GCM])
+        await b.put(key_of(b"x"), b"\0x")
+        doc = json.loads(await inner.get_meta(marker_name("store-a")))
+        assert doc["formats"] == [CHACHA, AES_GCM] and doc["key_id"] == KEY.key_id
+        assert doc["cipher"] == "AES-256-GCM"
+        with pytest.raises(KeyMismatch, match="wrong key"):       # the key check is unchanged
+            await CryptBackend(inner, "store-a", OTHER).get(key_of(b"x"))
     trio.run(main)

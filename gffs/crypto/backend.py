@@ -1,8 +1,8 @@
 """CryptBackend: any Backend with sealed objects under keyed names.
 
 The chunk store, placement, moves, gc and fsck see an ordinary backend named by
-chunk ids; the backend underneath only ever sees HMAC names and ChaCha20-Poly1305
-ciphertext (gffs/crypto/seal.py). A copy that fails authentication raises
+chunk ids; the backend underneath only ever sees HMAC names and AEAD ciphertext
+(gffs/crypto/seal.py). A copy that fails authentication raises
 ObjectCorrupt, an ObjectMissing: the chunk store treats it as a bad copy, reads
 another one and queues a repair, never returns its bytes.
 
@@ -12,10 +12,11 @@ process put recently. A listed name that maps to no id is a stray (a crash
 leftover): it is yielded under its stored name, and delete() of that name
 deletes it as it is, so gc and fsck remove strays the way they do unencrypted.
 
-Each backend also holds a plaintext marker ``crypt/<store id>.json`` (store id
-and key id): the first operation checks it, so a wrong key is one clear error
-instead of every chunk failing, and a fresh machine can tell which store's
-key a backend needs.
+Each backend also holds a plaintext marker ``crypt/<store id>.json`` (store id,
+key id, the sealed-object formats that may be present): the first operation
+checks it, so a wrong key is one clear error instead of every chunk failing,
+and a fresh machine can tell which store's key a backend needs. A marker
+written before formats existed (no ``formats``) means format 1 only.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import trio
 
-from gffs.crypto.seal import SealError, StoreKey, sealed_size
+from gffs.crypto.seal import CHACHA, CIPHERS, SealError, StoreKey, sealed_size
 from gffs_backends.base import (Backend, BackendError, Capacity, ObjectInfo, ObjectMissing,
                                 check_meta_name, check_meta_prefix, in_thread)
 
@@ -60,6 +61,13 @@ class KeyMismatch(BackendError):
 
 def marker_name(store_id: str) -> str:
     return f"{MARKER_DIR}{store_id}.json"
+
+
+def marker_formats(doc: dict) -> set[int]:
+    """The sealed-object formats a marker says may be present (no list: an older
+    marker, format 1 only; unknown entries are kept out)."""
+    found = doc.get("formats", [CHACHA])
+    return {f for f in found if f in CIPHERS} if isinstance(found, list) else {CHACHA}
 
 
 class CryptBackend(Backend):
@@ -137,19 +145,24 @@ class CryptBackend(Backend):
             except ValueError:
                 raise KeyMismatch(f"{self.name}: damaged encryption marker {name}") from None
             if doc is None:
-                await self._write_marker(name)
+                await self._write_marker(name, set())
             elif doc.get("key_id") in {k.key_id for k in self.key.previous}:
-                await self._write_marker(name)   # a rotation began: name the new key
+                await self._write_marker(name, marker_formats(doc))  # a rotation began: new key
             elif doc.get("key_id") != self.key.key_id:
                 raise KeyMismatch(f"{self.name}: its data of store {self.store_id} is encrypted "
                                   f"with key {doc.get('key_id')}, not with key {self.key.key_id} "
                                   f"(wrong key file?)")
+            elif self.key.write_format not in marker_formats(doc) and not self.read_only:
+                await self._write_marker(name, marker_formats(doc))  # our puts add a format
             self._checked = True
 
-    async def _write_marker(self, name: str) -> None:
+    async def _write_marker(self, name: str, formats: set[int]) -> None:
+        """The marker naming our key and *formats* plus the one our puts write."""
+        formats = sorted(formats | {self.key.write_format})
         await self.inner.put_meta(name, json.dumps(
             {"store_id": self.store_id, "key_id": self.key.key_id,
-             "cipher": "ChaCha20-Poly1305", "names": "HMAC-SHA256"}).encode())
+             "cipher": CIPHERS[self.key.write_format], "formats": formats,
+             "ciphers": [CIPHERS[f] for f in formats], "names": "HMAC-SHA256"}).encode())
 
     async def _adopt_marker(self) -> None:
         """Without a store id: the store whose marker is here and whose key we hold."""

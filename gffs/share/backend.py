@@ -29,6 +29,7 @@ import requests
 import trio
 
 from gffs.crypto.seal import SealError, StoreKey
+from gffs.share.private import share_key
 from gffs_backends.base import (BackendError, BackendUnavailable, MalformedAnswer, ObjectInfo,
                                 ObjectMissing, answers_checked, answers_checked_class, in_thread)
 from gffs_backends.ipfs import IpfsBackend, IpfsCorrupt, reject_unknown_options
@@ -70,7 +71,7 @@ class IpfsShareBackend(IpfsBackend):
             shares = index.meta_json(txn, SHARES_META, {})
         for info in shares.values():
             if info.get("source") == self.name and info.get("key"):
-                key = StoreKey(bytes.fromhex(info["key"]))
+                key = share_key(bytes.fromhex(info["key"]))
                 self.keys[key.tag] = key
 
     @classmethod

@@ -23,9 +23,8 @@ from gffs.maintenance.jobs import JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs.share.backend import SHARES_META
 from gffs.share.importer import FlowWriter, content_id_of, fetch_manifest, make_flow
-from gffs.crypto.seal import StoreKey
 from gffs.share.manifest import Manifest
-from gffs.share.private import parse_share, share_string
+from gffs.share.private import parse_share, share_key, share_string
 from gffs.share.backend import IPNS_RE
 from gffs.share.source import share_source
 from gffs_backends.base import BackendError
@@ -121,7 +120,7 @@ async def follow(store, args: dict[str, Any], progress: Progress) -> dict[str, A
     entry = shares.get(args.get("as") or "")
     share = cid
     if entry is not None and entry.get("key"):     # a followed private share keeps its key
-        share = share_string(cid, StoreKey(bytes.fromhex(entry["key"])))
+        share = share_string(cid, share_key(bytes.fromhex(entry["key"])))
     elif args.get("key"):                          # the first follow of a private share
         try:
             key = parse_share(args["key"])[1]

@@ -8,6 +8,9 @@ network learns no content hash), thumbnails likewise, and the manifest is
 opaque, padded objects and one sealed manifest. The string
 ``gffs-share:<manifest CID>:<key, base64url>`` is everything an importer needs; whoever
 holds it can read the flow, so hand it over out of band.
+
+Shares are sealed in format 1 (ChaCha20-Poly1305) whatever the store writes: an
+importer running an older gffs, which opens only format 1, can still read them.
 """
 
 from __future__ import annotations
@@ -15,14 +18,19 @@ from __future__ import annotations
 import base64
 import os
 
-from gffs.crypto.seal import KEY_BYTES, SealError, StoreKey
+from gffs.crypto.seal import CHACHA, KEY_BYTES, SealError, StoreKey
 
 PREFIX = "gffs-share:"
 MANIFEST_NAME = "gffs-share manifest"
 
 
+def share_key(raw: bytes) -> StoreKey:
+    """A share key: seals format 1 (older importers open only that), opens both."""
+    return StoreKey(raw, write_format=CHACHA)
+
+
 def new_share_key() -> StoreKey:
-    return StoreKey(os.urandom(KEY_BYTES))
+    return share_key(os.urandom(KEY_BYTES))
 
 
 def share_string(manifest_cid: str, key: StoreKey) -> str:
@@ -36,7 +44,7 @@ def parse_share(text: str) -> tuple[str, StoreKey | None]:
     cid, _, key = text[len(PREFIX):].partition(":")
     try:
         raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
-        return cid, StoreKey(raw)
+        return cid, share_key(raw)
     except ValueError:
         raise ValueError("the gffs-share: string holds no usable share key") from None
 
@@ -52,4 +60,4 @@ def open_block(key: StoreKey, sha256_hex: str, sealed: bytes) -> bytes:
 
 
 __all__ = ["MANIFEST_NAME", "PREFIX", "SealError", "new_share_key", "open_block",
-           "parse_share", "seal_block", "share_string"]
+           "parse_share", "seal_block", "share_key", "share_string"]

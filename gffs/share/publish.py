@@ -23,14 +23,13 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from gffs.crypto.seal import StoreKey
 from gffs.index import ROOT_INO, ChunkMap, Namespace
 from gffs.index.images import ImageIndex
 from gffs.maintenance.jobs import JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs.share.gps import strip_gps
 from gffs.share.manifest import Manifest, SharedFile, Thumb
-from gffs.share.private import MANIFEST_NAME, new_share_key, seal_block, share_string
+from gffs.share.private import MANIFEST_NAME, new_share_key, seal_block, share_key, share_string
 from gffs.share.source import share_source
 from gffs_backends.unixfs import cid_text, unixfs_dir_root, unixfs_file_root
 
@@ -133,7 +132,7 @@ def _share_key(store, flow: str, renew: bool):
         if renew or flow not in keys:
             keys[flow] = new_share_key().master.hex()
             store.index.set_meta_json(txn, PUBLISHED_KEYS, keys)
-    return StoreKey(bytes.fromhex(keys[flow]))
+    return share_key(bytes.fromhex(keys[flow]))
 
 
 @job("flow-publish")
