@@ -4,7 +4,9 @@ Two encrypted local disks hold two copies of every chunk. ``gffs-admin key
 rotate`` is killed (SIGKILL) inside a put and inside a delete, then rerun; every
 file reads meanwhile (either key's objects) and afterwards, and a scan of both
 disks finds every chunk object and index backup object under the new key,
-none under the old one, and the old key gone from the key file.
+none under the old one, and the old key gone from the key file. The store is
+written in sealed-object format 1 and the killed rotation runs in format 2, so a
+rotation also moves a store across formats.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gffs.crypto import keyfile
-from gffs.crypto.seal import StoreKey
+from gffs.crypto.seal import AES_GCM, CHACHA, FORMAT_ENV, StoreKey
 from gffs.index import ChunkMap, Index
 from test_mount_crypt import admin
 
@@ -66,8 +68,10 @@ def chunk_ids(data_dir: Path) -> list[str]:
         index.close()
 
 
-def assert_all_under(tmp: Path, data_dir: Path, new: StoreKey, old: StoreKey) -> None:
-    """Every chunk object is a known chunk under *new*; every backup object opens under *new*."""
+def assert_all_under(tmp: Path, data_dir: Path, new: StoreKey, old: StoreKey,
+                     fmt: int | None = None) -> None:
+    """Every chunk object is a known chunk under *new* (in format *fmt* if given); every
+    backup object opens under *new*."""
     ids = chunk_ids(data_dir)
     new_names = {new.chunk_name(i): i for i in ids}
     old_names = {old.chunk_name(i) for i in ids}
@@ -79,6 +83,7 @@ def assert_all_under(tmp: Path, data_dir: Path, new: StoreKey, old: StoreKey) ->
             assert name not in old_names, p
             if p.suffix != ".tmp":          # (a temp file may be cut short by the kill)
                 assert new.open_chunk(new_names[name], p.read_bytes())
+                assert fmt is None or p.read_bytes()[0] == fmt, p
         meta = [p for p in (tmp / disk / "meta").rglob("*")
                 if p.is_file() and "crypt" not in p.relative_to(tmp / disk / "meta").parts]
         assert meta, "the index backups are there"
@@ -96,7 +101,8 @@ def crash_rotate(cfg: Path, data_dir: Path, step: str, nth: int) -> subprocess.C
 
 
 @pytest.fixture
-def filled(tmp_path, mount_factory):
+def filled(tmp_path, mount_factory, monkeypatch):
+    monkeypatch.setenv(FORMAT_ENV, str(CHACHA))
     cfg = write_config(tmp_path)
     m = mount_factory(config=cfg)
     files = {f"f{i}": os.urandom(200_000 + i * 70_000) for i in range(6)}
@@ -116,11 +122,12 @@ def read_all(m, files: dict[str, bytes]) -> None:
 
 @pytest.mark.parametrize("step,nth", [("put-after", 3), ("delete-before", 2)])
 def test_rotation_killed_then_rerun_reads_everything_and_leaves_nothing_under_the_old_key(
-        filled, tmp_path, step, nth):
+        filled, tmp_path, step, nth, monkeypatch):
     cfg, m, files = filled
     m.unmount()
     sid, before = key_doc(m.data_dir)
     old = keyfile.read_key(sid)
+    monkeypatch.setenv(FORMAT_ENV, str(AES_GCM))    # written in format 1, rotated in 2
     res = crash_rotate(cfg, m.data_dir, step, nth)
     assert res.returncode == -9, res.stdout + res.stderr
     _sid, during = key_doc(m.data_dir)
@@ -137,7 +144,7 @@ def test_rotation_killed_then_rerun_reads_everything_and_leaves_nothing_under_th
     assert after["key_id"] == during["key_id"] and "previous_key_ids" not in after
     new = keyfile.read_key(sid)
     assert not new.previous
-    assert_all_under(tmp_path, m.data_dir, new, old)
+    assert_all_under(tmp_path, m.data_dir, new, old, AES_GCM)
     res = admin(cfg, m.data_dir, "fsck", "--verify-data", "--min-age", "0", "--json")
     assert res.returncode == 0, res.stdout + res.stderr       # no strays, nothing missing
     m.mount()

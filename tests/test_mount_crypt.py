@@ -23,7 +23,7 @@ import pytest
 
 from fixtures_s3 import TEST_REGION
 from gffs.crypto import keyfile
-from gffs.crypto.seal import StoreKey
+from gffs.crypto.seal import AES_GCM, CHACHA, FORMAT_ENV, StoreKey
 from gffs.index import Index
 from gffs_backends.local import chunk_path
 from mountutil import gffs_cli
@@ -269,3 +269,59 @@ def test_gc_and_fsck_map_encrypted_objects_to_chunks(setup, mount_factory):
     assert res.returncode == 0, res.stdout + res.stderr
     m.mount()
     assert (m.path / "f" / "big").read_bytes() == data
+
+
+def sealed_formats(local_dir: Path) -> dict[str, int]:
+    """Object name -> first byte (the sealed-object format) of every local chunk object."""
+    return {p.name: p.read_bytes()[0] for p in (local_dir / "chunks").glob("*/*") if p.is_file()}
+
+
+def test_a_format_1_store_mounted_in_format_2_reads_repairs_verifies_and_collects(
+        setup, mount_factory, monkeypatch):
+    """Stores written before format 2 keep their objects; new writes, repairs and puts of
+    the same chunk come in format 2 under the same names, and every tool opens both."""
+    cfg, local_dir, _buckets = setup
+    monkeypatch.setenv(FORMAT_ENV, "1")
+    m = mount_factory(config=cfg)
+    old = {f"old{i}.bin": os.urandom(BLOCK + 50_000 * (i + 1)) for i in range(2)}
+    (m.path / "f").mkdir()
+    for n, data in old.items():
+        (m.path / "f" / n).write_bytes(data)
+    m.unmount()
+    assert set(sealed_formats(local_dir).values()) == {CHACHA}
+    monkeypatch.setenv(FORMAT_ENV, "2")
+    m.mount()
+    for n, data in old.items():
+        assert (m.path / "f" / n).read_bytes() == data
+    new = {"new.bin": os.urandom(2 * BLOCK)}
+    (m.path / "f" / "new.bin").write_bytes(new["new.bin"])
+    m.unmount()
+    sid, key = store_key_of(m.data_dir)
+    formats = sealed_formats(local_dir)
+    assert {formats[key.chunk_name(h)] for h in block_ids(old["old0.bin"])} == {CHACHA}
+    assert {formats[key.chunk_name(h)] for h in block_ids(new["new.bin"])} == {AES_GCM}
+    marker = json.loads((local_dir / "meta" / "crypt" / f"{sid}.json").read_bytes())
+    assert marker["formats"] == [CHACHA, AES_GCM]
+    # lose a format-1 copy: the repair re-puts it from S3 in format 2, under the same name
+    lost = local_object(local_dir, key.chunk_name(block_ids(old["old1.bin"])[0]))
+    lost.unlink()
+    res = admin(cfg, m.data_dir, "fsck", "--repair", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["summary"]["copy_missing"]["found"] == 1
+    assert lost.read_bytes()[0] == AES_GCM
+    # strays of both formats go, nothing live does
+    for fmt in (CHACHA, AES_GCM):
+        stray_id = hashlib.sha256(b"a crash leftover %d" % fmt).hexdigest()
+        stray = local_object(local_dir, key.chunk_name(stray_id))
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        sealer = StoreKey(key.master, write_format=fmt)
+        stray.write_bytes(sealer.seal_chunk(stray_id, b"\x00a crash leftover"))
+    res = admin(cfg, m.data_dir, "gc", "--min-age", "0", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["unreferenced_deleted"] == 2
+    res = admin(cfg, m.data_dir, "fsck", "--verify-data", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert set(sealed_formats(local_dir).values()) == {CHACHA, AES_GCM}
+    m.mount()
+    for n, data in {**old, **new}.items():
+        assert (m.path / "f" / n).read_bytes() == data

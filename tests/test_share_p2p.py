@@ -409,3 +409,20 @@ api = "/ip4/127.0.0.1/tcp/5001"
     cfg_file.write_text(base + "encrypt = true\n")
     with pytest.raises(ConfigError, match="read-only"):
         load_config(str(cfg_file), str(tmp_path / "d"))
+
+
+def test_private_shares_seal_format_1_whatever_the_store_writes(monkeypatch):
+    """An importer on an older gffs opens only format 1; ours opens both."""
+    from gffs.crypto.seal import AES_GCM, CHACHA, FORMAT_ENV, StoreKey
+    from gffs.share.private import new_share_key, open_block, parse_share, seal_block, share_string
+    monkeypatch.setenv(FORMAT_ENV, str(AES_GCM))
+    key = new_share_key()
+    block = os.urandom(5000)
+    sha = hashlib.sha256(block).hexdigest()
+    _name, sealed = seal_block(key, sha, block)
+    assert sealed[0] == CHACHA and key.seal_meta("gffs-share manifest", b"{}")[0] == CHACHA
+    _cid, parsed = parse_share(share_string("bafytest", key))
+    assert parsed.write_format == CHACHA and parsed.master == key.master
+    assert open_block(parsed, sha, sealed) == b"\0" + block
+    newer = StoreKey(key.master, write_format=AES_GCM)        # a format-2 object opens too
+    assert open_block(parsed, sha, newer.seal_chunk(sha, b"\0" + block)) == b"\0" + block
