@@ -10,12 +10,12 @@ import time
 import trio
 
 from gffs.chunks import codec
-from gffs.chunks.state import StoreState
+from gffs.chunks.state import StoreState, prepared_put
 from gffs.errors import FsError
 from gffs.index.errors import IndexFailure
 from gffs.index.records import ChunkRecord, Location
 from gffs.placement.policy import STAGING
-from gffs_backends.base import BackendError
+from gffs_backends.base import Backend, BackendError
 
 log = logging.getLogger("gffs.chunks.store")
 
@@ -151,10 +151,14 @@ class RepairPath(StoreState):
                 placed += 1
         missing = [n for n in missing if self.health.writable(n)]
         if missing:
-            stored = await self.stored_copy(digest, rec)
+            # an encrypted target seals in the hop that verifies the copy (no hop of its own)
+            preparer = next((self.backends[n] for n in missing if self.backends[n].prepares_puts),
+                            None)
+            stored, prepared = await self.prepared_copy(digest, rec, preparer)
             for name in missing:
                 try:
-                    locator = await self.call(self.backends[name], "put", digest.hex(), stored)
+                    locator = await self.call(self.backends[name], "put_prepared", digest.hex(),
+                                              stored, prepared)
                 except BackendError as exc:
                     log.warning("repair of chunk %s on %s failed: %s", digest.hex()[:16], name, exc)
                     continue
@@ -192,6 +196,12 @@ class RepairPath(StoreState):
 
     async def stored_copy(self, digest: bytes, rec: ChunkRecord) -> bytes:
         """The stored form of a chunk from a verified good copy."""
+        return (await self.prepared_copy(digest, rec, None))[0]
+
+    async def prepared_copy(self, digest: bytes, rec: ChunkRecord,
+                            preparer: Backend | None) -> tuple[bytes, object | None]:
+        """stored_copy, and *preparer*'s prepare_put of it made in the worker thread that
+        verified it (Backend.put_prepared; None without a preparer)."""
         for name in self.placement.read_order([loc.backend for loc in rec.locations]):
             loc = next(l for l in rec.locations if l.backend == name)
             backend = self.backends.get(name)
@@ -199,8 +209,17 @@ class RepairPath(StoreState):
                 continue
             try:
                 stored = await self.call(backend, "get", digest.hex(), loc.locator)
-                await trio.to_thread.run_sync(codec.decode, stored, digest, limiter=self._limiter)
-                return bytes(stored)   # a view of a decrypted buffer: S3 wants bytes
+                return await trio.to_thread.run_sync(_verified, stored, digest, preparer,
+                                                     limiter=self._limiter)
             except (BackendError, codec.CorruptChunk):
                 continue
         raise FsError(errno.EIO, f"no good copy of chunk {digest.hex()[:16]} to repair from")
+
+
+def _verified(stored: bytes, digest: bytes,
+              preparer: Backend | None) -> tuple[bytes, object | None]:
+    """*stored* checked against *digest* (CorruptChunk if not), as bytes (a view of a
+    decrypted buffer: S3 wants bytes), and the preparer's work on it."""
+    codec.decode(stored, digest)
+    stored = bytes(stored)
+    return stored, prepared_put(preparer, digest.hex(), stored)

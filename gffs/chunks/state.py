@@ -19,7 +19,18 @@ from gffs.index import ChunkMap, Index
 from gffs.index.records import ChunkRecord
 from gffs.placement import Placement
 from gffs.placement.policy import STAGING
-from gffs_backends.base import Backend, BackendFull, BackendUnavailable
+from gffs_backends.base import Backend, BackendError, BackendFull, BackendUnavailable
+
+
+def prepared_put(preparer: Backend | None, key: str, stored: bytes) -> object | None:
+    """*preparer*'s prepare_put of a chunk (blocking: a worker thread calls it), or None
+    without a preparer or when it fails (the put itself will meet and report that)."""
+    if preparer is None:
+        return None
+    try:
+        return preparer.prepare_put(key, stored)
+    except BackendError:
+        return None
 
 
 class StoreCapacity(NamedTuple):

@@ -29,7 +29,7 @@ from gffs.chunks.cache import BlockCache
 from gffs.chunks.fetch import FetchPath
 from gffs.chunks.garbage import GarbagePath
 from gffs.chunks.repair import REPAIR_PARALLEL, UPLOAD_PARALLEL, RepairPath
-from gffs.chunks.state import StoreCapacity, StoredChunk
+from gffs.chunks.state import StoreCapacity, StoredChunk, prepared_put
 from gffs.errors import FsError
 from gffs.index.records import ChunkRecord, Location
 from gffs.placement.policy import STAGING
@@ -114,10 +114,7 @@ class ChunkStore(FetchPath, RepairPath, GarbagePath):
             with self.index.read_committed() as txn:
                 known = self.chunkmap.known(txn, digest) is not None
             if not known:
-                try:
-                    prepared = preparer.prepare_put(digest.hex(), stored)
-                except BackendError:     # the put itself will meet and report it
-                    prepared = None
+                prepared = prepared_put(preparer, digest.hex(), stored)
         return digest, codec_id, stored, prepared
 
     def _stage(self, digest: bytes, size: int, flow: str | None, targets: list[Backend]) -> bool:
