@@ -467,7 +467,7 @@ def test_write_format_follows_the_environment_then_the_cpu(monkeypatch):
     monkeypatch.setenv(FORMAT_ENV, "2")
     assert StoreKey(bytes(32)).seal_chunk(KAT_ID, b"\0x")[0] == AES_GCM
     monkeypatch.setenv(FORMAT_ENV, "7")
-    with pytest.raises(ValueError, match=FORMAT_ENV):
+    with pytest.raises(ConfigError, match=FORMAT_ENV):
         StoreKey(bytes(32))
     monkeypatch.delenv(FORMAT_ENV)
     flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV, ChaCha20
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gffs.chunks.codec import CODEC_RAW, Authenticated
+from gffs.errors import ConfigError
 
 KEY_BYTES = 32
 CHACHA = 1                 # first byte of a sealed object: ChaCha20-Poly1305
@@ -104,11 +105,12 @@ def _has_aes_instructions() -> bool:
 
 
 def default_format() -> int:
-    """The format new objects get: $GFFS_SEAL_FORMAT, else AES-GCM where the CPU has AES."""
+    """The format new objects get: $GFFS_SEAL_FORMAT, else AES-GCM where the CPU has AES
+    (ConfigError for another value: one line at startup, not a "damaged key file")."""
     wanted = os.environ.get(FORMAT_ENV, "").strip()
     if wanted:
         if wanted not in {str(f) for f in FORMATS}:
-            raise ValueError(f"{FORMAT_ENV}={wanted!r}: sealed-object formats are "
+            raise ConfigError(f"{FORMAT_ENV}={wanted!r}: sealed-object formats are "
                              f"{', '.join(map(str, FORMATS))}")
         return int(wanted)
     return AES_GCM if _has_aes_instructions() else CHACHA
