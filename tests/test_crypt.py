@@ -511,3 +511,48 @@ def test_a_marker_from_before_formats_reads_and_gains_the_list(tmp_path):
         with pytest.raises(KeyMismatch, match="wrong key"):       # the key check is unchanged
             await CryptBackend(inner, "store-a", OTHER).get(key_of(b"x"))
     trio.run(main)
+
+
+def test_a_staged_chunk_is_sealed_in_the_hop_that_verifies_it_on_upload(tmp_path, monkeypatch):
+    """An upload to an encrypted remote: read the staged copy, verify and seal in one
+    worker-thread hop, put; no hop of its own to seal (one per chunk on S3 before)."""
+    from faults import FaultyBackend
+    from gffs.chunks.staging import Staging
+    data = os.urandom(300_000)
+    seals, hops = [], []
+    real_seal, real_hop = StoreKey.seal_chunk, trio.to_thread.run_sync
+
+    def counting_seal(self, key, stored):
+        seals.append(key)
+        return real_seal(self, key, stored)
+
+    async def counting_hop(fn, *args, **kw):
+        hops.append(getattr(getattr(fn, "func", fn), "__name__", repr(fn)))
+        return await real_hop(fn, *args, **kw)
+    monkeypatch.setattr(StoreKey, "seal_chunk", counting_seal)
+
+    async def main():
+        index = Index(tmp_path / "index")
+        remote = CryptBackend(FaultyBackend(LocalBackend("s3", tmp_path / "s3")), "store-a", KEY)
+        store = ChunkStore(index, {"s3": remote}, Placement([remote]),
+                           staging=Staging(tmp_path / "staging", 1 << 20))
+        await remote.stat("00" * 32)                 # the marker check out of the way
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run_uploads)
+            sc = await store.store(data, try_compress=False)
+            assert sc.staged and seals == []         # staged in the clear, sealed on upload
+            monkeypatch.setattr(trio.to_thread, "run_sync", counting_hop)
+            with index.write() as txn:
+                ChunkMap(index).set_block(txn, 1, 0, sc.digest, sc.record)
+                ChunkMap(index).queue_repair(txn, sc.digest, None)
+            store.release([sc])
+            with trio.fail_after(60):
+                while not seals or store.staging.used:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert seals == [sc.digest.hex()]
+        assert "_verified" in hops and "seal_chunk" not in hops, hops
+        got = await remote.get(sc.digest.hex(), "")
+        assert bytes(codec.decode(got, sc.digest)) == data
+        index.close()
+    trio.run(main)
