@@ -70,8 +70,10 @@ def test_chunk_is_staged_then_uploaded_and_the_staged_copy_dropped(tmp_path):
             assert [loc.backend for loc in sc.record.locations] == [STAGING]
             assert e.staging.used == sc.record.stored_size
             e.commit(sc)
-            await _until(lambda: e.locations(sc.digest) == ["s3"] and not e.staged_files())
-            assert e.pending() == 0 and e.staging.used == 0 and e.remote.calls["put"] == 1
+            # staging.done() runs just after the staged file is deleted: wait for both
+            await _until(lambda: e.locations(sc.digest) == ["s3"] and not e.staged_files()
+                         and e.staging.used == 0)
+            assert e.pending() == 0 and e.remote.calls["put"] == 1
             e.store.cache.discard(sc.digest)
             assert await e.store.load(sc.digest) == data     # read back from the remote
             nursery.cancel_scope.cancel()
