@@ -138,11 +138,11 @@ class DesktopThumbnails:
         viewer's cache is keyed by the URI it lists them under)."""
         if not self.enabled or listing.ino == ROOT_INO:
             return
+        viewer = self._viewer(listing)     # once per listing; None for most listers
+        if viewer is None:
+            return
         files = [e for e in entries if stat.S_ISREG(e[2].mode)]
         if not files:
-            return
-        viewer = self._viewer(listing)
-        if viewer is None:
             return
         finished = trio.Event()
         groups = [0]      # groups written so far: the reply waits while this grows

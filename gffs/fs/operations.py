@@ -229,11 +229,12 @@ class Operations(pyfuse3.Operations):
         if listing is None:
             raise FsError(errno.EBADF)
         replied = []
-        for name, ino, rec, cookie in self.fs.readdir(listing.ino, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attributes(ino, rec), cookie):
+        reply, io_size = pyfuse3.readdir_reply, self.io_size
+        for name, ino, rec, cookie, stored in self.fs.readdir(listing.ino, start_id):
+            if not reply(token, name, entry_attributes(ino, rec, stored, io_size), cookie):
                 break
-            self.fs.remember(ino)
             replied.append((name, ino, rec))
+        self.fs.remember_all(ino for _, ino, _ in replied)   # only what the reply carries
         # the reply reaches the lister when this returns: thumbnails first
         if replied and not is_virtual(listing.ino):
             await self.desktop.listed(listing, replied)
