@@ -129,6 +129,10 @@ class DesktopThumbnails:
             ino = parent
         return None
 
+    def watches(self, listing: Listing) -> bool:
+        """Whether :meth:`listed` may do anything for this listing (it needs the records)."""
+        return self.enabled and listing.ino != ROOT_INO and self._viewer(listing) is not None
+
     async def listed(self, listing: Listing, entries: list[tuple[bytes, int, InodeRecord]],
                      virtual_path: bytes | None = None) -> None:
         """A readdir reply with *entries* is about to go out: put their thumbnails in place first.
