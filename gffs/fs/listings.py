@@ -85,6 +85,9 @@ class ListingCache:
         if d.version != self.watch.version:   # changed while the reply was made
             self._drop(ino)
             return
+        if d.counted > self.limit:           # never fits: others stay
+            self._drop(ino)
+            return
         d.complete = at_end
         self._dirs.move_to_end(ino)
         while self._size > self.limit and self._dirs:
