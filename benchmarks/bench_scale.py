@@ -2,7 +2,7 @@
 
     sudo python benchmarks/bench_scale.py [--quick] [--files N] [--mount-files M]
                                           [--json FILE] [--workdir DIR]
-                                          [--keep DIR | --reuse DIR]
+                                          [--keep DIR | --reuse DIR] [--no-admin]
 
 1. Build: N tiny images (default 1,000,000; --quick 100,000) through the Filesystem
    layer without FUSE (Store + Filesystem in this process, one flow `bulk`, 10,000
@@ -26,6 +26,7 @@ except with --keep DIR: the store is built in DIR and left there, and a later
 2-5 exactly as a fresh run would. Before it does, it removes what a run leaves
 (backend b's index backups, the backup piece cache and copy), so the first backup
 is again a full one; the 1,000 changes set a value new to each run.
+--no-admin stops after step 2 (mount and `ls -l`): quick iterations on listing.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def forget_backups(work: Path) -> None:
 
 
 def run(work: Path, sizes: Sizes, results: Results, reuse: bool = False,
-        keep: bool = False) -> None:
+        keep: bool = False, admin_part: bool = True) -> None:
     config = write_config(work)
     m = GffsMount(work, config)
     try:
@@ -252,6 +253,9 @@ def run(work: Path, sizes: Sizes, results: Results, reuse: bool = False,
         drop_caches(results)
         row(results, f"ls -l of {sizes.mount_files} entries, cold", "s", timed_ls(big), "< 2 s", 2.0)
         row(results, f"ls -l of {sizes.mount_files} entries, warm", "s", timed_ls(big), "< 1 s", 1.0)
+        if not admin_part:
+            m.unmount()
+            return
         probe_file = big / "m000000.jpg"
         for name, args in (("status", ["status"]), ("rebalance --dry-run", ["rebalance", "--dry-run"]),
                            ("fsck", ["fsck"]), ("gc", ["gc"]), ("index backup", ["index", "backup"])):
@@ -293,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="build the store in DIR (new or empty) and leave it there")
     kept.add_argument("--reuse", metavar="DIR", type=Path,
                       help="measure the store an earlier --keep DIR built, without building")
+    p.add_argument("--no-admin", action="store_true",
+                   help="stop after mount and ls -l (skip admin commands, backup, index size)")
     args = p.parse_args(argv)
     sizes = Sizes(100_000, 10_000) if args.quick else Sizes(1_000_000, 100_000)
     sizes.files = args.files or sizes.files
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     results = new_results(sizes)
     reuse, keep = args.reuse is not None, args.keep is not None
     return run_benchmark(results, args, "gffs-bench-scale-",
-                         lambda work: run(work, sizes, results, reuse, keep),
+                         lambda work: run(work, sizes, results, reuse, keep, not args.no_admin),
                          lambda rows: None, lambda r: print_table(r, name_width=40),
                          keep=args.reuse or args.keep)
 

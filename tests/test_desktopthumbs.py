@@ -40,7 +40,7 @@ def test_a_slow_backend_delays_the_reply_at_most_the_limit_and_the_rest_follows(
         flow, _ = fs.mkdir(ROOT_INO, b"flow", 0o755, USER)
         for i in range(N_FILES):
             await analysed(fs, await put(fs, flow, b"IMG_%d.jpg" % i, jpeg(i)))
-        entries.extend((name, ino, rec) for name, ino, rec, _cookie in fs.readdir(flow, 0))
+        entries.extend((name, ino, rec) for name, ino, rec, _cookie, _ in fs.readdir(flow, 0))
         assert [e[0] for e in entries] == [b"IMG_%d.jpg" % i for i in range(N_FILES)]
         desk = DesktopThumbnails(fs.index, fs.chunks, "/mnt/g", fs.stats, fs.spawn)
         # the first file's thumbnails load at once; every later load waits for `release`
@@ -80,7 +80,7 @@ def test_the_reply_waits_past_the_group_limit_while_thumbnails_keep_coming(env, 
         flow, _ = fs.mkdir(ROOT_INO, b"flow", 0o755, USER)
         for i in range(N_FILES):
             await analysed(fs, await put(fs, flow, b"IMG_%d.jpg" % i, jpeg(i)))
-        entries = [(name, ino, rec) for name, ino, rec, _cookie in fs.readdir(flow, 0)]
+        entries = [(name, ino, rec) for name, ino, rec, _cookie, _ in fs.readdir(flow, 0)]
         desk = DesktopThumbnails(fs.index, fs.chunks, "/mnt/g", fs.stats, fs.spawn)
         # file k's thumbnails load 3 s after file k-1's: 6 s in all, never 5 s without progress
         gates = {}
@@ -126,7 +126,7 @@ def test_a_views_listing_fills_the_cache_under_the_views_uris(env, tmp_path):
         alps, _ = fs.lookup(by_tag, b"alps")
         assert fs.view_dir_path(alps) == b".views/by-tag/alps"
         assert fs.view_dir_path(flow) is None
-        entries = [(name, ino, rec) for name, ino, rec, _cookie in fs.readdir(alps, 0)]
+        entries = [(name, ino, rec) for name, ino, rec, _cookie, _ in fs.readdir(alps, 0)]
         assert len(entries) == N_FILES
         desk = DesktopThumbnails(fs.index, fs.chunks, "/mnt/g", fs.stats, fs.spawn)
         await desk.listed(Listing(alps, 0, viewer.uid, viewer.gid, viewer, True), entries,

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import gffs.fs.datapath as datapath_mod
+import gffs.fs.namespace_ops as namespace_ops
 from gffs.chunks import codec
 from gffs.chunks.store import ChunkStore
 from gffs.errors import FsError
@@ -445,11 +446,11 @@ def test_rename_exchange(env):
         d2, _ = fs.mkdir(ROOT_INO, b"d2", 0o755, USER)
         a = await put_file(fs, d1, b"a", b"file a")
         sub, _ = fs.mkdir(d2, b"sub", 0o755, USER)
-        cookies_before = {n: c for n, _, _, c in fs.readdir(d1, 0)}
+        cookies_before = {n: c for n, _, _, c, _ in fs.readdir(d1, 0)}
         fs.rename(d1, b"a", d2, b"sub", RENAME_EXCHANGE)
         assert fs.lookup(d1, b"a")[0] == sub
         assert fs.lookup(d2, b"sub")[0] == a
-        assert {n: c for n, _, _, c in fs.readdir(d1, 0)} == cookies_before
+        assert {n: c for n, _, _, c, _ in fs.readdir(d1, 0)} == cookies_before
         # the directory moved from d2 to d1: parent link and nlinks follow
         assert fs.lookup(sub, b"..")[0] == d1
         assert fs.attr(d1).nlink == 3 and fs.attr(d2).nlink == 2
@@ -747,11 +748,15 @@ def test_codec_choice(env):
 
 # readdir, statfs -------------------------------------------------------------------------------
 
-def test_readdir_cookies_stable(env):
+@pytest.mark.parametrize("batch", [7, namespace_ops.LISTING_BATCH])
+def test_readdir_cookies_stable(env, monkeypatch, batch):
+    """Pages of 9 with changes between them; a batch of 7 puts index reads across pages."""
+    monkeypatch.setattr(namespace_ops, "LISTING_BATCH", batch)
+
     async def main(fs):
         d, _ = fs.mkdir(ROOT_INO, b"f", 0o755, USER)
         for i in range(60):
-            await put_file(fs, d, b"f%02d" % i, b"")
+            await put_file(fs, d, b"f%02d" % i, os.urandom(i * 1000) if i % 3 else b"")
         stable = {b"f%02d" % i for i in range(60) if i % 4}
         doomed = [b"f%02d" % i for i in range(60) if i % 4 == 0]
         seen, after, step = [], 0, 0
@@ -759,9 +764,10 @@ def test_readdir_cookies_stable(env):
             page = list(itertools.islice(fs.readdir(d, after), 9))
             if not page:
                 break
-            for name, ino, rec, cookie in page:
+            for name, ino, rec, cookie, stored in page:
                 assert cookie > after
                 assert rec.nlink == 1 and ino > 0
+                assert stored == fs.stored_bytes(ino) and (stored > 0) == (rec.size > 0)
                 seen.append(name)
                 after = cookie
             if doomed:

@@ -202,6 +202,50 @@ def test_readdir_lists_every_entry_of_a_large_directory(mounted):
     assert set(os.listdir(d)) == left
 
 
+def test_listing_again_shows_every_change_made_in_between(mounted):
+    """A directory listed again (the daemon answers from its kept replies) shows changes of
+    names and attributes; lstat after a listing shows what the readdirplus reply carried."""
+    d = mounted.path / "many"
+    d.mkdir()
+    want = {}
+    for i in range(2500):      # several readdir requests per listing
+        name = f"{i:04d}.jpg"
+        (d / name).write_bytes(b"x" * (i % 7))
+        want[name] = (0o100644, i % 7, 1)
+
+    def listing() -> dict:
+        return {e.name: (st.st_mode, st.st_size, st.st_nlink)
+                for e in os.scandir(d) for st in [e.stat(follow_symlinks=False)]}
+
+    def check() -> None:
+        assert listing() == want
+        assert listing() == want
+
+    check()
+    os.chmod(d / "0001.jpg", 0o600)
+    want["0001.jpg"] = (0o100600, 1, 1)
+    check()
+    os.truncate(d / "0002.jpg", 100)
+    want["0002.jpg"] = (0o100644, 100, 1)
+    check()
+    with open(d / "0003.jpg", "ab") as f:     # listed while open with unflushed data
+        f.write(b"y" * 1000)
+        f.flush()
+        want["0003.jpg"] = (0o100644, 1003, 1)
+        check()
+    check()
+    os.unlink(d / "0004.jpg")
+    del want["0004.jpg"]
+    os.rename(d / "0005.jpg", d / "renamed.jpg")
+    want["renamed.jpg"] = want.pop("0005.jpg")
+    (mounted.path / "other").mkdir()
+    os.link(d / "0006.jpg", mounted.path / "other" / "0006.jpg")
+    want["0006.jpg"] = (0o100644, 6, 2)
+    (d / "new.jpg").write_bytes(b"new")
+    want["new.jpg"] = (0o100644, 3, 1)
+    check()
+
+
 def test_ls_l_asks_for_unsupported_xattrs_once_per_mount_not_per_file(mounted):
     """ls -l probes security.selinux and ACLs; ENOTSUP lets it stop after the first file."""
     d = mounted.path / "flow"

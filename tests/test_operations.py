@@ -355,3 +355,83 @@ def test_symlink_link_mknod(ops):
         await ops.unlink(d, b"f3", CTX)
         assert (await ops.getattr(fe.st_ino, CTX)).st_nlink == 1
     run(ops, main)
+
+
+def test_readdir_listing_cache_follows_every_change(ops, monkeypatch):
+    """A second listing comes from the kept replies, and shows each change made in between
+    exactly as a lookup + getattr of every name does (a stale attribute would be cached
+    by the kernel as the file's)."""
+    page = {"n": 3}
+    got = []
+
+    def fake_reply(token, name, attr, cookie):
+        if token["n"] >= page["n"]:
+            return False
+        token["n"] += 1
+        got.append((name, attr.st_ino, attr.st_mode, attr.st_size, attr.st_nlink,
+                    attr.st_mtime_ns, attr.st_blocks, cookie))
+        return True
+    monkeypatch.setattr(pyfuse3, "readdir_reply", fake_reply)
+
+    async def listing(d: int) -> list[tuple]:
+        got.clear()
+        fh = await ops.opendir(d, CTX)
+        after = 0
+        while True:               # pages of 3, each resumed at the last cookie
+            token = {"n": 0}
+            await ops.readdir(fh, after, token)
+            if not token["n"]:
+                break
+            after = got[-1][-1]
+        await ops.releasedir(fh)
+        assert [c[-1] for c in got] == sorted(c[-1] for c in got)
+        return [c[:-1] for c in got]
+
+    async def truth(d: int) -> list[tuple]:
+        rows = []
+        for name, *_ in await listing(d):
+            a = await ops.getattr((await ops.lookup(d, name, CTX)).st_ino, CTX)
+            rows.append((name, a.st_ino, a.st_mode, a.st_size, a.st_nlink, a.st_mtime_ns,
+                         a.st_blocks))
+        return rows
+
+    async def check(d: int, names: list[bytes]) -> None:
+        first = await listing(d)
+        assert ops.listings.current(d) is not None      # kept: the next one is a cache reply
+        assert await listing(d) == first == await truth(d)
+        assert [r[0] for r in first] == names
+
+    async def main(ops):
+        d = (await ops.mkdir(ROOT_INO, b"flow", 0o755, CTX)).st_ino
+        other = (await ops.mkdir(ROOT_INO, b"other", 0o755, CTX)).st_ino
+        names = [b"f%d" % i for i in range(7)]
+        for n in names:
+            fi, _ = await ops.create(d, n, 0o644, os.O_RDWR, CTX)
+            await ops.release(fi.fh)
+        await check(d, names)
+        ino = {r[0]: r[1] for r in await listing(d)}
+        await ops.setattr(ino[b"f0"], SimpleNamespace(st_mode=0o600), fields(update_mode=True),
+                          None, CTX)
+        await check(d, names)
+        fi = await ops.open(ino[b"f1"], os.O_RDWR, CTX)
+        await ops.write(fi.fh, 0, os.urandom(5000))      # open: size only in the buffer
+        await check(d, names)
+        await ops.release(fi.fh)                          # flushed: stored bytes too
+        await check(d, names)
+        await ops.unlink(d, b"f2", CTX)
+        names.remove(b"f2")
+        await check(d, names)
+        await ops.rename(d, b"f3", d, b"g3", 0, CTX)
+        names.remove(b"f3")
+        names.append(b"g3")                               # a rename is a new entry: listed last
+        await check(d, names)
+        await ops.link(ino[b"f4"], other, b"f4-link", CTX)   # nlink, from another directory
+        await check(d, names)
+        await ops.setattr(ino[b"f5"], SimpleNamespace(st_mtime_ns=10**18),
+                          fields(update_mtime=True), None, CTX)
+        await check(d, names)
+        fi, _ = await ops.create(d, b"new", 0o644, os.O_RDWR, CTX)
+        await ops.release(fi.fh)
+        await ops.rename(other, b"f4-link", d, b"f4-moved", 0, CTX)
+        await check(d, names + [b"new", b"f4-moved"])
+    run(ops, main)

@@ -89,7 +89,7 @@ def test_end_of_file_starts_the_next_listed_files(tmp_path):
 
     async def read(fs: Filesystem, backend: InFlight) -> None:
         d, _ = fs.lookup(ROOT_INO, b"flow")
-        listed = [(name, ino) for name, ino, _rec, _cookie in fs.readdir(d, 0)]
+        listed = [(name, ino) for name, ino, _rec, _cookie, _ in fs.readdir(d, 0)]
         assert [n for n, _ in listed] == list(files)
         fh = await fs.open(listed[0][1], os.O_RDONLY)
         assert await fs.read(fh, 0, 1 << 20) == files[listed[0][0]]

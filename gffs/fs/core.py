@@ -14,7 +14,7 @@ import stat
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import trio
 
@@ -156,6 +156,10 @@ class FsCore:
     def remember(self, ino: int) -> None:
         """The kernel now holds one more lookup reference to *ino*."""
         self.lookups[ino] += 1
+
+    def remember_all(self, inos: Iterable[int]) -> None:
+        """The kernel now holds one more lookup reference to each of *inos* (a readdirplus reply)."""
+        self.lookups.update(inos)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         for ino, n in items:

@@ -129,6 +129,10 @@ class DesktopThumbnails:
             ino = parent
         return None
 
+    def watches(self, listing: Listing) -> bool:
+        """Whether :meth:`listed` may do anything for this listing (it needs the records)."""
+        return self.enabled and listing.ino != ROOT_INO and self._viewer(listing) is not None
+
     async def listed(self, listing: Listing, entries: list[tuple[bytes, int, InodeRecord]],
                      virtual_path: bytes | None = None) -> None:
         """A readdir reply with *entries* is about to go out: put their thumbnails in place first.
@@ -138,11 +142,11 @@ class DesktopThumbnails:
         viewer's cache is keyed by the URI it lists them under)."""
         if not self.enabled or listing.ino == ROOT_INO:
             return
+        viewer = self._viewer(listing)     # once per listing; None for most listers
+        if viewer is None:
+            return
         files = [e for e in entries if stat.S_ISREG(e[2].mode)]
         if not files:
-            return
-        viewer = self._viewer(listing)
-        if viewer is None:
             return
         finished = trio.Event()
         groups = [0]      # groups written so far: the reply waits while this grows

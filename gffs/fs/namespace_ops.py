@@ -15,6 +15,7 @@ from gffs.index.namespace import check_name
 from gffs.index.records import InodeRecord
 
 LISTED_MAX = 20_000             # "next file in its directory" links kept for read-ahead
+LISTING_BATCH = 256             # directory entries read from the index together by readdir
 RENAME_NOREPLACE = 1            # Linux renameat2 flags
 RENAME_EXCHANGE = 2
 
@@ -304,26 +305,37 @@ class NamespaceOps(FsCore):
         with self.index.read() as txn:
             self._dir(txn, ino)
 
-    def readdir(self, ino: int, after_cookie: int) -> Iterator[tuple[bytes, int, InodeRecord, int]]:
-        """(name, ino, attributes, cookie) for entries after *after_cookie*.
+    def readdir(self, ino: int, after_cookie: int
+                ) -> Iterator[tuple[bytes, int, InodeRecord, int, int | None]]:
+        """(name, ino, attributes, cookie, stored bytes) for entries after *after_cookie*:
+        what a readdirplus reply carries (stored bytes: st_blocks; None for a virtual entry).
 
         A directory's .sh_thumbnails and the root's .views are not listed: copies,
-        backups and du must not descend into them; they are looked up by name."""
+        backups and du must not descend into them; they are looked up by name.
+        Entries are read :data:`LISTING_BATCH` at a time (a reply takes thousands), each
+        batch with a few cursors: a lookup per entry was most of a big listing's cost."""
         if is_virtual(ino):
-            yield from self._virtual(ino).readdir(ino, after_cookie)
+            for name, child, rec, cookie in self._virtual(ino).readdir(ino, after_cookie):
+                yield name, child, rec, cookie, None
             return
-        prev = None
         with self.index.read() as txn:
-            for cookie, name, child in self.ns.entries(txn, ino, after_cookie):
-                rec = self.ns.get(txn, child)
-                if stat.S_ISREG(rec.mode):
-                    if prev is not None:
-                        self._remember_next(prev, child)
-                    prev = child
-                yield name, child, self._overlay(child, rec), cookie
+            while True:
+                batch = self.ns.listing(txn, ino, after_cookie, LISTING_BATCH)
+                stored = self.cm.stored_bytes_of(txn, [child for _, _, child, _ in batch])
+                self._remember_order([child for _, _, child, rec in batch
+                                      if stat.S_ISREG(rec.mode)])
+                buffers = self.buffers
+                for (cookie, name, child, rec), st in zip(batch, stored):
+                    yield name, child, self._overlay(child, rec) if buffers else rec, cookie, st
+                if len(batch) < LISTING_BATCH:
+                    return
+                after_cookie = batch[-1][0]
 
-    def _remember_next(self, ino: int, following: int) -> None:
-        self._next_listed[ino] = following
-        self._next_listed.move_to_end(ino)
-        if len(self._next_listed) > LISTED_MAX:
-            self._next_listed.popitem(last=False)
+    def _remember_order(self, files: list[int]) -> None:
+        """Each listed file -> the file listed after it (read-ahead of the next file)."""
+        listed = self._next_listed
+        for ino in files[:-1]:
+            listed.pop(ino, None)      # re-listed: it moves to the recent end
+        listed.update(zip(files, files[1:]))
+        while len(listed) > LISTED_MAX:
+            listed.popitem(last=False)

@@ -19,6 +19,7 @@ from gffs.errors import FsError
 from gffs.fs.desktopthumbs import DesktopThumbnails, Listing
 from gffs.fs.errnos import fs_error
 from gffs.fs.filesystem import Caller, Filesystem
+from gffs.fs.listings import DirListing, ListingCache
 from gffs.fs.sharedthumbs import is_virtual
 from gffs.index.errors import IndexFailure
 from gffs.index.records import InodeRecord
@@ -102,6 +103,7 @@ class Operations(pyfuse3.Operations):
         self.desktop = DesktopThumbnails(fs.index, fs.chunks, mountpoint, fs.stats, fs.spawn,
                                          fs.thumbs.pngs)
         self._listings: dict[int, Listing] = {}   # directory handle -> who opened it
+        self.listings = ListingCache(fs.index.listing_writes)   # replies of whole listings
         self._next_dir_fh = 1
         fs.drop_kernel_cache = _invalidate_soon
         # st_blksize = one block: cp and most tools then write a whole chunk per request
@@ -228,17 +230,54 @@ class Operations(pyfuse3.Operations):
         listing = self._listings.get(fh)
         if listing is None:
             raise FsError(errno.EBADF)
+        # replies without thumbnail work for the lister can come from the listing cache
+        cacheable = not is_virtual(listing.ino) and not self.desktop.watches(listing)
+        if cacheable and (kept := self.listings.current(listing.ino)) is not None:
+            self._reply_kept(kept, start_id, token)
+            return
+        fill = self.listings.filling(listing.ino, start_id) if cacheable else None
         replied = []
-        for name, ino, rec, cookie in self.fs.readdir(listing.ino, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attributes(ino, rec), cookie):
-                break
-            self.fs.remember(ino)
-            replied.append((name, ino, rec))
+        reply, io_size = pyfuse3.readdir_reply, self.io_size
+        at_end, buffers = True, self.fs.buffers
+        try:
+            for name, ino, rec, cookie, stored in self.fs.readdir(listing.ino, start_id):
+                attrs = entry_attributes(ino, rec, stored, io_size)
+                if not reply(token, name, attrs, cookie):
+                    at_end = False
+                    break
+                replied.append((name, ino, rec))
+                if fill is not None:
+                    if buffers and ino in buffers:   # attributes the index does not hold yet
+                        fill = self.listings.discard(listing.ino)
+                    else:
+                        fill.cookies.append(cookie)
+                        fill.entries.append((name, ino, attrs))
+        except BaseException:
+            self.listings.discard(listing.ino)
+            raise
+        self.fs.remember_all(ino for _, ino, _ in replied)   # only what the reply carries
+        if fill is not None:
+            self.listings.filled(listing.ino, fill, at_end)
         # the reply reaches the lister when this returns: thumbnails first
         if replied and not is_virtual(listing.ino):
             await self.desktop.listed(listing, replied)
         elif replied and (view_path := self.fs.view_dir_path(listing.ino)) is not None:
             await self.desktop.listed(listing, replied, view_path)
+
+    def _reply_kept(self, kept: DirListing, start_id: int, token) -> None:
+        """A readdir reply from a kept listing; files with an open buffer answered fresh."""
+        reply, buffers = pyfuse3.readdir_reply, self.fs.buffers
+        cookies, entries = kept.cookies, kept.entries
+        first = i = kept.after(start_id)
+        for i in range(first, len(entries)):
+            name, ino, attrs = entries[i]
+            if buffers and ino in buffers:
+                attrs = self._attributes(ino, self.fs.attr(ino))
+            if not reply(token, name, attrs, cookies[i]):
+                break
+        else:
+            i = len(entries)
+        self.fs.remember_all(entries[k][1] for k in range(first, i))
 
     @_guard
     async def releasedir(self, fh):

@@ -104,6 +104,18 @@ class ChunkMap:
             count, stored = count + 1, stored + self._stored_size(txn, digest)
         return count, stored
 
+    def stored_bytes_of(self, txn: lmdb.Transaction, inos: list[int]) -> list[int]:
+        """Stored bytes of each of *inos* (a directory listing's st_blocks), one cursor."""
+        keys = [u64(i) for i in inos]
+        rows = (dict(txn.cursor(db=self._inode_blocks).getmulti(keys))
+                if self._inode_blocks is not None else {})
+        out = []
+        for ino, key in zip(inos, keys):
+            raw = rows.get(key)
+            out.append(_INODE_BLOCKS.unpack(raw)[1] if raw is not None
+                       else self.stored_blocks(txn, ino)[1])
+        return out
+
     def _put_stored_blocks(self, txn: lmdb.Transaction, ino: int, count: int,
                            stored: int) -> None:
         if count <= 0:

@@ -56,6 +56,22 @@ JOURNAL_SEQ = b"journal_seq"   # meta key: last journal record contained in the 
 MAIN_DB = 255                  # journal db number of LMDB's unnamed database
 
 
+class WriteWatch:
+    """A counter every put or delete in some tables moves: a cache of what those tables
+    held (a directory listing) is stale once it differs from when the cache was filled.
+    An aborted change moves it too (a needless refill, never a stale answer)."""
+
+    __slots__ = ("dbnums", "version")
+
+    def __init__(self, dbnums: frozenset[int]) -> None:
+        self.dbnums = dbnums
+        self.version = 0
+
+    def note(self, dbnum: int) -> None:
+        if dbnum in self.dbnums:
+            self.version += 1
+
+
 class RecordingTxn:
     """A child write transaction that remembers its puts and deletes for the journal.
 
@@ -65,39 +81,49 @@ class RecordingTxn:
     group only put and delete exist (the journal could not redo anything else).
     """
 
-    __slots__ = ("txn", "ops", "_dbnum", "changes", "untracked")
+    __slots__ = ("txn", "ops", "_dbnum", "changes", "untracked", "watch")
 
     def __init__(self, txn: lmdb.Transaction, dbnum: Callable[[object], int],
-                 changes: Changes | None = None) -> None:
+                 changes: Changes | None = None, watch: WriteWatch | None = None) -> None:
         self.txn = txn
         self.ops: list[Op] = []
         self._dbnum = dbnum
         self.changes = changes
         self.untracked = False
+        self.watch = watch
 
     def put(self, key: bytes, value: bytes, *, db=None, overwrite: bool = True, **kw) -> bool:
         done = self.txn.put(key, value, db=db, overwrite=overwrite, **kw)
         if done:
+            dbnum = self._dbnum(db)
+            if self.watch is not None:
+                self.watch.note(dbnum)
             if self.changes is not None:
-                self.changes.add(self._dbnum(db), bytes(key))
+                self.changes.add(dbnum, bytes(key))
             else:
-                self.ops.append((PUT, self._dbnum(db), bytes(key), bytes(value)))
+                self.ops.append((PUT, dbnum, bytes(key), bytes(value)))
         return done
 
     def delete(self, key: bytes, value: bytes = b"", *, db=None) -> bool:
         done = self.txn.delete(key, value, db=db)
         if done:
+            dbnum = self._dbnum(db)
+            if self.watch is not None:
+                self.watch.note(dbnum)
             if self.changes is not None:
-                self.changes.add(self._dbnum(db), bytes(key))
+                self.changes.add(dbnum, bytes(key))
             else:
-                self.ops.append((DELETE, self._dbnum(db), bytes(key), bytes(value)))
+                self.ops.append((DELETE, dbnum, bytes(key), bytes(value)))
         return done
 
     def __getattr__(self, name: str):
-        """Outside a group, another transaction method (replace, pop, ...): not tracked."""
+        """Outside a group, another transaction method (replace, pop, ...): not tracked
+        (and, as it may change anything, it moves the watch)."""
         if self.changes is None or name.startswith("_"):
             raise AttributeError(name)
         self.untracked = True
+        if self.watch is not None:
+            self.watch.version += 1
         return getattr(self.txn, name)
 
     def get(self, key: bytes, default=None, *, db=None):
@@ -256,7 +282,7 @@ class GroupCommit:
         """One request's atomic change: journaled and merged on success, dropped on error."""
         parent = self.top()
         txn = self.index.env.begin(write=True, parent=parent)
-        rec = RecordingTxn(txn, self.index.dbnum)
+        rec = RecordingTxn(txn, self.index.dbnum, watch=self.index.listing_writes)
         self._stack.append(txn)
         self._records.append(rec)
         try:

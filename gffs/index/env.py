@@ -20,7 +20,7 @@ import trio
 
 from gffs.errors import ConfigError
 from gffs.index.changes import Changes, ChangeTracker
-from gffs.index.commit import MAIN_DB, GroupCommit, GroupView, RecordingTxn, replay
+from gffs.index.commit import MAIN_DB, GroupCommit, GroupView, RecordingTxn, WriteWatch, replay
 from gffs.index.errors import IndexFull, IndexUnwritable
 from gffs.index.journal import Journal
 from gffs.index.records import from_u64, u64
@@ -35,6 +35,9 @@ DB_NAMES = ("meta", "inodes", "dirents", "dircookies", "xattrs", "symlinks",
             "blocks", "chunks", "garbage", "orphans", "repair", "contentids", "imagefacts",
             "imagequeue", "moves", "thumbnails", "inodeblocks", "viewrows", "inoviews",
             "cidinodes")
+# what a readdirplus entry shows comes from these: names, inodes, st_blocks (and, for
+# an index older than inodeblocks, the block list)
+LISTING_TABLES = frozenset({"inodes", "dirents", "dircookies", "inodeblocks", "blocks"})
 # tables whose readers fall back when an older index lacks them (created by the
 # first read-write open): a read-only open goes on without them
 OPTIONAL_TABLES = frozenset({"inodeblocks", "viewrows", "inoviews", "cidinodes"})
@@ -59,9 +62,11 @@ class Index:
                  block_size: int = DEFAULT_BLOCK_SIZE) -> None:
         """Open (or create) the index; *block_size* applies only to a new store."""
         path.mkdir(parents=True, exist_ok=True)
+        # readahead on: a cold listing faults the pages of one directory's entries and
+        # inodes, which sit near each other; page by page it took twice as long
         try:
             self.env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=len(DB_NAMES) + 2,
-                                 metasync=True, sync=True, readahead=False,
+                                 metasync=True, sync=True, readahead=True,
                                  readonly=readonly, lock=True)
         except lmdb.Error as exc:
             raise ConfigError(f"cannot open index at {path}: {exc}") from exc
@@ -73,6 +78,9 @@ class Index:
                                                 if name in self.db}  # optional tables may be absent (ro)
         self.dbs_by_number[MAIN_DB] = None
         self._dbnums = {id(h): i for i, h in self.dbs_by_number.items() if h is not None}
+        # moves with every change of what a directory listing shows (gffs/fs/listings.py)
+        self.listing_writes = WriteWatch(frozenset(
+            i for i, name in enumerate(DB_NAMES) if name in LISTING_TABLES and name in self.db))
         self.group: GroupCommit | None = None
         self.journal: Journal | None = None
         self.changes = ChangeTracker(self.env)   # for incremental backups (changes.py)
@@ -160,7 +168,7 @@ class Index:
     def _tracked_write(self) -> Iterator[RecordingTxn]:
         """A write transaction outside a group whose changed keys the tracker learns."""
         txn = self.env.begin(write=True)
-        rec = RecordingTxn(txn, self.dbnum, Changes())
+        rec = RecordingTxn(txn, self.dbnum, Changes(), self.listing_writes)
         try:
             yield rec
         except BaseException:

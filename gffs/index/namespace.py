@@ -7,6 +7,7 @@ module only keeps the tables consistent with each other.
 
 from __future__ import annotations
 
+import itertools
 import stat
 import time
 from typing import Iterator
@@ -117,6 +118,24 @@ class Namespace:
             if key[:8] != prefix:
                 break
             yield from_u64(key[8:]), bytes(value[8:]), from_u64(value[:8])
+
+    def listing(self, txn: lmdb.Transaction, parent: int, after_cookie: int = 0,
+                count: int = 256) -> list[tuple[int, bytes, int, InodeRecord]]:
+        """(cookie, name, ino, attributes) of up to *count* entries after *after_cookie*.
+
+        What a readdir reply needs, read with two cursors (one over the directory's
+        cookies, one ``getmulti`` over the inodes) rather than a lookup per entry."""
+        found = list(itertools.islice(self.entries(txn, parent, after_cookie), count))
+        keys = [u64(ino) for _, _, ino in found]
+        rows = dict(txn.cursor(db=self._inodes).getmulti(keys))
+        unpack = InodeRecord.unpack
+        listed = []
+        for (cookie, name, ino), key in zip(found, keys):
+            raw = rows.get(key)
+            if raw is None:
+                raise NotFound(f"inode {ino} of entry {name!r} does not exist")
+            listed.append((cookie, name, ino, unpack(raw)))
+        return listed
 
     def is_empty_dir(self, txn: lmdb.Transaction, ino: int) -> bool:
         cur = txn.cursor(db=self._cookies)
