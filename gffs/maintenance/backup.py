@@ -35,7 +35,7 @@ from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRe
                                             version_name, version_of)
 from gffs.maintenance.backup_snapshot import (CACHE_FILE, CachedPiece, save_cache,
                                               snapshot_changes)
-from gffs.maintenance.backup_worker import FullPass
+from gffs.maintenance.backup_worker import BackupFailed, FullPass
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs_backends.base import Backend, BackendError, ObjectMissing
@@ -257,18 +257,21 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
         finally:
             slots.release()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(producer)
-        async with recv:
-            async for table, sha, size, stored in recv:
-                refs.append(PieceRef(table, sha, size,
-                                     len(stored) if stored is not None else everywhere[sha]))
-                if stored is None:
-                    continue
-                for name in live:
-                    if name not in failed and sha not in state.known[name].pieces:
-                        await slots.acquire()
-                        nursery.start_soon(upload, name, sha, stored)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            async with recv:
+                async for table, sha, size, stored in recv:
+                    refs.append(PieceRef(table, sha, size,
+                                         len(stored) if stored is not None else everywhere[sha]))
+                    if stored is None:
+                        continue
+                    for name in live:
+                        if name not in failed and sha not in state.known[name].pieces:
+                            await slots.acquire()
+                            nursery.start_soon(upload, name, sha, stored)
+    except* BackupFailed as group:      # the job's error says what happened, not "a nursery"
+        raise group.exceptions[0] from None
     return refs, info
 
 

@@ -91,10 +91,11 @@ def _serve(setup: dict, receive: Callable[[], Any], send: Callable[[Any], None])
     send(("plan", plan.summary()))
     todo = ordered(plan.moves, setup["cursor"])
     plan.moves = []
-    for start in range(0, len(todo), BATCH):
+    batch = setup["batch"]
+    for start in range(0, len(todo), batch):
         if receive() is None:
             return
-        send(("moves", todo[start:start + BATCH]))
+        send(("moves", todo[start:start + batch]))
     if receive() is not None:
         send(("moves", []))
 
@@ -114,10 +115,11 @@ class Planner(IndexWorker):
     consequence = "this run has no plan; what it moved before stays moved"
 
     def __init__(self, index_dir: Path, placement: Placement, configured: set[str],
-                 flow: str | None, cursor: str | None, env: Any = None) -> None:
+                 flow: str | None, cursor: str | None, env: Any = None,
+                 batch: int = BATCH) -> None:
         super().__init__({"index": str(index_dir), "placement": PlacementSnapshot.of(placement),
-                          "configured": set(configured), "flow": flow, "cursor": cursor},
-                         env=env)
+                          "configured": set(configured), "flow": flow, "cursor": cursor,
+                          "batch": batch}, env=env)
 
     async def plan(self) -> Any:
         """The plan's summary (a rebalance.PlanSummary)."""
