@@ -31,6 +31,7 @@ from typing import IO, Any, Callable, Sequence
 import trio
 
 HEADER = struct.Struct("<Q")
+NICE = 10       # a worker's CPU priority below the daemon's: FUSE requests are served first
 
 
 class WorkerFailed(RuntimeError):
@@ -59,6 +60,7 @@ def serve(main: Callable[[dict, Callable[[], Any], Callable[[Any], None]], None]
     """
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)      # print() goes to stderr, never into the message stream
+    os.nice(NICE)      # on a busy machine a scan waits, not the stat beside it
     inp = sys.stdin.buffer
     setup = read(inp)
     if setup is None:
