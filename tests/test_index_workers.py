@@ -14,7 +14,6 @@ import trio
 
 from gffs.fs.filesystem import Filesystem
 from gffs.index import ROOT_INO
-from gffs.maintenance import backup as backup_mod
 from gffs.maintenance.backup import backup_index
 from gffs.maintenance.backup_worker import BackupFailed, FullPass
 from gffs.maintenance.plan_worker import PlanFailed, Planner
