@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import threading
 
 import trio
 
@@ -145,46 +144,8 @@ def test_store_without_counters_gets_them_counted_once_and_fsck_checks_them(tmp_
         store.close()
 
 
-def test_rebalance_planning_leaves_the_trio_thread_free(tmp_path, monkeypatch):
-    """A FUSE-level stat issued while the plan is half done completes before the plan
-    goes on: the plan waits (in its thread) for the stat, which can only run if the trio
-    thread is free. Planning on the trio thread would wait in vain and the test fails."""
-    store = two_disk_store(tmp_path)
-    planning, stat_done = threading.Event(), threading.Event()
-    seen: list[bool] = []
-    real = rebalance_mod.wanted_copies
-
-    def slow_wanted(*args):
-        if not planning.is_set():
-            planning.set()
-            seen.append(stat_done.wait(60))
-        return real(*args)
-
-    monkeypatch.setattr(rebalance_mod, "wanted_copies", slow_wanted)
-    try:
-        async def main() -> None:
-            fs = Filesystem(store.index, store.chunks, analyze_images=False)
-            await fs.start(1000, 1000)
-            d, _ = fs.mkdir(ROOT_INO, b"flow", 0o755, USER)
-            fh, ino, _ = fs.create(d, b"x.jpg", 0o644, os.O_RDWR, USER)
-            await fs.write(fh, 0, b"pixels" * 100)
-            await fs.release(fh)
-            result: dict = {}
-
-            async def plan() -> None:
-                result.update(await rebalance_mod.rebalance(store, {"dry_run": True}, Progress()))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(plan)
-                await trio.to_thread.run_sync(planning.wait, 60)
-                assert fs.lookup(d, b"x.jpg")[0] == ino and fs.attr(ino).size == 600
-                stat_done.set()
-            assert result["chunks_checked"] == 1
-            await fs.shutdown()
-        trio.run(main)
-        assert seen == [True], "the stat could not run while the plan was being made"
-    finally:
-        store.close()
+# (That planning leaves the trio thread free: it runs in a worker process now, see
+# test_index_workers.py::test_cancelling_a_rebalance_kills_its_planning_worker.)
 
 
 def test_backup_keeps_no_read_transaction_on_the_live_index_while_uploading(tmp_path,

@@ -23,6 +23,7 @@ from gffs.index.changes import Changes, ChangeTracker
 from gffs.index.commit import MAIN_DB, GroupCommit, GroupView, RecordingTxn, WriteWatch, replay
 from gffs.index.errors import IndexFull, IndexUnwritable
 from gffs.index.journal import Journal
+from gffs.index.mapping import Releaser
 from gffs.index.records import from_u64, u64
 
 SCHEMA_VERSION = 1
@@ -260,6 +261,12 @@ class Index:
 
     def sync(self) -> None:
         self.env.sync(True)
+
+    def releaser(self, every: int = 4096) -> Releaser:
+        """For a scan in the daemon: call it with the rows read; every *every* rows it drops
+        the index pages this process mapped (mapping.py), so the scan cannot raise its
+        peak RSS."""
+        return Releaser(self.env, every)
 
     def close(self) -> None:
         if self.journal is not None:

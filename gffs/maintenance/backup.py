@@ -20,6 +20,7 @@ reported; they never fail the mount.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import weakref
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ from gffs.maintenance.backup_format import (PIECES, VERSIONS, BadBackup, PieceRe
                                             manifest, new_version_id, parse_manifest, piece_name,
                                             version_name, version_of)
 from gffs.maintenance.backup_snapshot import (CACHE_FILE, CachedPiece, save_cache,
-                                              snapshot_changes, snapshot_copy)
+                                              snapshot_changes)
+from gffs.maintenance.backup_worker import BackupFailed, FullPass
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_OK, JobRefused, job
 from gffs.maintenance.progress import Progress
 from gffs_backends.base import Backend, BackendError, ObjectMissing
@@ -176,13 +178,14 @@ def _failed_cut(store: Store, state: _State, cut: dict[str, Any]) -> None:
 async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State,
                            progress: Progress, failed: dict[str, str], cut: dict[str, Any]
                            ) -> tuple[list[PieceRef], dict[str, Any]]:
-    """Cut the index in a thread, streaming each piece to the uploads where it is missing.
+    """Cut the index, streaming each piece to the uploads where it is missing.
 
     With the last backup's cut in memory and the changes since known (the usual case
     in a daemon), only the pieces around changed keys are read, in one short read
     transaction of the live index; their plaintexts go to an anonymous spool file and
     are uploaded after that transaction ended. Otherwise (first backup of a process,
-    or any doubt) a full pass cuts a compact copy. *cut* receives the changes taken
+    or any doubt) a full pass cuts a compact copy, in a worker process
+    (backup_worker.py) so that the daemon never maps the whole index. *cut* receives the changes taken
     ("changes", to give back on failure) and the new cut ("pieces").
     """
     sets = [state.known[n].pieces for n in live]
@@ -191,10 +194,6 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
     send, recv = trio.open_memory_channel(2)
     info: dict[str, Any] = {}
     index = store.index
-
-    def emit(table: str, sha: str, size: int, plain: Callable[[], bytes]) -> None:
-        stored = None if sha in everywhere else codec.encode(plain(), True)[1]
-        trio.from_thread.run(send.send, (table, sha, size, stored))
 
     def changed_pass(txn) -> dict[str, Any]:
         with tempfile.TemporaryFile(dir=store.cfg.data_dir) as spool:
@@ -208,29 +207,39 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
                     spool.write(plain())
             found, cut["pieces"] = snapshot_changes(index, txn, cut["changes"], state.pieces,
                                                     to_spool)       # txn ends here
+            spool.flush()
             for table, sha, size, at in items:
-                stored = None
-                if at is not None:
-                    spool.seek(at)
-                    stored = codec.encode(spool.read(size), True)[1]
-                trio.from_thread.run(send.send, (table, sha, size, stored))
+                trio.from_thread.run(send.send, (table, sha, size,
+                                                 _spooled(spool.fileno(), at, size)))
         return {**found, "pass": "changes"}
 
-    def produce() -> dict[str, Any]:
+    def take() -> dict[str, Any] | None:
         changes, txn = index.changes.take(index.env.begin)
         cut["changes"] = changes
         if state.pieces is not None and not changes.everything and not changes.whole:
             return changed_pass(txn)
         txn.abort()
+        return None     # a full pass
+
+    async def full_pass() -> dict[str, Any]:
         data_dir = store.cfg.data_dir
-        found, cut["pieces"] = snapshot_copy(index, data_dir / SNAPSHOT_DIR, emit,
-                                             data_dir / CACHE_FILE)
+        with tempfile.TemporaryFile(dir=data_dir) as spool:
+            fd = spool.fileno()
+            async with FullPass(index.path, data_dir / SNAPSHOT_DIR, data_dir / CACHE_FILE,
+                                frozenset(everywhere), fd, index.env) as worker:
+                async for table, sha, size, at in worker.pieces():
+                    stored = None if at is None else await trio.to_thread.run_sync(
+                        _spooled, fd, at, size)
+                    await send.send((table, sha, size, stored))
+        assert worker.result is not None
+        found, cut["pieces"] = worker.result
         return {**found, "pass": "full"}
 
     async def producer() -> None:
         async with send:
             try:
-                info.update(await trio.to_thread.run_sync(produce))
+                found = await trio.to_thread.run_sync(take)
+                info.update(found if found is not None else await full_pass())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass        # the consumer stopped first; its error is the one that counts
 
@@ -248,19 +257,28 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
         finally:
             slots.release()
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(producer)
-        async with recv:
-            async for table, sha, size, stored in recv:
-                refs.append(PieceRef(table, sha, size,
-                                     len(stored) if stored is not None else everywhere[sha]))
-                if stored is None:
-                    continue
-                for name in live:
-                    if name not in failed and sha not in state.known[name].pieces:
-                        await slots.acquire()
-                        nursery.start_soon(upload, name, sha, stored)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            async with recv:
+                async for table, sha, size, stored in recv:
+                    refs.append(PieceRef(table, sha, size,
+                                         len(stored) if stored is not None else everywhere[sha]))
+                    if stored is None:
+                        continue
+                    for name in live:
+                        if name not in failed and sha not in state.known[name].pieces:
+                            await slots.acquire()
+                            nursery.start_soon(upload, name, sha, stored)
+    except* BackupFailed as group:      # the job's error says what happened, not "a nursery"
+        raise group.exceptions[0] from None
     return refs, info
+
+
+def _spooled(fd: int, at: int | None, size: int) -> bytes | None:
+    """A piece's stored form from its plaintext in a spool file (None: not spooled, every
+    target holds it). Blocking."""
+    return None if at is None else codec.encode(os.pread(fd, size, at), True)[1]
 
 
 async def _commit(backend: Backend, known: _Known, m: dict[str, Any], refs: list[PieceRef],

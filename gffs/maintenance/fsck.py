@@ -72,7 +72,7 @@ async def run_fsck(store: Store, opts: Options, progress: Progress) -> dict:
     ns_rows = rows["inodes"] + 2 * rows["dirents"] + rows["dircookies"]
 
     ccheck = ChunkCheck(store, report, lambda ino: None)
-    async with ScanWorker(index.path, ccheck.ctx) as worker:
+    async with ScanWorker(index.path, ccheck.ctx, index.env) as worker:
         nscheck = NamespaceCheck(index, report)
         ns = await worker.scan(progress, "checking the namespace", ns_rows, "namespace", report)
         if opts.repair:

@@ -163,6 +163,7 @@ class BackendCheck:
         page: list[tuple[bytes, ObjectInfo]] = []
         young = listed = 0
         cutoff = time.time() - self.opts.min_age
+        release = self.store.index.releaser()
 
         def classify() -> None:
             nonlocal young
@@ -184,6 +185,7 @@ class BackendCheck:
                             f.fixed = self._record_copy(digest, backend.name)
                         else:
                             self.unrecorded.setdefault(digest, []).append(backend.name)
+            release(len(page))
             page.clear()
 
         async for info in backend.list():
@@ -250,6 +252,7 @@ class BackendCheck:
         deadline = (time.monotonic() + self.opts.time_limit
                     if self.opts.incremental and self.opts.time_limit else None)
         after = start
+        release = index.releaser()
         while True:
             budget = min(BATCH, limit - sl.chunks) if self.opts.incremental else BATCH
             if budget <= 0:
@@ -265,6 +268,7 @@ class BackendCheck:
                     sl.end = b""  # a whole pass ended: the next run starts over
                 break
             await self._check_batch(rows)
+            release(len(rows))
             after = sl.end = rows[-1][0]
             sl.chunks += len(rows)
             self.progress.advance(len(rows), sum(r[1].stored_size for r in rows)

@@ -47,6 +47,7 @@ async def gc(store: Store, args: dict, progress: Progress) -> dict:
 
 async def _sweep_backends(store: Store, cutoff: float, progress: Progress) -> tuple[int, list[str]]:
     deleted, failed = 0, []
+    release = store.index.releaser()    # each listed object is a lookup in the chunk table
     for backend in store.backends.values():
         progress.begin(f"gc: unreferenced objects on {backend.name}", unit="objects")
         batch: list[bytes] = []
@@ -64,6 +65,7 @@ async def _sweep_backends(store: Store, cutoff: float, progress: Progress) -> tu
                 batch.append(digest)
                 if len(batch) >= SWEEP_BATCH:
                     deleted += await store.chunks.delete_unrecorded(backend, batch)
+                    release(len(batch))
                     batch = []
             deleted += await store.chunks.delete_unrecorded(backend, batch)
         except BackendError as exc:

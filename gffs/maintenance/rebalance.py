@@ -7,6 +7,9 @@ store moves nothing. Each move is ChunkMover's copy → verify → record → ch
 count → delete. The plan is refused before anything changes when a policy
 cannot be met or a destination would fill up.
 
+The plan is made in a worker process (plan_worker.py), which sends the daemon
+its summary and then the moves a batch at a time.
+
 Checkpoint: the locations in the index are the progress (a rerun plans again
 and finds the moved chunks done); a cursor in `meta` makes a stopped run
 continue after the last chunk it finished, wrapping round to the start.
@@ -19,6 +22,7 @@ import stat
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 import trio
 
@@ -27,6 +31,7 @@ from gffs.index import ROOT_INO, ChunkMap, Index, Namespace
 from gffs.index.env import COPY_CENSUS, REBALANCE_CURSOR
 from gffs.index.errors import NotFound
 from gffs.maintenance.jobs import EXIT_FAILED, EXIT_LIMIT, JobRefused, job
+from gffs.maintenance.plan_worker import Planner
 from gffs.maintenance.progress import Progress, human_bytes
 from gffs.placement import Placement
 from gffs.store import Store
@@ -52,6 +57,21 @@ class ChunkMove:
 
 
 @dataclass
+class PlanSummary:
+    """What a plan amounts to, without its moves: what the daemon keeps of a plan made in
+    the planning worker (plan_worker.py), which sends the moves in batches."""
+
+    chunks_checked: int
+    moves: int                # chunks to move
+    copy_bytes: int
+    pairs: dict[str, int]     # bytes per "source → destination" (see Plan.pairs)
+    bytes_to: dict[str, int]  # bytes per destination
+    unreachable: int
+    first_unreachable: str | None
+    census: dict
+
+
+@dataclass
 class Plan:
     moves: list[ChunkMove] = field(default_factory=list)
     chunks_checked: int = 0
@@ -64,6 +84,11 @@ class Plan:
         """What `gffs-admin status` shows as copies short / beyond (saved in meta)."""
         return {"under": self.under, "over": self.over, "chunks": self.chunks_checked,
                 "flows": self.flows, "at": time.time()}
+
+    def summary(self) -> PlanSummary:
+        return PlanSummary(self.chunks_checked, len(self.moves), self.copy_bytes, self.pairs(),
+                           self.bytes_to(), len(self.unreachable),
+                           self.unreachable[0] if self.unreachable else None, self.census())
 
     @property
     def copy_bytes(self) -> int:
@@ -161,7 +186,8 @@ def wanted_copies(placement: Placement, digest: bytes,
 
 def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
               only_flow: str | None = None, window: int = PLAN_WINDOW) -> Plan:
-    """What to move; blocking: call it in a worker thread (it opens its own read txns).
+    """What to move; blocking: the daemon runs it in the planning worker process
+    (plan_worker.py), so that its scans map the index there, not in the daemon.
 
     The chunk table is read in windows of *window* keys, each in its own short
     read transaction, so no snapshot is pinned for the whole plan. With
@@ -194,9 +220,9 @@ def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
     return plan
 
 
-async def check_space(store: Store, plan: Plan) -> None:
+async def check_space(store: Store, plan: PlanSummary) -> None:
     """Refuse a plan that would fill a destination (where the backend knows its space)."""
-    for name, needed in sorted(plan.bytes_to().items()):
+    for name, needed in sorted(plan.bytes_to.items()):
         try:
             cap = await store.chunks.call(store.backends[name], "capacity")
         except BackendError as exc:
@@ -209,26 +235,25 @@ async def check_space(store: Store, plan: Plan) -> None:
                              "add space or change the weights")
 
 
-def _ordered(plan: Plan, cursor: str | None) -> list[ChunkMove]:
+def ordered(moves: list[ChunkMove], cursor: str | None) -> list[ChunkMove]:
     """Continue after the cursor, then wrap round to the chunks before it."""
-    moves = sorted(plan.moves, key=lambda m: m.digest)
+    moves = sorted(moves, key=lambda m: m.digest)
     if not cursor:
         return moves
     start = next((i for i, m in enumerate(moves) if m.digest.hex() > cursor), len(moves))
     return moves[start:] + moves[:start]
 
 
-async def execute(store: Store, plan: Plan, mover: ChunkMover, progress: Progress, *,
+async def execute(store: Store, plan: PlanSummary, batches: AsyncIterator[list[ChunkMove]],
+                  mover: ChunkMover, progress: Progress, *,
                   time_limit: float | None, size_limit: int | None) -> dict:
+    """Carry out the moves of *batches* (the plan's, in run order, a batch at a time)."""
     index = store.index
-    with index.read() as txn:
-        cursor = index.meta_json(txn, REBALANCE_CURSOR)
-    todo = _ordered(plan, cursor)
     deadline = time.monotonic() + time_limit if time_limit else None
     done = {"chunks": 0, "copied_bytes": 0, "copies_added": 0, "copies_removed": 0}
     failures: list[str] = []
     stopped = None
-    progress.begin("rebalance", len(todo), plan.copy_bytes, unit="chunks")
+    progress.begin("rebalance", plan.moves, plan.copy_bytes, unit="chunks")
 
     async def one(move: ChunkMove) -> None:
         store.chunks.pin([move.digest])
@@ -258,19 +283,22 @@ async def execute(store: Store, plan: Plan, mover: ChunkMover, progress: Progres
             store.chunks.unpin([move.digest])
             progress.advance(items=1)
 
-    for start in range(0, len(todo), WINDOW):
-        if deadline is not None and time.monotonic() >= deadline:
-            stopped = "time-limit"
-        elif size_limit is not None and done["copied_bytes"] >= size_limit:
-            stopped = "size-limit"
+    async for todo in batches:
+        for start in range(0, len(todo), WINDOW):
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped = "time-limit"
+            elif size_limit is not None and done["copied_bytes"] >= size_limit:
+                stopped = "size-limit"
+            if stopped:
+                break
+            window = todo[start:start + WINDOW]
+            async with trio.open_nursery() as nursery:
+                for move in window:
+                    nursery.start_soon(one, move)
+            with index.write() as txn:
+                index.set_meta_json(txn, REBALANCE_CURSOR, window[-1].digest.hex())
         if stopped:
             break
-        window = todo[start:start + WINDOW]
-        async with trio.open_nursery() as nursery:
-            for move in window:
-                nursery.start_soon(one, move)
-        with index.write() as txn:
-            index.set_meta_json(txn, REBALANCE_CURSOR, window[-1].digest.hex())
     if not stopped:
         with index.write() as txn:
             index.set_meta_json(txn, REBALANCE_CURSOR, None)
@@ -291,25 +319,29 @@ async def rebalance(store: Store, args: dict, progress: Progress) -> dict:
     flow = args.get("flow")
     if flow is not None and flow not in _flow_names(store):
         raise JobRefused(f"there is no flow named {flow!r}")
-    plan = await trio.to_thread.run_sync(make_plan, store.index, store.placement,
-                                         store.backends, flow)
-    if flow is None:
-        with store.index.write() as txn:
-            store.index.set_meta_json(txn, COPY_CENSUS, plan.census())
-    summary = {"chunks_checked": plan.chunks_checked, "chunks_to_move": len(plan.moves),
-               "bytes_to_copy": plan.copy_bytes, "plan": plan.pairs(),
-               "unreachable": len(plan.unreachable), "settled": settled,
-               "draining": sorted(store.placement.draining)}
-    if plan.unreachable:
-        progress.note(f"{len(plan.unreachable)} chunks have no copy on a configured backend "
-                      f"(first: {plan.unreachable[0][:16]}); they cannot move")
-    if args.get("dry_run"):
-        return {**summary, "dry_run": True}
-    await check_space(store, plan)
-    time_limit, size_limit = _limits(args)
-    started = time.monotonic()
-    outcome = await execute(store, plan, mover, progress, time_limit=time_limit,
-                            size_limit=size_limit)
+    index = store.index
+    with index.read() as txn:
+        cursor = index.meta_json(txn, REBALANCE_CURSOR)
+    async with Planner(index.path, store.placement, set(store.backends), flow, cursor,
+                       index.env) as planner:
+        plan = await planner.plan()
+        if flow is None:
+            with index.write() as txn:
+                index.set_meta_json(txn, COPY_CENSUS, plan.census)
+        summary = {"chunks_checked": plan.chunks_checked, "chunks_to_move": plan.moves,
+                   "bytes_to_copy": plan.copy_bytes, "plan": plan.pairs,
+                   "unreachable": plan.unreachable, "settled": settled,
+                   "draining": sorted(store.placement.draining)}
+        if plan.unreachable:
+            progress.note(f"{plan.unreachable} chunks have no copy on a configured backend "
+                          f"(first: {plan.first_unreachable[:16]}); they cannot move")
+        if args.get("dry_run"):
+            return {**summary, "dry_run": True}
+        await check_space(store, plan)
+        time_limit, size_limit = _limits(args)
+        started = time.monotonic()
+        outcome = await execute(store, plan, planner.moves(), mover, progress,
+                                time_limit=time_limit, size_limit=size_limit)
     if not outcome["stopped"] and flow is None:   # encrypt turned on: plaintext copies sealed
         from gffs.maintenance.rotate import migrate
         left = None if size_limit is None else max(size_limit - outcome["copied_bytes"], 1)
