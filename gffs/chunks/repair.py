@@ -76,6 +76,7 @@ class RepairPath(StoreState):
             return
         await self._resume_staging()
         limiter = trio.CapacityLimiter(UPLOAD_PARALLEL)
+        self._staged_drops = []
 
         async def upload(digest: bytes, flow: str | None, token: object) -> None:
             try:
@@ -83,13 +84,17 @@ class RepairPath(StoreState):
             finally:
                 limiter.release_on_behalf_of(token)
 
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                for digest, flow in await self.staging.take():
-                    token = object()     # (one digest may be queued again while in flight)
-                    await limiter.acquire_on_behalf_of(token)
-                    nursery.start_soon(upload, digest, flow, token)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run_staged_drops)
+                task_status.started()
+                while True:
+                    for digest, flow in await self.staging.take():
+                        token = object()     # (one digest may be queued again while in flight)
+                        await limiter.acquire_on_behalf_of(token)
+                        nursery.start_soon(upload, digest, flow, token)
+        finally:
+            self._staged_drops = None    # what is left: stray files, deleted at the next start
 
     async def drain_uploads(self, seconds: float) -> None:
         """Unmount: make the copies still waiting (staged uploads first of all) for up
@@ -99,12 +104,13 @@ class RepairPath(StoreState):
         with trio.move_on_after(seconds):
             while True:
                 repaired, pending = await self.repair()
-                if not pending:
-                    return
+                if not pending or (not repaired and not self._in_repair):
+                    break               # done, or the rest waits for backends that are down
                 if not repaired:
-                    if not self._in_repair:
-                        return          # the rest waits for backends that are down
                     await trio.sleep(0.1)
+        if self._staged_drops:      # uploaded: their staged copies go now, not at the next mount
+            batch, self._staged_drops[:] = list(self._staged_drops), []
+            await self._drop_staged(batch, soon=False)
 
     async def _resume_staging(self) -> None:
         """After a restart: count and queue the staged chunks on record; delete staged
@@ -171,19 +177,42 @@ class RepairPath(StoreState):
             with self.index.write() as txn:
                 self.chunkmap.done_repair(txn, digest)
                 staged = self._forget_staged_copy(txn, digest)
-            try:
-                if staged is not None:
-                    # the staged copy goes only once the record naming the remote copies is
-                    # durable: a power loss falls back to the durable index, which must
-                    # still find the chunk where it says
-                    await self.index.durable()
-                    await self.call(self.backends[STAGING], "delete", digest.hex(), staged.locator)
-            except BackendError as exc:  # a stray file: deleted at the next start
-                log.warning("staged copy of chunk %s not deleted: %s", digest.hex()[:16], exc)
-            finally:  # after the delete: the area's files never exceed what is counted
+            if staged is None:
                 if self.staging is not None:
                     self.staging.done(digest)
+            elif self._staged_drops is not None:    # the upload queue's deleter runs
+                self._staged_drops.append((digest, staged.locator))
+                self._staged_drops_wakeup.set()
+            else:
+                await self._drop_staged([(digest, staged.locator)], soon=False)
         return complete
+
+    async def _drop_staged(self, items: list[tuple[bytes, str]], soon: bool) -> None:
+        """Delete staged copies whose remote copies are on record, then uncount them.
+
+        A staged copy goes only once the record naming the remote copies is durable:
+        a power loss falls back to the durable index, which must still find the chunk
+        where it says. *soon*: wait for the next periodic group commit (one for every
+        chunk uploaded meanwhile) instead of forcing one per upload."""
+        try:
+            await (self.index.durable_soon() if soon else self.index.durable())
+            await self.call(self.backends[STAGING], "delete_many",
+                            [(digest.hex(), locator) for digest, locator in items])
+        except (BackendError, IndexFailure) as exc:  # stray files: deleted at the next start
+            log.warning("%d staged copies not deleted: %s", len(items), exc)
+        finally:  # after the delete: the area's files never exceed what is counted
+            if self.staging is not None:
+                for digest, _ in items:
+                    self.staging.done(digest)
+
+    async def _run_staged_drops(self) -> None:
+        """The upload queue's deleter: staged copies of uploaded chunks, in batches."""
+        while True:
+            while not self._staged_drops:
+                await self._staged_drops_wakeup.wait()
+                self._staged_drops_wakeup = trio.Event()
+            batch, self._staged_drops[:] = list(self._staged_drops), []
+            await self._drop_staged(batch, soon=True)
 
     def _forget_staged_copy(self, txn, digest: bytes) -> Location | None:
         """Drop the staged location of a chunk whose backends hold their copies now."""
