@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import trio
 
@@ -44,11 +45,13 @@ from gffs_backends.s3_buckets import choose_bucket, meta_prefix, search_order
 from gffs_backends.s3_config import (ATTEMPTS, DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PREFIX,
                                      DEFAULT_TIMEOUT, DELETE_BATCH, MAX_CONNECT_TIMEOUT,
                                      MAX_CHUNK_BYTES, MIN_PART_SIZE, MIN_RATE, POOL_CONNECTIONS,
-                                     attempt_timeout, opt_error, parse_buckets, parse_options,
-                                     quiet_aws_loggers)
+                                     attempt_timeout, checksum_options, opt_error,
+                                     parse_buckets, parse_options, quiet_aws_loggers)
 from gffs_backends.s3_errors import UNAVAILABLE_CODES, S3Refused, S3Unreachable, classify
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 __all__ = ["S3Backend", "S3Refused", "S3Unreachable", "attempt_timeout", "meta_prefix"]
 
@@ -84,6 +87,7 @@ class S3Backend(Backend):
             retries={"total_max_attempts": ATTEMPTS, "mode": "standard"},
             max_pool_connections=POOL_CONNECTIONS,
             s3={"addressing_style": addressing_style},
+            **checksum_options(Config.OPTION_DEFAULTS),
         )
         try:
             session = boto3.session.Session(profile_name=profile)
@@ -198,22 +202,34 @@ class S3Backend(Backend):
             if not isinstance(resp.get("ETag"), str) or not resp["ETag"].strip('"'):
                 raise KeyError("PutObject answered without an ETag")   # S3 always sends one
 
-    def _get_blocking(self, bucket: str, okey: str) -> bytes:
-        """GetObject and its body in one worker-thread hop (a read-ahead of 8 blocks
-        starts 8 of these at once; two hops per GET doubled the trio round trips)."""
+    def _get_blocking(self, bucket: str, okey: str,
+                      then: Callable[[bytes], object] | None = None) -> object:
+        """GetObject, its body and *then* on it in one worker-thread hop (a read-ahead
+        of 8 blocks starts 8 of these at once; each extra hop is a round trip through
+        the trio thread, which also serves FUSE). What *then* raises is handed back
+        as _ThenFailed, so it is not taken for a failed request."""
         resp = self._client.get_object(Bucket=bucket, Key=okey)
         size = resp.get("ContentLength")
         data = resp["Body"].read()
         if size is not None and len(data) != size:
             raise BackendUnavailable(f"{self.name}: get {bucket}/{okey}: short read "
                                      f"({len(data)} of {size} bytes)")
-        return data
+        if then is None:
+            return data
+        try:
+            return then(data)
+        except Exception as exc:  # noqa: BLE001 (re-raised by _get_object)
+            return _ThenFailed(exc)
 
-    async def _get_object(self, bucket: str, okey: str) -> bytes:
-        """A chunk's bytes. Its size is known only from the answer, so the deadline
-        allows the largest chunk gffs writes (a 16 MiB block) at MIN_RATE."""
-        return await self._call(self.timeout + MAX_CHUNK_BYTES / MIN_RATE,
-                                f"get {bucket}/{okey}", self._get_blocking, bucket, okey)
+    async def _get_object(self, bucket: str, okey: str,
+                          then: Callable[[bytes], object] | None = None) -> object:
+        """A chunk's bytes (or *then* of them). Its size is known only from the answer,
+        so the deadline allows the largest chunk gffs writes (a 16 MiB block) at MIN_RATE."""
+        result = await self._call(self.timeout + MAX_CHUNK_BYTES / MIN_RATE,
+                                  f"get {bucket}/{okey}", self._get_blocking, bucket, okey, then)
+        if isinstance(result, _ThenFailed):
+            raise result.exc
+        return result
 
     def _delete_batch(self, bucket: str, okeys: list[str]) -> list[dict]:
         resp = self._client.delete_objects(
@@ -230,8 +246,13 @@ class S3Backend(Backend):
 
     async def get(self, key: str, locator: str = "") -> bytes:
         okey = self._object_key(key)
-
         return await self._search(key, locator, lambda bucket: self._get_object(bucket, okey))
+
+    async def get_then(self, key: str, locator: str, then: Callable[[bytes], T]) -> T:
+        """*then* (opening a sealed chunk) runs in the worker thread that read the object."""
+        okey = self._object_key(key)
+        return await self._search(key, locator,
+                                  lambda bucket: self._get_object(bucket, okey, then))
 
     async def stat(self, key: str, locator: str = "") -> ObjectInfo | None:
         okey = self._object_key(key)
@@ -387,3 +408,12 @@ class S3Backend(Backend):
 
     async def close(self) -> None:
         await trio.to_thread.run_sync(self._client.close)
+
+
+class _ThenFailed:
+    """What get_then's *then* raised in the worker thread, carried out of it as a value."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc

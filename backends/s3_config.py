@@ -85,6 +85,20 @@ def parse_buckets(name: str, value: object) -> dict[str, float]:
     return weights
 
 
+def checksum_options(config_defaults: dict) -> dict:
+    """botocore Config options that skip its own CRC32 of every PutObject body and
+    GetObject answer (botocore >= 1.36 computes both by default; older ones neither).
+
+    gffs checks every chunk it reads itself (the AEAD tag, or the SHA-256 name), and
+    the bytes in flight are already covered: over https by TLS, over http by the
+    SHA-256 of the payload that SigV4 signs and the server checks. The CRC32 was a
+    third check costing the daemon's CPU (and GIL) on every request."""
+    if "request_checksum_calculation" not in config_defaults:
+        return {}
+    return {"request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required"}
+
+
 def attempt_timeout(deadline: float) -> float:
     """Connect/read timeout of one attempt: a third of the operation's *deadline* (at
     least 2 s, at most the deadline), so a hung attempt is retried in time."""

@@ -82,6 +82,56 @@ def test_a_get_is_one_worker_thread_hop_and_checks_the_length(moto_server, s3_bu
     trio.run(backend.close)
 
 
+def test_get_then_opens_in_the_gets_worker_thread(moto_server, s3_buckets, monkeypatch):
+    """An encrypted read (GET, then open the seal) is one trio round trip, not two, and
+    what the opening step raises (a bad tag) comes out as itself, not as a failed request."""
+    import threading
+    (a,) = s3_buckets(1)
+    backend = make(moto_server, [a])
+    data = os.urandom(300_000)
+    loc = trio.run(backend.put, key_of(data), data)
+    hops, opened_in = [], []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *args, **kw):
+        hops.append(fn)
+        return await real(fn, *args, **kw)
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+
+    def opener(raw: bytes) -> bytes:
+        opened_in.append(threading.get_ident())
+        return raw[::-1]
+    trio_thread = threading.get_ident()
+    assert trio.run(backend.get_then, key_of(data), loc, opener) == data[::-1]
+    assert len(hops) == 1 and opened_in and opened_in[0] != trio_thread
+
+    class BadTag(Exception):
+        pass
+
+    def failing(raw: bytes) -> bytes:
+        raise BadTag("tag mismatch")
+    with pytest.raises(BadTag):
+        trio.run(backend.get_then, key_of(data), loc, failing)
+    trio.run(backend.close)
+
+
+def test_no_crc32_of_bodies_on_top_of_gffs_own_checks(moto_server, s3_buckets):
+    """botocore >= 1.36 adds a CRC32 to every PutObject and checks one on every GET by
+    default; gffs verifies every chunk itself, so the backend turns both off."""
+    from botocore.config import Config
+    (a,) = s3_buckets(1)
+    backend = make(moto_server, [a])
+    sent: list[dict] = []
+    backend._client.meta.events.register(
+        "before-send.s3.PutObject", lambda request, **kw: sent.append(dict(request.headers)))
+    data = os.urandom(100_000)
+    trio.run(backend.put, key_of(data), data)
+    if "request_checksum_calculation" in Config.OPTION_DEFAULTS:
+        assert sent and not any(k.lower().startswith("x-amz-checksum") for k in sent[0])
+        assert backend._client.meta.config.response_checksum_validation == "when_required"
+    trio.run(backend.close)
+
+
 class _ShortBodies:
     """A client whose GetObject bodies lose their last byte (a cut connection)."""
 

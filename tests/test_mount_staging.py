@@ -149,3 +149,23 @@ def test_duplicate_ingest_sends_no_request_to_s3(tmp_path, fault_proxy, mount_fa
     assert sum(proxy.injected.values()) == before, proxy.injected
     for name, data in files.items():
         assert (m.path / "two" / name).read_bytes() == data
+
+
+def test_clean_unmount_right_after_writes_leaves_no_staged_copy(tmp_path, fault_proxy,
+                                                                mount_factory, s3_buckets):
+    """Staged copies of uploaded chunks wait for the periodic commit before they go;
+    a clean unmount just after the writes must still upload everything and delete
+    every staged copy (not leave them for the next mount's stray sweep)."""
+    proxy = fault_proxy(slowdown=0, reset=0, delay=0)
+    m = mount_factory(config=_config(tmp_path / "gffs.toml", proxy.url, s3_buckets(1)))
+    files = _files(10, seed=5)
+    (m.path / "flow").mkdir()
+    for name, data in files.items():
+        (m.path / "flow" / name).write_bytes(data)
+    m.unmount()
+    locs = _locations(m.data_dir)
+    assert locs and all(v == ["s3"] for v in locs.values()), locs
+    assert _staged_bytes(m.data_dir) == 0
+    m.mount()
+    for name, data in files.items():
+        assert (m.path / "flow" / name).read_bytes() == data

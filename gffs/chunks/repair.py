@@ -84,6 +84,7 @@ class RepairPath(StoreState):
                 limiter.release_on_behalf_of(token)
 
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_staged_drops)
             task_status.started()
             while True:
                 for digest, flow in await self.staging.take():
@@ -99,12 +100,18 @@ class RepairPath(StoreState):
         with trio.move_on_after(seconds):
             while True:
                 repaired, pending = await self.repair()
-                if not pending:
-                    return
+                if not pending or (not repaired and not self._in_repair):
+                    break               # done, or the rest waits for backends that are down
                 if not repaired:
-                    if not self._in_repair:
-                        return          # the rest waits for backends that are down
                     await trio.sleep(0.1)
+        if self._staged_drops:      # uploaded: their staged copies go now, not at the next mount
+            batch = list(self._staged_drops)
+            try:
+                await self.index.durable()
+            except IndexFailure as exc:  # the records may not be durable: keep the copies
+                log.warning("%d staged copies kept until the next mount: %s", len(batch), exc)
+                return
+            await self._drop_staged(self._take_staged(batch))
 
     async def _resume_staging(self) -> None:
         """After a restart: count and queue the staged chunks on record; delete staged
@@ -171,19 +178,55 @@ class RepairPath(StoreState):
             with self.index.write() as txn:
                 self.chunkmap.done_repair(txn, digest)
                 staged = self._forget_staged_copy(txn, digest)
-            try:
-                if staged is not None:
-                    # the staged copy goes only once the record naming the remote copies is
-                    # durable: a power loss falls back to the durable index, which must
-                    # still find the chunk where it says
-                    await self.index.durable()
-                    await self.call(self.backends[STAGING], "delete", digest.hex(), staged.locator)
-            except BackendError as exc:  # a stray file: deleted at the next start
-                log.warning("staged copy of chunk %s not deleted: %s", digest.hex()[:16], exc)
-            finally:  # after the delete: the area's files never exceed what is counted
+            if staged is None:
                 if self.staging is not None:
                     self.staging.done(digest)
+            elif self._staged_deleter:      # the upload queue's deleter runs
+                self._staged_drops.append((digest, staged.locator))
+                self._staged_drops_wakeup.set()
+            else:
+                await self.index.durable()
+                await self._drop_staged([(digest, staged.locator)])
         return complete
+
+    async def _drop_staged(self, items: list[tuple[bytes, str]]) -> None:
+        """Delete staged copies whose remote copies are on record, then uncount them.
+
+        The caller has made that record durable first: a power loss falls back to the
+        durable index, which must still find the chunk where it says."""
+        try:
+            with trio.CancelScope(shield=True):   # local unlinks: an unmount lets them end
+                await self.call(self.backends[STAGING], "delete_many",
+                                [(digest.hex(), locator) for digest, locator in items])
+        except BackendError as exc:  # stray files: deleted at the next start
+            log.warning("%d staged copies not deleted: %s", len(items), exc)
+        finally:  # after the delete: the area's files never exceed what is counted
+            if self.staging is not None:
+                for digest, _ in items:
+                    self.staging.done(digest)
+
+    def _take_staged(self, batch: list[tuple[bytes, str]]) -> list[tuple[bytes, str]]:
+        """Remove *batch* from the queue; the part of it still there (not taken meanwhile)."""
+        queued, taken = set(self._staged_drops), set(batch)
+        self._staged_drops[:] = [item for item in self._staged_drops if item not in taken]
+        return [item for item in batch if item in queued]
+
+    async def _run_staged_drops(self) -> None:
+        """The upload queue's deleter: the staged copies of uploaded chunks, in batches
+        after the next periodic group commit (one for every chunk uploaded meanwhile)
+        instead of a commit forced per upload. Cancelled while it waits (unmount), the
+        batch stays queued for drain_uploads."""
+        self._staged_deleter = True
+        try:
+            while True:
+                while not self._staged_drops:
+                    await self._staged_drops_wakeup.wait()
+                    self._staged_drops_wakeup = trio.Event()
+                batch = list(self._staged_drops)
+                await self.index.durable_soon()      # covers *batch*: queued before
+                await self._drop_staged(self._take_staged(batch))
+        finally:
+            self._staged_deleter = False
 
     def _forget_staged_copy(self, txn, digest: bytes) -> Location | None:
         """Drop the staged location of a chunk whose backends hold their copies now."""

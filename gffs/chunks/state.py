@@ -72,6 +72,11 @@ class StoreState:
         self._unused: list[StoredChunk] = []
         self._repair_after = b""  # where the next repair round starts in the queue
         self._in_repair: set[bytes] = set()  # chunks the repair or upload queue works on
+        # staged copies to delete once their remote copies are durable on record, and
+        # whether the upload queue's deleter runs (RepairPath._run_staged_drops)
+        self._staged_drops: list[tuple[bytes, str]] = []
+        self._staged_deleter = False
+        self._staged_drops_wakeup = trio.Event()
         self.repair_wakeup = trio.Event()
         self._limiter = trio.CapacityLimiter(io_threads)
         self.timeout = backend_timeout

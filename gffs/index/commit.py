@@ -226,6 +226,7 @@ class GroupCommit:
         self.failure: IndexFailure | None = None
         self._wakeup = trio.Event()
         self._committing: trio.Event | None = None
+        self._committed = trio.Event()           # set (and replaced) after each commit
         self._token = trio.lowlevel.current_trio_token()
         self._writer.submit(self._begin).result()
         self._open.set()
@@ -342,6 +343,15 @@ class GroupCommit:
             if self.failure is not None and self.durable_seq < target:
                 raise type(self.failure)(str(self.failure))
 
+    async def durable_soon(self) -> None:
+        """Like :meth:`durable`, but on the group's own schedule: wait for the next
+        periodic commit (within COMMIT_INTERVAL) instead of forcing one, so that
+        background steps that only need durability *before* acting (deleting a
+        staged copy) do not commit once each and close the gate on FUSE requests."""
+        target = self.seq
+        while self.durable_seq < target:
+            await self._committed.wait()
+
     async def commit(self) -> None:
         """Commit the group now (chunk files first), unless one is running (wait for that)."""
         if self._committing is not None:
@@ -356,6 +366,8 @@ class GroupCommit:
         finally:
             self._committing = None
             done.set()
+            committed, self._committed = self._committed, trio.Event()
+            committed.set()
 
     async def _commit_once(self) -> None:
         try:

@@ -235,6 +235,14 @@ class Index:
         else:
             await trio.to_thread.run_sync(self.sync)
 
+    async def durable_soon(self) -> None:
+        """Every change made so far is on stable storage when this returns, made so
+        by the next periodic group commit rather than one forced now (GroupCommit)."""
+        if self.group is not None:
+            await self.group.durable_soon()
+        else:
+            await trio.to_thread.run_sync(self.sync)
+
     # counters -----------------------------------------------------------
     def counter(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self.db["meta"])
