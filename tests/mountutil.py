@@ -88,7 +88,7 @@ class Mount:
         if self.is_mounted():
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
         pid = self.pid()
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             _wait_gone(pid)
 
@@ -112,7 +112,8 @@ class Mount:
         return total
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether *pid* runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,5 +127,5 @@ def _alive(pid: int) -> bool:
 
 def _wait_gone(pid: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)

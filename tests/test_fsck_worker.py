@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from mountutil import pid_alive
 from fsck_util import Damage, fsck, make_config, populate
 from gffs.index.records import u64
 from gffs.maintenance.fsck import fsck_job
@@ -53,14 +54,6 @@ def wrapped(monkeypatch, tmp_path: Path, mode: str) -> Path:
     return mark
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_a_killed_worker_fails_the_run_and_the_next_run_works(cfg, tmp_path, monkeypatch):
     with Damage(cfg) as d, d.index.write() as txn:   # a problem the namespace phase finds
         txn.put(u64(999) + b"ghost", u64(999) + u64(77), db=d.db["dirents"])
@@ -75,7 +68,7 @@ def test_a_killed_worker_fails_the_run_and_the_next_run_works(cfg, tmp_path, mon
         trio.run(main, store)
     finally:
         store.close()
-    assert mark.exists() and not alive(int(mark.read_text()))
+    assert mark.exists() and not pid_alive(int(mark.read_text()))
     monkeypatch.undo()
     result = fsck(cfg)
     assert result["summary"]["dirent_in_missing_dir"]["found"] == 1
@@ -98,4 +91,4 @@ def test_cancelling_the_run_kills_the_worker(cfg, tmp_path, monkeypatch):
         trio.run(main, store)
     finally:
         store.close()
-    assert not alive(int(mark.read_text()))
+    assert not pid_alive(int(mark.read_text()))

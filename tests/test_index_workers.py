@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from mountutil import pid_alive
 from gffs.fs.filesystem import Filesystem
 from gffs.index import ROOT_INO
 from gffs.maintenance.backup import backup_index
@@ -56,14 +57,6 @@ def wrapped(monkeypatch, tmp_path: Path, worker: type, which: str, mode: str) ->
     return mark
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def still_serves(store: Store, name: bytes) -> None:
     """The store takes a new file and reads it back."""
     fs = Filesystem(store.index, store.chunks, analyze_images=False)
@@ -97,7 +90,7 @@ def test_a_killed_backup_worker_fails_the_backup_and_the_next_one_is_complete(
     mark = wrapped(monkeypatch, tmp_path, FullPass, "backup", "kill")
     with pytest.raises(BackupFailed, match=r"worker process exited \(code -9\)"):
         backup(store)
-    assert not alive(int(mark.read_text()))
+    assert not pid_alive(int(mark.read_text()))
     assert not store.index.env.readers().splitlines()[1:]   # its reader slot was cleared
     trio.run(still_serves, store, b"after")
     monkeypatch.undo()
@@ -122,7 +115,7 @@ def test_cancelling_a_backup_kills_its_worker(tmp_path, cfg, store, monkeypatch)
                 nursery.cancel_scope.cancel()    # as Ctrl-C or a dropped connection does
         assert not scope.cancelled_caught
     trio.run(main)
-    assert not alive(int(mark.read_text()))
+    assert not pid_alive(int(mark.read_text()))
     monkeypatch.undo()
     assert backup(store)["exit_code"] == 0
 
@@ -162,7 +155,7 @@ def test_a_killed_planning_worker_fails_the_run_and_the_store_keeps_serving(tmp_
         mark = wrapped(monkeypatch, tmp_path, Planner, "plan", "kill")
         with pytest.raises(PlanFailed, match=r"worker process exited \(code -9\)"):
             trio.run(rebalance, store, {}, Progress())
-        assert not alive(int(mark.read_text()))
+        assert not pid_alive(int(mark.read_text()))
         trio.run(still_serves, store, b"after")
         monkeypatch.undo()
         result = trio.run(rebalance, store, {}, Progress())
@@ -186,6 +179,6 @@ def test_cancelling_a_rebalance_kills_its_planning_worker(tmp_path, monkeypatch)
                     nursery.cancel_scope.cancel()
             assert not scope.cancelled_caught
         trio.run(main)
-        assert not alive(int(mark.read_text()))
+        assert not pid_alive(int(mark.read_text()))
     finally:
         store.close()
