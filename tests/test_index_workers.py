@@ -32,7 +32,7 @@ WRAPPER = """
 import os, signal, sys, time
 from pathlib import Path
 which, mode, mark = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-def stop(*args):
+def stop(*args, **kwargs):
     mark.write_text(str(os.getpid()))
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -121,6 +121,21 @@ def test_cancelling_a_backup_kills_its_worker(tmp_path, cfg, store, monkeypatch)
 
 
 # planning -----------------------------------------------------------------------------
+class PhaseLog(Progress):
+    """Records the phases begun and the items counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phases: list[tuple] = []
+
+    def begin(self, what, total_items=None, total_bytes=None, unit="items") -> None:
+        super().begin(what, total_items, total_bytes, unit)
+        self.phases.append((what, total_items, unit))
+
+    def show(self, final: bool) -> None:
+        pass
+
+
 def test_the_planning_worker_plans_what_the_daemon_would(tmp_path):
     store = moved_store(tmp_path)
     try:
@@ -131,10 +146,16 @@ def test_the_planning_worker_plans_what_the_daemon_would(tmp_path):
         async def main() -> tuple:
             async with Planner(store.index.path, store.placement, set(store.backends), None,
                                cursor, store.index.env, batch=7) as planner:
-                summary = await planner.plan()
+                summary = await planner.plan(shown)
                 batches = [b async for b in planner.moves()]
             return summary, batches
+        shown = PhaseLog()
         summary, batches = trio.run(main)
+        # planning is a progress phase of its own: every inode and chunk row it read
+        with store.index.read() as txn:
+            rows = sum(txn.stat(store.index.db[t])["entries"] for t in ("inodes", "chunks"))
+        assert shown.phases == [("planning", rows, "rows")]
+        assert rows - 1 <= shown.items <= rows        # (the root is not walked)
         want = plan.summary()
         assert {**summary.census, "at": 0} == {**want.census, "at": 0}
         summary.census = want.census

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from gffs.maintenance.index_worker import IndexWorker, WorkerFailed, serve
+from gffs.maintenance.index_worker import IndexWorker, Ticker, WorkerFailed, serve
 from gffs.maintenance.progress import Progress
 
 PHASES = ("namespace", "views", "chunks")
@@ -30,25 +30,6 @@ PHASES = ("namespace", "views", "chunks")
 
 class ScanFailed(WorkerFailed):
     """The worker process failed or died: this fsck run has no result (nothing was changed)."""
-
-
-class Ticker:
-    """Counts scanned rows; every few thousand, hands the count to *flush_to*."""
-
-    def __init__(self, flush_to: Callable[[int], None], every: int = 4096) -> None:
-        self.flush_to = flush_to
-        self.every = every
-        self.pending = 0
-
-    def __call__(self, items: int = 1) -> None:
-        self.pending += items
-        if self.pending >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        n, self.pending = self.pending, 0
-        if n:
-            self.flush_to(n)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,26 @@ class WorkerFailed(RuntimeError):
 
 
 # the worker process ---------------------------------------------------------------------
+class Ticker:
+    """Counts rows a worker scanned; every few thousand, hands the count to *flush_to*
+    (one progress message per batch, not per row)."""
+
+    def __init__(self, flush_to: Callable[[int], None], every: int = 4096) -> None:
+        self.flush_to = flush_to
+        self.every = every
+        self.pending = 0
+
+    def __call__(self, items: int = 1) -> None:
+        self.pending += items
+        if self.pending >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        n, self.pending = self.pending, 0
+        if n:
+            self.flush_to(n)
+
+
 def write(out: IO[bytes], obj: Any) -> None:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     out.write(HEADER.pack(len(data)) + data)

@@ -6,11 +6,11 @@ that faulted most of the index into the daemon's mapping (its peak RSS reached
 (``python -m gffs.maintenance.plan_worker``, machinery in index_worker.py) opens
 the index read-only and runs :func:`rebalance.make_plan` against a snapshot of the
 daemon's placement (policies, draining backends, which backends are up); it
-answers with the plan's summary, then, each time the daemon asks, the next batch of
-moves in the order the run takes them (after the checkpoint cursor, wrapping
-round). So the daemon holds one batch at a time while it moves chunks; the worker
-keeps the plan until the run ends and is killed then (or when the run is
-cancelled). A worker that dies is a :class:`PlanFailed` of this run.
+sends progress ticks while it plans, then the plan's summary, then, each time the
+daemon asks, the next batch of moves in the order the run takes them (after the
+checkpoint cursor, wrapping round). So the daemon holds one batch at a time while
+it moves chunks; the worker keeps the plan until the run ends and is killed then
+(or when the run is cancelled). A worker that dies is a :class:`PlanFailed` of this run.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from gffs.maintenance.index_worker import IndexWorker, WorkerFailed, serve
+from gffs.maintenance.index_worker import IndexWorker, Ticker, WorkerFailed, serve
+from gffs.maintenance.progress import Progress
 from gffs.placement import Placement
 from gffs.placement.policy import FlowPolicy
 
@@ -86,8 +87,13 @@ def _serve(setup: dict, receive: Callable[[], Any], send: Callable[[Any], None])
     from gffs.maintenance.rebalance import make_plan, ordered
 
     index = Index(Path(setup["index"]), readonly=True)
+    with index.read() as txn:       # the rows planning reads: the progress total
+        rows = sum(txn.stat(index.db[name])["entries"] for name in ("inodes", "chunks"))
+    send(("rows", rows))
+    tick = Ticker(lambda n: send(("tick", n)))
     plan = make_plan(index, setup["placement"].placement(), setup["configured"],
-                     setup["flow"])
+                     setup["flow"], tick=tick)
+    tick.flush()
     send(("plan", plan.summary()))
     todo = ordered(plan.moves, setup["cursor"])
     plan.moves = []
@@ -121,10 +127,19 @@ class Planner(IndexWorker):
                           "configured": set(configured), "flow": flow, "cursor": cursor,
                           "batch": batch}, env=env)
 
-    async def plan(self) -> Any:
-        """The plan's summary (a rebalance.PlanSummary)."""
-        _kind, summary = await self.receive()
-        return summary
+    async def plan(self, progress: Progress | None = None) -> Any:
+        """The plan's summary (a rebalance.PlanSummary); *progress* shows the planning
+        (inodes and chunk rows read) as its own phase."""
+        while True:
+            kind, payload = await self.receive()
+            if kind == "plan":
+                return payload
+            if progress is None:
+                continue
+            if kind == "rows":
+                progress.begin("planning", total_items=payload, unit="rows")
+            else:
+                progress.advance(payload)
 
     async def moves(self) -> AsyncIterator[list]:
         """The plan's moves in run order, a batch at a time."""

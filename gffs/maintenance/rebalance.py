@@ -22,7 +22,7 @@ import stat
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import trio
 
@@ -113,7 +113,8 @@ class Plan:
 
 
 def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None,
-                own_policy: set[str] | frozenset[str] = frozenset(), member_of: str | None = None
+                own_policy: set[str] | frozenset[str] = frozenset(), member_of: str | None = None,
+                tick: Callable[[], None] = lambda: None
                 ) -> tuple[dict[bytes, frozenset[str | None]], set[bytes] | None]:
     """Which policies each chunk must satisfy (dedup and hard links can put one in several
     flows), and with *member_of* the chunks that flow uses.
@@ -126,7 +127,7 @@ def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None,
     million chunks used to cost a dict slot and a key each, over 100 MB in the
     daemon). Flows are walked in short read transactions (one per flow), so this
     can run in a worker thread beside the daemon's writers. *totals*, if given,
-    receives each flow's files and bytes.
+    receives each flow's files and bytes; *tick* is called once per inode visited.
     """
     ns, cm = Namespace(index), ChunkMap(index)
     flows: dict[bytes, frozenset[str | None]] = {}
@@ -143,6 +144,7 @@ def chunk_flows(index: Index, totals: dict[str, dict[str, int]] | None = None,
             stack, seen = [top], set()
             while stack:
                 cur = stack.pop()
+                tick()
                 try:
                     rec = ns.get(txn, cur)
                 except NotFound:        # removed between the listing and this snapshot
@@ -185,7 +187,8 @@ def wanted_copies(placement: Placement, digest: bytes,
 
 
 def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
-              only_flow: str | None = None, window: int = PLAN_WINDOW) -> Plan:
+              only_flow: str | None = None, window: int = PLAN_WINDOW,
+              tick: Callable[[], None] = lambda: None) -> Plan:
     """What to move; blocking: the daemon runs it in the planning worker process
     (plan_worker.py), so that its scans map the index there, not in the daemon.
 
@@ -193,11 +196,12 @@ def make_plan(index: Index, placement: Placement, configured: set[str] | dict,
     read transaction, so no snapshot is pinned for the whole plan. With
     *only_flow*, only chunks that flow uses are planned, but each against every
     flow holding it: a chunk shared with another flow keeps the copies that
-    flow's policy wants too.
+    flow's policy wants too. *tick* is called per inode and chunk row read (progress).
     """
     plan = Plan()
-    flows, members = chunk_flows(index, plan.flows, set(placement.flows), only_flow)
+    flows, members = chunk_flows(index, plan.flows, set(placement.flows), only_flow, tick)
     for digest, rec in ChunkMap.scan_chunks(index, window):
+        tick()
         if members is not None and digest not in members:
             continue
         in_flows = flows.get(digest)
@@ -324,7 +328,7 @@ async def rebalance(store: Store, args: dict, progress: Progress) -> dict:
         cursor = index.meta_json(txn, REBALANCE_CURSOR)
     async with Planner(index.path, store.placement, set(store.backends), flow, cursor,
                        index.env) as planner:
-        plan = await planner.plan()
+        plan = await planner.plan(progress)
         if flow is None:
             with index.write() as txn:
                 index.set_meta_json(txn, COPY_CENSUS, plan.census)
