@@ -248,7 +248,8 @@ class Operations(pyfuse3.Operations):
                 replied.append((name, ino, rec))
                 if fill is not None:
                     if buffers and ino in buffers:   # attributes the index does not hold yet
-                        fill = self.listings.discard(listing.ino)
+                        self.listings.discard(listing.ino)
+                        fill = None
                     else:
                         fill.cookies.append(cookie)
                         fill.entries.append((name, ino, attrs))

@@ -185,8 +185,8 @@ async def _upload_snapshot(store: Store, live: dict[str, Backend], state: _State
     transaction of the live index; their plaintexts go to an anonymous spool file and
     are uploaded after that transaction ended. Otherwise (first backup of a process,
     or any doubt) a full pass cuts a compact copy, in a worker process
-    (backup_worker.py) so that the daemon never maps the whole index. *cut* receives the changes taken
-    ("changes", to give back on failure) and the new cut ("pieces").
+    (backup_worker.py) so that the daemon never maps the whole index. *cut* receives
+    the changes taken ("changes", to give back on failure) and the new cut ("pieces").
     """
     sets = [state.known[n].pieces for n in live]
     everywhere = {sha: size for sha, size in sets[0].items()

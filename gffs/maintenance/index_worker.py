@@ -59,9 +59,14 @@ class Ticker:
             self.flush_to(n)
 
 
-def write(out: IO[bytes], obj: Any) -> None:
+def frame(obj: Any) -> bytes:
+    """One message as it travels either way: its length, then its pickle."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    out.write(HEADER.pack(len(data)) + data)
+    return HEADER.pack(len(data)) + data
+
+
+def write(out: IO[bytes], obj: Any) -> None:
+    out.write(frame(obj))
     out.flush()
 
 
@@ -137,9 +142,8 @@ class IndexWorker:
 
     async def send(self, obj: Any) -> None:
         assert self.proc is not None and self.proc.stdin is not None
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            await self.proc.stdin.send_all(HEADER.pack(len(data)) + data)
+            await self.proc.stdin.send_all(frame(obj))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise self.failure(await self._death()) from None
 
